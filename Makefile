@@ -1,0 +1,15 @@
+# The README's two commands. Both set everything up first (scripts/bootstrap.sh is idempotent).
+.PHONY: setup demo test lint bench
+
+setup:
+	bash scripts/bootstrap.sh
+
+demo: setup
+	.venv/bin/flatmtl demo toy --out runs/toy
+
+test: setup
+	.venv/bin/ruff check .
+	.venv/bin/python -m pytest
+
+bench: setup
+	.venv/bin/python benchmarks/mtl_core.py

@@ -1,0 +1,161 @@
+"""The three method kinds and the contract between them.
+
+An aggregator maps per-task gradients [K, P] to one update [P]. Most choose K weights from the K x K
+Gram matrix alone (``GramAggregator``): that is what lets data-parallel and sharded training agree,
+because ``Gram(G)`` is a sum over parameter shards and every rank computes the same weights from it.
+A loss weighting rescales the K losses before backward. A wrapper owns the step: how many gradients
+are taken, where (perturbed parameters for SAM variants), and how they reach the aggregator.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+from torch import Tensor
+
+from workers.mtl.checks import check_gram, check_losses, check_task_matrix
+
+if TYPE_CHECKING:
+    from workers.mtl.oracle import GradientOracle
+
+GramReducer = Callable[[Tensor], Tensor]
+"""Sums a locally computed K x K Gram over parameter shards (identity when parameters are whole)."""
+
+
+def identity_reducer(gram: Tensor) -> Tensor:
+    return gram
+
+
+class Stateful:
+    """Methods with memory (EMAs, learned logits, warm starts) expose it for checkpoints.
+
+    State is a dict of tensors and plain values; ``load_state_dict(state_dict())`` restores the
+    method exactly, so a resumed run takes the same steps as one that never stopped.
+    """
+
+    state_keys: ClassVar[tuple[str, ...]] = ()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {key: _clone(getattr(self, key)) for key in self.state_keys}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        unknown = set(state) - set(self.state_keys)
+        if unknown:
+            raise KeyError(f"{type(self).__name__}: unknown state keys {sorted(unknown)}")
+        for key in self.state_keys:
+            setattr(self, key, _clone(state[key]))
+
+
+def _clone(value: Any) -> Any:
+    if isinstance(value, Tensor):
+        return value.detach().clone()
+    if isinstance(value, list | tuple):
+        return type(value)(_clone(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _clone(v) for k, v in value.items()}
+    return value
+
+
+class Aggregator(Stateful):
+    """Maps per-task gradients of the shared parameters [K, P] to the shared update [P].
+
+    ``reduce_gram`` sums K x K statistics over parameter shards; on whole parameters it is the
+    identity. ``generator`` drives every random choice so all ranks take the same step.
+    """
+
+    method_name: ClassVar[str]
+    needs_losses: ClassVar[bool] = False
+    uses_representation: ClassVar[bool] = False
+
+    def __call__(
+        self,
+        grads: Tensor,
+        *,
+        losses: Tensor | None = None,
+        generator: torch.Generator | None = None,
+        reduce_gram: GramReducer = identity_reducer,
+    ) -> Tensor:
+        check_task_matrix(self.method_name, grads)
+        check_losses(self.method_name, losses, grads.shape[0], required=self.needs_losses)
+        update = self.aggregate(grads, losses=losses, generator=generator, reduce_gram=reduce_gram)
+        return update
+
+    def aggregate(
+        self,
+        grads: Tensor,
+        *,
+        losses: Tensor | None,
+        generator: torch.Generator | None,
+        reduce_gram: GramReducer,
+    ) -> Tensor:
+        raise NotImplementedError
+
+
+class GramAggregator(Aggregator):
+    """An aggregator whose update is ``weights(G G^T) @ G``: shardable with a K x K all-reduce."""
+
+    def weights(
+        self, gram: Tensor, *, losses: Tensor | None = None, generator: torch.Generator | None = None
+    ) -> Tensor:
+        """K weights from the (global) Gram matrix; validates, then calls ``compute_weights``."""
+        check_gram(self.method_name, gram)
+        check_losses(self.method_name, losses, gram.shape[0], required=self.needs_losses)
+        return self.compute_weights(gram, losses=losses, generator=generator)
+
+    def compute_weights(self, gram: Tensor, *, losses: Tensor | None, generator: torch.Generator | None) -> Tensor:
+        raise NotImplementedError
+
+    def aggregate(
+        self,
+        grads: Tensor,
+        *,
+        losses: Tensor | None,
+        generator: torch.Generator | None,
+        reduce_gram: GramReducer,
+    ) -> Tensor:
+        gram = reduce_gram(grads @ grads.T)
+        weights = self.compute_weights(gram, losses=losses, generator=generator)
+        return weights.to(grads.dtype) @ grads
+
+
+class LossWeighting(Stateful):
+    """Rescales the K task losses before backward.
+
+    Per step: ``begin_step`` draws anything random or updates from the previous step; ``weigh`` maps
+    raw losses to the K weighted losses whose gradients the aggregator sees (it is called again at
+    perturbed parameters by SAM wrappers and must give the same weights there); ``observe`` sees the
+    raw losses and the Gram of the weighted per-task gradients once per step (GradNorm, DWA, FAMO).
+    Learnable weightings expose their parameters; the step fills their ``.grad``.
+    """
+
+    method_name: ClassVar[str]
+
+    def begin_step(self, losses: Tensor, generator: torch.Generator | None = None) -> None:
+        """Called once per step with the detached raw losses at the unperturbed parameters."""
+
+    def weigh(self, losses: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def observe(self, losses: Tensor, gram: Tensor) -> None:
+        """Called once per step after the per-task gradients at the unperturbed parameters."""
+
+    def end_epoch(self) -> None:
+        """Called by the engine at each epoch boundary (DWA's losses are per epoch)."""
+
+    def parameters(self) -> list[Tensor]:
+        return []
+
+
+class Wrapper(Stateful):
+    """Owns one training step: which gradients are taken where, and what is aggregated.
+
+    ``step`` uses the oracle's primitives (forward, per-task gradients, exact perturbation and
+    restore, aggregation, norms over shards) and ends by writing the update into ``.grad``.
+    """
+
+    method_name: ClassVar[str]
+
+    def step(self, oracle: GradientOracle) -> None:
+        raise NotImplementedError

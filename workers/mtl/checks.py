@@ -1,0 +1,44 @@
+"""Input checks shared by every method, so bad tensors fail with the same clear message everywhere."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from workers.mtl.errors import MethodError
+
+
+def check_task_matrix(method: str, grads: Tensor) -> None:
+    """A [K, P] per-task gradient matrix with K >= 1 and only finite entries."""
+    if grads.dim() != 2 or grads.shape[0] < 1:
+        raise MethodError(f"{method}: gradients must be a [K, P] matrix with K >= 1, got shape {tuple(grads.shape)}")
+    check_finite(method, "gradients", grads)
+
+
+def check_gram(method: str, gram: Tensor) -> None:
+    """A square K x K Gram matrix with finite entries."""
+    if gram.dim() != 2 or gram.shape[0] != gram.shape[1] or gram.shape[0] < 1:
+        raise MethodError(f"{method}: gram must be a square [K, K] matrix, got shape {tuple(gram.shape)}")
+    check_finite(method, "gram", gram)
+
+
+def check_losses(method: str, losses: Tensor | None, num_tasks: int, *, required: bool = False) -> None:
+    """Per-task losses, when given, must be K finite numbers."""
+    if losses is None:
+        if required:
+            raise MethodError(f"{method}: needs the K per-task losses, got none")
+        return
+    if losses.dim() != 1 or losses.shape[0] != num_tasks:
+        raise MethodError(f"{method}: losses must have shape [{num_tasks}] (one per task), got {tuple(losses.shape)}")
+    check_finite(method, "losses", losses)
+
+
+def check_finite(method: str, what: str, tensor: Tensor) -> None:
+    if not torch.isfinite(tensor).all():
+        bad = (~torch.isfinite(tensor)).nonzero()[0].tolist()
+        raise MethodError(f"{method}: {what} contain NaN or inf (first at index {bad}); allowed: finite values")
+
+
+def check_num_tasks(method: str, expected: int, got: int) -> None:
+    if expected != got:
+        raise MethodError(f"{method}: built for K={expected} tasks, got K={got}")

@@ -1,0 +1,79 @@
+"""A list of parameter tensors seen as one flat vector, without copying the parameters.
+
+Aggregators and SAM perturbations work on [P] vectors; this maps them to and from the model's
+tensors. Each tensor is one "layer" for layer-wise norms (SAMO's normalization, ASAM).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+
+class FlatParams:
+    def __init__(self, params: Sequence[Tensor]) -> None:
+        self.params = list(params)
+        self.numels = [p.numel() for p in self.params]
+        self.numel = sum(self.numels)
+        bounds = torch.tensor([0, *self.numels]).cumsum(0)
+        self.segment_ids = torch.repeat_interleave(torch.arange(len(self.params)), torch.tensor(self.numels))
+        self.bounds = bounds.tolist()
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.params)
+
+    def flatten(self, tensors: Sequence[Tensor | None]) -> Tensor:
+        """Concatenate per-parameter tensors (None means zero) into one [P] vector."""
+        parts = [
+            torch.zeros(n, dtype=p.dtype, device=p.device) if t is None else t.reshape(-1)
+            for t, p, n in zip(tensors, self.params, self.numels, strict=True)
+        ]
+        if not parts:
+            return torch.zeros(0)
+        return torch.cat(parts)
+
+    def flatten_batched(self, tensors: Sequence[Tensor | None], batch: int) -> Tensor:
+        """Concatenate per-parameter [B, *shape] tensors into one [B, P] matrix."""
+        parts = [
+            torch.zeros(batch, n, dtype=p.dtype, device=p.device) if t is None else t.reshape(batch, -1)
+            for t, p, n in zip(tensors, self.params, self.numels, strict=True)
+        ]
+        if not parts:
+            return torch.zeros(batch, 0)
+        return torch.cat(parts, dim=1)
+
+    def views(self, flat: Tensor) -> list[Tensor]:
+        """Per-parameter views into a [P] vector."""
+        return [flat[a:b].view_as(p) for a, b, p in zip(self.bounds[:-1], self.bounds[1:], self.params, strict=True)]
+
+    def values(self) -> Tensor:
+        """A flat copy of the current parameter values."""
+        return self.flatten([p.detach() for p in self.params]).clone()
+
+    @torch.no_grad()
+    def add_(self, flat: Tensor, alpha: float = 1.0) -> None:
+        torch._foreach_add_([p.data for p in self.params], self.views(flat), alpha=alpha)
+
+    @torch.no_grad()
+    def copy_(self, flat: Tensor) -> None:
+        torch._foreach_copy_([p.data for p in self.params], self.views(flat))
+
+    def set_grad(self, flat: Tensor) -> None:
+        for p, view in zip(self.params, self.views(flat), strict=True):
+            p.grad = view.detach().clone()
+
+    def layer_sq_norms(self, flat: Tensor) -> Tensor:
+        """Squared norm of each layer's slice of a [P] (or [K, P]) vector: [L] (or [K, L])."""
+        ids = self.segment_ids.to(flat.device)
+        squared = flat.pow(2)
+        if flat.dim() == 1:
+            return torch.zeros(self.num_layers, dtype=flat.dtype, device=flat.device).index_add_(0, ids, squared)
+        out = torch.zeros(flat.shape[0], self.num_layers, dtype=flat.dtype, device=flat.device)
+        return out.index_add_(1, ids, squared)
+
+    def expand_layers(self, per_layer: Tensor) -> Tensor:
+        """Broadcast one value per layer ([L] or [K, L]) to every coordinate ([P] or [K, P])."""
+        return per_layer[..., self.segment_ids.to(per_layer.device)]

@@ -1,0 +1,256 @@
+"""The primitives a wrapper composes a training step from.
+
+The oracle hides where parameters live (whole or sharded), how gradients are reduced across ranks
+and how the weighting applies, so each wrapper is written once: forward, per-task gradients,
+perturb-and-restore, aggregate, norms, write the update. Every perturbation is undone by copying
+saved values back (bit-exact, never by subtracting) and buffers such as BatchNorm running statistics
+are restored after perturbed passes, so they never move there.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from workers.mtl.base import Aggregator, LossWeighting
+from workers.mtl.checks import check_finite
+from workers.mtl.comm import Communicator
+from workers.mtl.errors import MethodError
+from workers.mtl.flat import FlatParams
+from workers.mtl.task_gradients import TaskGradientEngine
+
+LossClosure = Callable[[], Tensor | tuple[Tensor, Tensor]]
+"""Runs the forward pass at the current parameters and returns the K per-task losses (this rank's
+batch), or ``(losses, shared_representation)`` for methods that need the representation (MGDA-UB)."""
+
+
+@dataclass
+class TaskGradients:
+    """Per-task gradients, already reduced across ranks."""
+
+    shared: Tensor
+    heads: list[Tensor]
+    representation: Tensor | None = None
+
+
+@dataclass
+class StepRecord:
+    """What one step measured, for logs, metrics and diagnostics (all detached)."""
+
+    losses: Tensor | None = None
+    gram: Tensor | None = None
+    seconds_total: float = 0.0
+    seconds_aggregation: float = 0.0
+    seconds_perturbed: float = 0.0
+    forward_passes: int = 0
+    backward_passes: int = 0
+    extras: dict[str, float] = field(default_factory=dict)
+
+
+class GradientOracle:
+    def __init__(
+        self,
+        closure: LossClosure,
+        shared: FlatParams,
+        heads: Sequence[FlatParams],
+        weighting: LossWeighting,
+        aggregator: Aggregator,
+        comm: Communicator,
+        generator: torch.Generator,
+        gradient_engine: TaskGradientEngine,
+        buffers: Sequence[Tensor] = (),
+    ) -> None:
+        self.closure = closure
+        self.shared = shared
+        self.heads = list(heads)
+        self.num_tasks = len(self.heads)
+        self.weighting = weighting
+        self.aggregator = aggregator
+        self.comm = comm
+        self.generator = generator
+        self.gradient_engine = gradient_engine
+        self.buffers = list(buffers)
+        self.record = StepRecord()
+        self._representation: Tensor | None = None
+
+    # ---- forward -------------------------------------------------------------------------------
+    def losses(self) -> Tensor:
+        """Forward pass: the K weighted losses (with graph). The first call of a step also starts the
+        weighting's step and fills the gradients of its learnable parameters."""
+        out = self.closure()
+        raw, self._representation = out if isinstance(out, tuple) else (out, None)
+        if raw.dim() != 1 or raw.shape[0] != self.num_tasks:
+            raise MethodError(
+                f"the loss closure must return {self.num_tasks} per-task losses, got shape {tuple(raw.shape)}"
+            )
+        self.record.forward_passes += 1
+        first = self.record.losses is None
+        if first:
+            detached = self.comm.mean(raw.detach().clone())
+            check_finite("loss closure", "losses", detached)
+            self.record.losses = detached
+            self.weighting.begin_step(detached, self.generator)
+        weighted = self.weighting.weigh(raw)
+        learnable = self.weighting.parameters()
+        if first and learnable:
+            grads = torch.autograd.grad(weighted.sum(), learnable, retain_graph=True)
+            for param, grad in zip(learnable, grads, strict=True):
+                param.grad = self.comm.mean(grad.detach().clone())
+        return weighted
+
+    def forward_losses(self) -> Tensor:
+        """Forward only (no graph): the K weighted losses averaged over ranks, for SPSA estimates."""
+        with torch.no_grad():
+            out = self.closure()
+            raw = out[0] if isinstance(out, tuple) else out
+            self.record.forward_passes += 1
+            return self.comm.mean(self.weighting.weigh(raw).detach())
+
+    # ---- gradients -----------------------------------------------------------------------------
+    def task_gradients(self, weighted: Tensor, *, retain_graph: bool = False) -> TaskGradients:
+        """Gradient of each weighted loss w.r.t. the shared parameters [K, P] and its own head."""
+        head_params = [p for head in self.heads for p in head.params]
+        representation = None
+        if self.aggregator.uses_representation and self._representation is not None:
+            rep_grads = self.gradient_engine(weighted, [self._representation], retain_graph=True)[0]
+            representation = rep_grads.reshape(self.num_tasks, -1)
+        grads = self.gradient_engine(weighted, [*self.shared.params, *head_params], retain_graph=retain_graph)
+        self.record.backward_passes += self.num_tasks
+        shared = self.shared.flatten_batched(grads[: len(self.shared.params)], self.num_tasks)
+        heads, offset = [], len(self.shared.params)
+        for task, head in enumerate(self.heads):
+            own = grads[offset : offset + len(head.params)]
+            heads.append(head.flatten([g[task] for g in own]))
+            offset += len(head.params)
+        return TaskGradients(self.comm.reduce_task_gradients(shared), self._reduce_heads(heads), representation)
+
+    def task_gradient(self, weighted: Tensor, task: int) -> tuple[Tensor, Tensor]:
+        """Gradient of one task's weighted loss: (shared [P], its head [P_task]), reduced."""
+        head = self.heads[task]
+        grads = torch.autograd.grad(weighted[task], [*self.shared.params, *head.params], allow_unused=True)
+        self.record.backward_passes += 1
+        shared = self.shared.flatten(grads[: len(self.shared.params)])
+        own = head.flatten(grads[len(self.shared.params) :])
+        shared = self.comm.reduce_task_gradients(shared.unsqueeze(0))[0]
+        return shared, self.comm.mean(own)
+
+    def mean_gradient(self, weighted: Tensor, *, retain_graph: bool = False) -> tuple[Tensor, list[Tensor]]:
+        """Gradient of the mean weighted loss in one backward: (shared [P], per-task heads)."""
+        head_params = [p for head in self.heads for p in head.params]
+        grads = torch.autograd.grad(
+            weighted.mean(), [*self.shared.params, *head_params], retain_graph=retain_graph, allow_unused=True
+        )
+        self.record.backward_passes += 1
+        shared = self.shared.flatten(grads[: len(self.shared.params)])
+        heads, offset = [], len(self.shared.params)
+        for head in self.heads:
+            heads.append(head.flatten(grads[offset : offset + len(head.params)]))
+            offset += len(head.params)
+        shared = self.comm.reduce_task_gradients(shared.unsqueeze(0))[0]
+        return shared, self._reduce_heads(heads)
+
+    def _reduce_heads(self, heads: list[Tensor]) -> list[Tensor]:
+        if not heads or self.comm.world_size == 1:
+            return heads
+        reduced = self.comm.mean(torch.cat(heads))
+        return list(reduced.split([h.numel() for h in heads]))
+
+    # ---- perturbation --------------------------------------------------------------------------
+    @contextmanager
+    def perturbed(self, shared: Tensor | None = None, heads: Mapping[int, Tensor] | None = None) -> Iterator[None]:
+        """Parameters moved by the given offsets inside the block, restored exactly after it."""
+        heads = heads or {}
+        saved_shared = self.shared.values() if shared is not None else None
+        saved_heads = {task: self.heads[task].values() for task in heads}
+        saved_buffers = [b.detach().clone() for b in self.buffers]
+        started = time.perf_counter()
+        try:
+            if shared is not None:
+                self.shared.add_(shared)
+            for task, offset in heads.items():
+                self.heads[task].add_(offset)
+            yield
+        finally:
+            if saved_shared is not None:
+                self.shared.copy_(saved_shared)
+            for task, values in saved_heads.items():
+                self.heads[task].copy_(values)
+            with torch.no_grad():
+                for buffer, value in zip(self.buffers, saved_buffers, strict=True):
+                    buffer.copy_(value)
+            self.record.seconds_perturbed += time.perf_counter() - started
+
+    def random_direction(self) -> Tensor:
+        """A standard Gaussian direction over the shared parameters from the step's generator."""
+        template = self.shared.params[0]
+        return torch.randn(self.shared.numel, generator=self.generator, dtype=template.dtype, device=template.device)
+
+    # ---- aggregation and norms -----------------------------------------------------------------
+    def aggregate(
+        self,
+        grads: Tensor,
+        representation: Tensor | None = None,
+        *,
+        aggregator: Aggregator | None = None,
+        commit: bool = True,
+    ) -> Tensor:
+        """The aggregator's update for a [K, P] matrix.
+
+        ``commit=False`` leaves no trace: the aggregator's state and the generator are rewound, so a
+        look-ahead (SAM's ascent direction) does not advance EMAs or random draws. ``aggregator``
+        overrides the step's own (F-MTL keeps a second one for the flat parts). The step's first call
+        also feeds diagnostics and the weighting's observation with the global Gram matrix.
+        """
+        aggregator = aggregator or self.aggregator
+        saved = None if commit else (aggregator.state_dict(), self.generator.get_state())
+        started = time.perf_counter()
+        seen: list[Tensor] = []
+
+        def reduce_and_remember(gram: Tensor) -> Tensor:
+            reduced = self.comm.shard_sum(gram)
+            seen.append(reduced)
+            return reduced
+
+        if representation is not None:
+            weights = aggregator.weights(self.comm.mean(representation @ representation.T), losses=self.record.losses)
+            update = weights.to(grads.dtype) @ grads
+        else:
+            update = aggregator(
+                grads, losses=self.record.losses, generator=self.generator, reduce_gram=reduce_and_remember
+            )
+        self.record.seconds_aggregation += time.perf_counter() - started
+        if saved is not None:
+            aggregator.load_state_dict(saved[0])
+            self.generator.set_state(saved[1])
+        if self.record.gram is None:
+            gram = seen[0] if seen else self.comm.shard_sum(grads @ grads.T)
+            self.record.gram = gram.detach()
+            assert self.record.losses is not None
+            self.weighting.observe(self.record.losses, self.record.gram)
+        return update
+
+    def norm(self, vector: Tensor) -> Tensor:
+        """Euclidean norm over all shards of a [P] vector (or each row of [K, P])."""
+        return self.comm.shard_sum(vector.pow(2).sum(dim=-1)).sqrt()
+
+    def layer_norms(self, vector: Tensor) -> Tensor:
+        """Per-layer norms over all shards: [L] for a [P] vector, [K, L] for [K, P]."""
+        return self.comm.shard_sum(self.shared.layer_sq_norms(vector)).sqrt()
+
+    # ---- output --------------------------------------------------------------------------------
+    def write(self, shared_update: Tensor, head_updates: Sequence[Tensor]) -> None:
+        """Store the step's update as the parameters' ``.grad`` for the optimizer."""
+        check_finite(self.aggregator.method_name, "update", shared_update)
+        self.shared.set_grad(shared_update)
+        for head, update in zip(self.heads, head_updates, strict=True):
+            head.set_grad(update)
+
+
+def model_buffers(model: nn.Module | None) -> list[Tensor]:
+    """Floating and integer buffers (BatchNorm running stats, counters) restored after perturbed passes."""
+    return [] if model is None else list(model.buffers())

@@ -1,0 +1,143 @@
+"""One multi-task training step: weighting x aggregator x wrapper, on any model that declares which
+parameters are shared and which belong to which task.
+
+Usage::
+
+    step = MTLStep.from_model(model, weighting="ew", aggregator="mgda", wrapper="fmtl", seed=0)
+    optimizer = torch.optim.Adam([*model.parameters(), *step.parameters()])
+    record = step(lambda: model.task_losses(batch))   # fills .grad
+    optimizer.step()
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor, nn
+
+from workers.mtl import registry
+from workers.mtl.base import Aggregator, LossWeighting, Wrapper
+from workers.mtl.comm import Communicator, LocalComm
+from workers.mtl.errors import MethodError
+from workers.mtl.flat import FlatParams
+from workers.mtl.oracle import GradientOracle, LossClosure, StepRecord, model_buffers
+from workers.mtl.task_gradients import GradientMode, TaskGradientEngine
+
+
+class MultiTaskModel(Protocol):
+    def shared_parameters(self) -> Sequence[nn.Parameter]: ...
+
+    def task_parameters(self) -> Sequence[Sequence[nn.Parameter]]: ...
+
+
+@dataclass
+class ParameterSplit:
+    """Shared parameters and, per task, that task's own parameters (its head)."""
+
+    shared: list[nn.Parameter]
+    heads: list[list[nn.Parameter]]
+
+    @classmethod
+    def from_model(cls, model: MultiTaskModel) -> ParameterSplit:
+        split = cls(list(model.shared_parameters()), [list(h) for h in model.task_parameters()])
+        split.check()
+        return split
+
+    def check(self) -> None:
+        if not self.shared:
+            raise MethodError("the model declares no shared parameters")
+        if not self.heads:
+            raise MethodError("the model declares no tasks")
+        seen: set[int] = set()
+        for param in [*self.shared, *(p for head in self.heads for p in head)]:
+            if id(param) in seen:
+                raise MethodError("a parameter is declared twice (shared and task-specific, or in two heads)")
+            seen.add(id(param))
+
+
+def _build(kind: registry.Kind, method: str | Any, hparams: dict[str, Any] | None) -> Any:
+    if isinstance(method, str):
+        return registry.build(kind, method, **(hparams or {}))
+    if hparams:
+        raise MethodError(f"{kind} hyper-parameters given for an already built {kind}")
+    return method
+
+
+class MTLStep:
+    """Composes the three methods and runs a step per call; holds the step's random generator."""
+
+    def __init__(
+        self,
+        split: ParameterSplit,
+        *,
+        weighting: str | LossWeighting = "ew",
+        aggregator: str | Aggregator = "mean",
+        wrapper: str | Wrapper = "none",
+        weighting_hparams: dict[str, Any] | None = None,
+        aggregator_hparams: dict[str, Any] | None = None,
+        wrapper_hparams: dict[str, Any] | None = None,
+        comm: Communicator | None = None,
+        seed: int = 0,
+        buffers: Sequence[Tensor] = (),
+        gradient_mode: GradientMode = "auto",
+    ) -> None:
+        split.check()
+        self.split = split
+        self.num_tasks = len(split.heads)
+        self.weighting: LossWeighting = _build("weighting", weighting, weighting_hparams)
+        self.aggregator: Aggregator = _build("aggregator", aggregator, aggregator_hparams)
+        self.wrapper: Wrapper = _build("wrapper", wrapper, wrapper_hparams)
+        self.comm = comm or LocalComm()
+        self.shared = FlatParams(split.shared)
+        self.heads = [FlatParams(head) for head in split.heads]
+        self.generator = torch.Generator(device=split.shared[0].device).manual_seed(seed)
+        self.buffers = list(buffers)
+        self.gradient_engine = TaskGradientEngine(gradient_mode)
+
+    @classmethod
+    def from_model(cls, model: nn.Module, **kwargs: Any) -> MTLStep:
+        """Split from the model's ``shared_parameters()``/``task_parameters()``; its buffers (BatchNorm
+        statistics) are restored after every perturbed pass."""
+        return cls(ParameterSplit.from_model(model), buffers=model_buffers(model), **kwargs)  # type: ignore[arg-type]
+
+    def parameters(self) -> list[Tensor]:
+        """Learnable parameters of the weighting (UW, IMTL-L): give them to the optimizer."""
+        return self.weighting.parameters()
+
+    def __call__(self, closure: LossClosure) -> StepRecord:
+        oracle = GradientOracle(
+            closure,
+            self.shared,
+            self.heads,
+            self.weighting,
+            self.aggregator,
+            self.comm,
+            self.generator,
+            self.gradient_engine,
+            self.buffers,
+        )
+        started = time.perf_counter()
+        self.wrapper.step(oracle)
+        oracle.record.seconds_total = time.perf_counter() - started
+        return oracle.record
+
+    def end_epoch(self) -> None:
+        self.weighting.end_epoch()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "weighting": self.weighting.state_dict(),
+            "aggregator": self.aggregator.state_dict(),
+            "wrapper": self.wrapper.state_dict(),
+            "generator": self.generator.get_state(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.weighting.load_state_dict(state["weighting"])
+        self.aggregator.load_state_dict(state["aggregator"])
+        self.wrapper.load_state_dict(state["wrapper"])
+        self.generator.set_state(state["generator"])

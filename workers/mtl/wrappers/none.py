@@ -1,0 +1,23 @@
+"""The plain step: per-task gradients at the current parameters, aggregated."""
+
+from __future__ import annotations
+
+from workers.mtl.base import Wrapper
+from workers.mtl.oracle import GradientOracle
+from workers.mtl.registry import register
+
+
+@register(
+    "wrapper",
+    "none",
+    description="No perturbation: aggregate the per-task gradients at the current parameters.",
+    paper="-",
+    scale="the aggregator's",
+)
+class Plain(Wrapper):
+    """One forward, one (batched) per-task backward; heads get their own task's gradient."""
+
+    def step(self, oracle: GradientOracle) -> None:
+        weighted = oracle.losses()
+        grads = oracle.task_gradients(weighted)
+        oracle.write(oracle.aggregate(grads.shared, grads.representation), grads.heads)
