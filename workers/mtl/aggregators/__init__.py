@@ -1,3 +1,8 @@
-"""Gradient aggregators, one module each; importing this package registers them all."""
+"""Gradient aggregators, one module each; importing this package registers every one of them."""
 
-from workers.mtl.aggregators import mean  # noqa: F401
+import importlib
+import pkgutil
+
+for _module in pkgutil.iter_modules(__path__):
+    if not _module.name.startswith("_"):
+        importlib.import_module(f"{__name__}.{_module.name}")

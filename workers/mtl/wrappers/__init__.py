@@ -1,3 +1,8 @@
-"""Step wrappers (plain and sharpness-aware), one module each; importing registers them all."""
+"""Step wrappers (plain and sharpness-aware), one module each; importing this package registers every one of them."""
 
-from workers.mtl.wrappers import none, sam  # noqa: F401
+import importlib
+import pkgutil
+
+for _module in pkgutil.iter_modules(__path__):
+    if not _module.name.startswith("_"):
+        importlib.import_module(f"{__name__}.{_module.name}")
