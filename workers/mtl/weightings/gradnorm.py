@@ -1,0 +1,81 @@
+"""GradNorm (Chen et al., "GradNorm: Gradient Normalization for Adaptive Loss Balancing in Deep
+Multitask Networks", ICML 2018)."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+from torch import Tensor
+
+from workers.mtl.base import LossWeighting
+from workers.mtl.checks import check_num_tasks
+from workers.mtl.registry import HParam, register
+
+MIN_WEIGHT = 1e-6
+"""Floor applied before renormalization so a large step cannot make a weight zero or negative."""
+
+
+@register(
+    "weighting",
+    "gradnorm",
+    description="Weights moved each step so weighted gradient norms follow mean norm x (relative inverse rate)^alpha.",
+    paper="Chen et al. 2018, GradNorm (ICML)",
+    scale="sum: weights sum to K (all 1 at the start)",
+    hparams=(
+        HParam("alpha", float, 1.5, "asymmetry: how strongly slower tasks are favoured", low=0.0),
+        HParam("lr", float, 0.025, "step size of the weight update", low=0.0, low_open=True),
+    ),
+)
+class GradNorm(LossWeighting):
+    """Weighted loss w_i L_i. With G_i = |grad of w_i L_i| over all shared parameters (sqrt of the
+    observed Gram's diagonal; the paper uses the last shared layer), r_i = (L_i / L_i(0)) / mean_j(...)
+    and target T_i = mean(G) r_i^alpha (held constant), the GradNorm loss sum_i |G_i - T_i| has gradient
+    sign(G_i - T_i) G_i / w_i in w_i. One step w <- w - lr * gradient, floored at ``MIN_WEIGHT`` and
+    renormalized to sum K. L(0) is the first step's loss. The step observed at ``observe`` is applied
+    at the next ``begin_step`` so the weights are fixed within a step (perturbed passes included).
+    State: the weights, L(0) and the pending observation.
+    """
+
+    state_keys: ClassVar[tuple[str, ...]] = ("weights", "initial_losses", "pending_norms", "pending_losses")
+
+    def __init__(self, alpha: float, lr: float) -> None:
+        self.alpha = alpha
+        self.lr = lr
+        self.weights: Tensor | None = None
+        self.initial_losses: Tensor | None = None
+        self.pending_norms: Tensor | None = None
+        self.pending_losses: Tensor | None = None
+
+    def begin_step(self, losses: Tensor, generator: torch.Generator | None = None) -> None:
+        losses = losses.detach().to(torch.float64)
+        if self.weights is None:
+            self.weights = torch.ones_like(losses)
+        check_num_tasks(self.method_name, self.weights.shape[0], losses.shape[0])
+        if self.initial_losses is None:
+            self.initial_losses = losses.clone()
+        if self.pending_norms is not None and self.pending_losses is not None:
+            self.weights = self.updated_weights(self.pending_norms, self.pending_losses)
+        self.pending_norms = None
+        self.pending_losses = None
+
+    def updated_weights(self, norms: Tensor, losses: Tensor) -> Tensor:
+        """The weights after one step on the GradNorm loss at the observed norms and losses."""
+        assert self.weights is not None and self.initial_losses is not None
+        inverse_rates = losses / self.initial_losses.clamp_min(torch.finfo(losses.dtype).tiny)
+        relative = inverse_rates / inverse_rates.mean().clamp_min(torch.finfo(losses.dtype).tiny)
+        targets = norms.mean() * relative.pow(self.alpha)
+        gradient = torch.sign(norms - targets) * norms / self.weights
+        stepped = (self.weights - self.lr * gradient).clamp_min(MIN_WEIGHT)
+        return stepped * (stepped.numel() / stepped.sum())
+
+    def observe(self, losses: Tensor, gram: Tensor) -> None:
+        check_num_tasks(self.method_name, gram.shape[0], losses.shape[0])
+        self.pending_norms = gram.detach().diagonal().to(torch.float64).clamp_min(0.0).sqrt()
+        self.pending_losses = losses.detach().to(torch.float64).clone()
+
+    def weigh(self, losses: Tensor) -> Tensor:
+        if self.weights is None:
+            return losses
+        check_num_tasks(self.method_name, self.weights.shape[0], losses.shape[0])
+        return self.weights.to(device=losses.device, dtype=losses.dtype) * losses

@@ -1,0 +1,47 @@
+"""SI: the scale-invariant loss sum_i log L_i (a baseline in Navon et al., "Multi-Task Learning as a
+Bargaining Game", ICML 2022, and in the F-MTL and SAMO papers): weights 1 / L_i."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from workers.mtl.base import LossWeighting
+from workers.mtl.errors import MethodError
+from workers.mtl.registry import register
+
+
+def check_positive(method: str, losses: Tensor) -> None:
+    """Methods built on log L_i need every loss > 0."""
+    if not bool((losses > 0).all()):
+        raise MethodError(f"{method}: losses must be > 0 (it takes their logarithm), got {losses.tolist()}")
+
+
+@register(
+    "weighting",
+    "si",
+    description="Sum of log losses: each task's gradient divided by its loss, so loss scales cancel.",
+    paper="Navon et al. 2022, Multi-Task Learning as a Bargaining Game (ICML), SI baseline",
+    scale="sum: weighted losses log L_i, effective weights 1 / L_i",
+)
+class ScaleInvariant(LossWeighting):
+    """Weighted loss log L_i, whose gradient is grad L_i / L_i.
+
+    ``begin_step`` fixes the anchor L0 = the step's unperturbed losses; ``weigh`` returns
+    log L0 + (L - L0) / L0, which equals log L at the anchor and has gradient grad L / L0 everywhere, so
+    perturbed passes (SAM wrappers) use the step's weights 1 / L0 as the contract requires. Without an
+    anchor (standalone use), the current losses are the anchor and this is exactly log L.
+    """
+
+    def __init__(self) -> None:
+        self.anchor: Tensor | None = None
+
+    def begin_step(self, losses: Tensor, generator: torch.Generator | None = None) -> None:
+        check_positive(self.method_name, losses)
+        self.anchor = losses.detach().clone()
+
+    def weigh(self, losses: Tensor) -> Tensor:
+        anchor = self.anchor if self.anchor is not None else losses.detach()
+        check_positive(self.method_name, anchor)
+        anchor = anchor.to(losses.dtype)
+        return anchor.log() + (losses - anchor) / anchor
