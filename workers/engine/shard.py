@@ -1,0 +1,95 @@
+"""A FlatParams-like view of this rank's shard of the shared parameters.
+
+The core's wrappers handle shared-parameter vectors through ``oracle.shared``; with this view those
+vectors are this rank's [S] slots, so aggregation, SAM ascents and SPSA perturbations all run on
+shards, while ``params``/``flatten``/``flatten_batched`` still address the full local tensors the
+backward pass produces (before the reduce-scatter). Parameters stay replicated (as in ZeRO-1/2):
+moving them gathers the shard offsets (S numbers per rank), which keeps every rank's copy identical
+and lets the perturbed forward run unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from workers.engine.comm import ShardedComm
+from workers.mtl.flat import FlatParams
+
+
+class ShardedFlatParams(FlatParams):
+    def __init__(self, params: Sequence[Tensor], comm: ShardedComm) -> None:
+        super().__init__(params)
+        if comm.layout.numel != self.numel:
+            raise ValueError(f"layout covers {comm.layout.numel} coordinates, the parameters have {self.numel}")
+        self.comm = comm
+        self.layout = comm.layout
+        self.full_numel = self.numel
+        self.numel = self.layout.shard_numel
+        self.local_segment_ids = self.layout.local_segment_ids
+        self.grad_shard: Tensor | None = None
+
+    def values(self) -> Tensor:
+        """This rank's slots of the current parameter values."""
+        return self.layout.local(self.flatten([p.detach() for p in self.params]))
+
+    @torch.no_grad()
+    def add_(self, flat: Tensor, alpha: float = 1.0) -> None:
+        torch._foreach_add_([p.data for p in self.params], self.views(self.comm.gather(flat)), alpha=alpha)
+
+    @torch.no_grad()
+    def copy_(self, flat: Tensor) -> None:
+        torch._foreach_copy_([p.data for p in self.params], self.views(self.comm.gather(flat)))
+
+    def set_grad(self, flat: Tensor) -> None:
+        """The shard update goes to the sharded optimizer, never into the full ``.grad``."""
+        self.grad_shard = flat.detach().clone()
+
+    def layer_sq_norms(self, flat: Tensor) -> Tensor:
+        """Shard-local squared norm per layer ([L] or [K, L]); sum over ranks with ``comm.shard_sum``."""
+        ids = self.local_segment_ids.to(flat.device)
+        buckets = self.num_layers + 1
+        squared = flat.pow(2)
+        if flat.dim() == 1:
+            out = torch.zeros(buckets, dtype=flat.dtype, device=flat.device).index_add_(0, ids, squared)
+        else:
+            out = torch.zeros(flat.shape[0], buckets, dtype=flat.dtype, device=flat.device).index_add_(1, ids, squared)
+        return out[..., : self.num_layers]
+
+    def expand_layers(self, per_layer: Tensor) -> Tensor:
+        """One value per layer broadcast to this rank's slots; padding slots get zero."""
+        padded = torch.nn.functional.pad(per_layer, (0, 1))
+        return padded[..., self.local_segment_ids.to(per_layer.device)]
+
+
+class ShardedOptimizer:
+    """ZeRO-style optimizer: the shared parameters' state lives only for this rank's shard.
+
+    The shard is a flat [S] master copy given to any element-wise torch optimizer (SGD, Adam, AdamW)
+    together with the replicated head (and weighting) parameters; after each step the updated
+    shards are all-gathered into every rank's parameters.
+    """
+
+    def __init__(
+        self,
+        shared: ShardedFlatParams,
+        replicated: Sequence[Tensor],
+        factory: type[torch.optim.Optimizer],
+        **options: float,
+    ) -> None:
+        self.shared = shared
+        self.master = torch.nn.Parameter(shared.values())
+        self.optimizer = factory([self.master, *replicated], **options)
+
+    def step(self) -> None:
+        if self.shared.grad_shard is None:
+            raise RuntimeError("no shard update: run the step (which writes it) before optimizer.step()")
+        self.master.grad = self.shared.grad_shard
+        self.optimizer.step()
+        self.shared.copy_(self.master.detach())
+
+    def zero_grad(self) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        self.shared.grad_shard = None

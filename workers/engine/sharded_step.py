@@ -1,0 +1,96 @@
+"""The core's MTLStep on sharded shared parameters, and the shardability check for job validation.
+
+The wrappers and aggregators are the core's own; only where parameters live changes: the oracle's
+``shared`` is a ShardedFlatParams and its communicator a ShardedComm. SPSA directions are drawn at
+full length from the step's shared generator and sliced to this rank's slots: each rank then holds
+exactly its slice of the direction the unsharded run draws, and every generator advances by the same
+amount, so all later random choices (PCGrad order, RLW weights) also stay aligned with the unsharded
+run. Drawing P numbers per direction costs far less than the forward pass it feeds; a counter-based
+scheme could skip to the slice, but torch's CPU generator cannot jump ahead.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from workers.engine.collectives import Collectives
+from workers.engine.comm import ShardedComm
+from workers.engine.layout import ShardLayout
+from workers.engine.shard import ShardedFlatParams
+from workers.mtl import registry
+from workers.mtl.errors import MethodError
+from workers.mtl.flat import FlatParams
+from workers.mtl.oracle import GradientOracle, LossClosure, StepRecord
+from workers.mtl.step import MTLStep, ParameterSplit
+
+
+def check_shardable(weighting: str, aggregator: str, wrapper: str) -> None:
+    """Raise MethodError at validation time if any of the three methods cannot run on shards."""
+    for kind, name in (("weighting", weighting), ("aggregator", aggregator), ("wrapper", wrapper)):
+        method = registry.spec(kind, name)  # type: ignore[arg-type]
+        if not method.shardable:
+            allowed = ", ".join(m.name for m in registry.methods(kind) if m.shardable)  # type: ignore[arg-type]
+            raise MethodError(
+                f"{kind} {name!r} cannot run with sharded parameters (it needs the full per-task gradients); "
+                f"use data-parallel mode, or one of the shardable {kind}s: {allowed}"
+            )
+
+
+class ShardedOracle(GradientOracle):
+    shared: ShardedFlatParams
+
+    def random_direction(self) -> Tensor:
+        template = self.shared.params[0]
+        full = torch.randn(
+            self.shared.full_numel, generator=self.generator, dtype=template.dtype, device=template.device
+        )
+        return self.shared.layout.local(full)
+
+
+def _name(method: Any, default: str) -> str:
+    if method is None:
+        return default
+    return method if isinstance(method, str) else type(method).method_name
+
+
+def sharded_comm(params: Sequence[Tensor], collectives: Collectives) -> ShardedComm:
+    """The flat, evenly padded layout of ``params`` over the group, and its communicator."""
+    flat = FlatParams(params)
+    layout = ShardLayout(flat.numel, collectives.world_size, collectives.rank, flat.segment_ids)
+    return ShardedComm(collectives, layout)
+
+
+class ShardedMTLStep(MTLStep):
+    """``MTLStep`` whose shared parameters are this rank's shard; pair it with a ``ShardedOptimizer``."""
+
+    def __init__(self, split: ParameterSplit, *, comm: ShardedComm, **kwargs: Any) -> None:
+        check_shardable(
+            _name(kwargs.get("weighting"), "ew"),
+            _name(kwargs.get("aggregator"), "mean"),
+            _name(kwargs.get("wrapper"), "none"),
+        )
+        super().__init__(split, comm=comm, **kwargs)
+        self.comm: ShardedComm = comm
+        self.shared: ShardedFlatParams = ShardedFlatParams(split.shared, comm)
+
+    def __call__(self, closure: LossClosure) -> StepRecord:
+        oracle = ShardedOracle(
+            closure,
+            self.shared,
+            self.heads,
+            self.weighting,
+            self.aggregator,
+            self.comm,
+            self.generator,
+            self.gradient_engine,
+            self.buffers,
+        )
+        started = time.perf_counter()
+        self.wrapper.step(oracle)
+        oracle.record.seconds_total = time.perf_counter() - started
+        return oracle.record
