@@ -22,6 +22,12 @@ class DataParallelComm:
         self.collectives = collectives
         self.rank = collectives.rank
         self.world_size = collectives.world_size
+        self.peak_task_gradient_bytes = 0
+        """Largest reduced per-task gradient buffer this rank has held (sharded: 1/N of data-parallel)."""
+
+    def _remember(self, reduced: Tensor) -> Tensor:
+        self.peak_task_gradient_bytes = max(self.peak_task_gradient_bytes, reduced.numel() * reduced.element_size())
+        return reduced
 
     def mean(self, tensor: Tensor) -> Tensor:
         out = tensor.detach().clone()
@@ -29,7 +35,7 @@ class DataParallelComm:
 
     def reduce_task_gradients(self, grads: Tensor) -> Tensor:
         """One all-reduce of the stacked [K, P] buffer (in place: the oracle hands over a fresh one)."""
-        return self.collectives.all_reduce_sum_(grads.detach()).div_(self.world_size)
+        return self._remember(self.collectives.all_reduce_sum_(grads.detach()).div_(self.world_size))
 
     def shard_sum(self, tensor: Tensor) -> Tensor:
         return tensor
@@ -51,7 +57,7 @@ class ShardedComm(DataParallelComm):
         """[K, P] of this rank's batch -> this rank's [K, S] slots of the global mean."""
         out = grads.new_empty(grads.shape[0], self.layout.shard_numel)
         self.collectives.reduce_scatter_sum(out, self.layout.stacked(grads.detach()))
-        return out.div_(self.world_size)
+        return self._remember(out.div_(self.world_size))
 
     def shard_sum(self, tensor: Tensor) -> Tensor:
         out = tensor.detach().clone()

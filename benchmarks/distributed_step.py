@@ -1,0 +1,159 @@
+"""Distributed step cost: data-parallel and sharded (2 gloo ranks) against the local run on the same
+global batch.
+
+Prints, per mode: median step time and its ratio to the local step; bytes each rank sends per step
+(ring cost of every collective, counted by the engine's shim) against K*P values of the gradient
+dtype, the size of the per-task gradient matrix that must be reduced; and the per-task gradient
+buffer each rank keeps after the reduction (peak over the run) relative to data-parallel (target 1/N).
+
+    .venv/bin/python benchmarks/distributed_step.py [--aggregator mean] [--wrapper none] [--steps 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from workers import mtl
+from workers.engine import (
+    Collectives,
+    DataParallelComm,
+    ShardedMTLStep,
+    ShardedOptimizer,
+    launch,
+    sharded_comm,
+)
+
+NUM_TASKS = 4
+IN_FEATURES = 64
+HIDDEN = 256
+GLOBAL_BATCH = 256
+
+
+class MLPHPS(nn.Module):
+    """A two-layer shared MLP trunk and one linear regression head per task."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.trunk = nn.Sequential(nn.Linear(IN_FEATURES, HIDDEN), nn.ReLU(), nn.Linear(HIDDEN, HIDDEN), nn.ReLU())
+        self.heads = nn.ModuleList(nn.Linear(HIDDEN, 1) for _ in range(NUM_TASKS))
+
+    def shared_parameters(self) -> list[nn.Parameter]:
+        return list(self.trunk.parameters())
+
+    def task_parameters(self) -> list[list[nn.Parameter]]:
+        return [list(head.parameters()) for head in self.heads]
+
+    def task_losses(self, x: Tensor, y: Tensor) -> Tensor:
+        features = self.trunk(x)
+        return ((torch.cat([head(features) for head in self.heads], dim=1) - y) ** 2).mean(dim=0)
+
+
+def _data() -> tuple[Tensor, Tensor]:
+    generator = torch.Generator().manual_seed(0)
+    return torch.randn(GLOBAL_BATCH, IN_FEATURES, generator=generator), torch.randn(
+        GLOBAL_BATCH, NUM_TASKS, generator=generator
+    )
+
+
+def _model() -> MLPHPS:
+    torch.manual_seed(0)
+    return MLPHPS()
+
+
+def _time_steps(
+    step: Callable[[Callable[[], Tensor]], object],
+    optimizer: torch.optim.Optimizer | ShardedOptimizer,
+    closure: Callable[[], Tensor],
+    steps: int,
+    before_step: Callable[[], None] = lambda: None,
+) -> list[float]:
+    """Seconds per step (forward, per-task backward, collectives, optimizer), after 2 warm-up steps."""
+    times = []
+    for _ in range(steps + 2):
+        before_step()
+        started = time.perf_counter()
+        step(closure)
+        optimizer.step()
+        optimizer.zero_grad()
+        times.append(time.perf_counter() - started)
+    return times[2:]
+
+
+def run_local(args: argparse.Namespace) -> float:
+    torch.set_num_threads(1)
+    x, y = _data()
+    model = _model()
+    step = mtl.MTLStep.from_model(model, aggregator=args.aggregator, wrapper=args.wrapper)
+    optimizer = torch.optim.SGD([*model.parameters(), *step.parameters()], lr=0.01)
+    return statistics.median(_time_steps(step, optimizer, lambda: model.task_losses(x, y), args.steps))
+
+
+def _rank_main(rank: int, world: int, out: str, aggregator: str, wrapper: str, steps: int) -> None:
+    x, y = _data()
+    xs, ys = x.chunk(world)[rank], y.chunk(world)[rank]
+    results = {}
+    for mode in ("ddp", "sharded"):
+        model = _model()
+        collectives = Collectives()
+        kwargs = {"aggregator": aggregator, "wrapper": wrapper}
+        if mode == "ddp":
+            comm = DataParallelComm(collectives)
+            step = mtl.MTLStep.from_model(model, comm=comm, **kwargs)
+            optimizer = torch.optim.SGD([*model.parameters(), *step.parameters()], lr=0.01)
+        else:
+            comm = sharded_comm(model.shared_parameters(), collectives)
+            step = ShardedMTLStep.from_model(model, comm=comm, **kwargs)
+            heads = [p for head in model.task_parameters() for p in head]
+            optimizer = ShardedOptimizer(step.shared, [*heads, *step.parameters()], torch.optim.SGD, lr=0.01)
+        closure = functools.partial(model.task_losses, xs, ys)
+        times = _time_steps(step, optimizer, closure, steps, collectives.counter.reset)
+        results[mode] = {
+            "seconds": statistics.median(times),
+            "bytes_sent": collectives.counter.bytes_sent,
+            "buffer_bytes": comm.peak_task_gradient_bytes,
+            "shared_numel": sum(p.numel() for p in model.shared_parameters()),
+            "element_size": model.shared_parameters()[0].element_size(),
+        }
+    if rank == 0:
+        Path(out).write_text(json.dumps(results))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--aggregator", default="mean")
+    parser.add_argument("--wrapper", default="none")
+    parser.add_argument("--steps", type=int, default=20)
+    args = parser.parse_args()
+    world = 2
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "ranks.json"
+        launch(_rank_main, world, str(out), args.aggregator, args.wrapper, args.steps, backend="gloo")
+        results = json.loads(out.read_text())
+    local = run_local(args)
+    lower_bound = NUM_TASKS * results["ddp"]["shared_numel"] * results["ddp"]["element_size"]
+    print(
+        f"K={NUM_TASKS} P={results['ddp']['shared_numel']} global batch={GLOBAL_BATCH} N={world} (gloo, 1 thread/rank)"
+    )
+    print(f"method: {args.aggregator} + {args.wrapper}; local step {local * 1e3:.2f} ms")
+    ddp_buffer = results["ddp"]["buffer_bytes"]
+    for mode in ("ddp", "sharded"):
+        r = results[mode]
+        print(
+            f"{mode:8s} step {r['seconds'] * 1e3:7.2f} ms  ({r['seconds'] / local:.2f}x local)  "
+            f"bytes/step/rank {r['bytes_sent']:>10d}  ({r['bytes_sent'] / lower_bound:.3f}x K*P)  "
+            f"task-grad buffer {r['buffer_bytes']:>8d} B  ({r['buffer_bytes'] / ddp_buffer:.3f}x DDP)"
+        )
+
+
+if __name__ == "__main__":
+    main()
