@@ -1,0 +1,44 @@
+"""Hard parameter sharing: one shared encoder, one head per task."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from workers.problems.errors import ProblemError
+from workers.problems.models.base import MultiTaskNet
+
+
+class HardSharing(MultiTaskNet):
+    """Shared ``encoder`` and per-task ``heads`` on its features.
+
+    With ``multi_input`` (one input per task, e.g. Office-Home domains) ``forward`` takes a list of K inputs;
+    each goes through the shared encoder, and the representation is their concatenation along the batch,
+    which the heads read back in slices, so gradients with respect to it reach every task.
+    """
+
+    def __init__(self, encoder: nn.Module, heads: Sequence[nn.Module], *, multi_input: bool = False) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.heads = nn.ModuleList(heads)
+        self.multi_input = multi_input
+
+    def shared_parameters(self) -> list[nn.Parameter]:
+        return list(self.encoder.parameters())
+
+    def task_parameters(self) -> list[list[nn.Parameter]]:
+        return [list(head.parameters()) for head in self.heads]
+
+    def forward_with_representation(self, x: Tensor | list[Tensor]) -> tuple[list[Tensor], Tensor]:
+        if not self.multi_input:
+            if not isinstance(x, Tensor):
+                raise ProblemError("this model takes one input tensor, got a list (multi_input is off)")
+            representation = self.encoder(x)
+            return [head(representation) for head in self.heads], representation
+        if isinstance(x, Tensor) or len(x) != len(self.heads):
+            raise ProblemError(f"this multi-input model takes a list of {len(self.heads)} inputs, one per task")
+        representation = torch.cat([self.encoder(xt) for xt in x])
+        parts = representation.split([len(xt) for xt in x])
+        return [head(part) for head, part in zip(self.heads, parts, strict=True)], representation

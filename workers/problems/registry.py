@@ -1,0 +1,53 @@
+"""Problems by name."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from workers.problems.base import Problem
+from workers.problems.celeba import CelebA
+from workers.problems.dense import Cityscapes, NYUv2
+from workers.problems.errors import ProblemError
+from workers.problems.multi_image import MultiDigits, MultiFashion, MultiFashionMNIST, MultiMNIST
+from workers.problems.office_home import OfficeHome
+from workers.problems.options import accepted_options, check_options
+from workers.problems.qm9 import QM9
+from workers.problems.yeast import Yeast
+
+PROBLEMS: dict[str, type[Problem]] = {
+    cls.name: cls
+    for cls in (
+        MultiDigits,
+        MultiMNIST,
+        MultiFashion,
+        MultiFashionMNIST,
+        Yeast,
+        NYUv2,
+        Cityscapes,
+        CelebA,
+        OfficeHome,
+        QM9,
+    )
+}
+
+
+def problem_names() -> list[str]:
+    return sorted(PROBLEMS)
+
+
+def problem_options(name: str) -> list[str]:
+    """The options ``build(name, ...)`` accepts."""
+    return accepted_options(_lookup(name))
+
+
+def _lookup(name: str) -> type[Problem]:
+    if name not in PROBLEMS:
+        raise ProblemError(f"unknown problem {name!r}; known: {problem_names()}")
+    return PROBLEMS[name]
+
+
+def build(name: str, **options: Any) -> Problem:
+    """The named problem; unknown options fail with the allowed ones, wrong paths with the missing file."""
+    cls = _lookup(name)
+    check_options(name, cls, options)
+    return cls(**options)

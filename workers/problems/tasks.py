@@ -1,0 +1,142 @@
+"""Task kinds: what a head outputs, the loss on that output and the meter that scores it.
+
+Output and target conventions (per batch):
+
+=================  ========================  ==================================================
+kind               model output              target
+=================  ========================  ==================================================
+classification     logits [N, C]             class index [N] (int64)
+binary             one logit [N, 1]          0/1 [N] (float)
+segmentation       logits [N, C, H, W]       class index [N, H, W], -1 = unlabelled
+depth              [N, 1, H, W]              [N, 1, H, W], 0 = not measured
+normal             [N, 3, H, W] (any norm)   unit normals [N, 3, H, W], (0, 0, 0) = not measured
+regression         [N, 1]                    standardised value [N]
+=================  ========================  ==================================================
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+from torch.nn import functional as F  # noqa: N812
+
+from workers.problems import metrics
+
+
+@dataclass(frozen=True)
+class TaskKind:
+    """Base of the task kinds; ``dense`` kinds predict a map per pixel."""
+
+    out_channels: int = 1
+    dense: bool = False
+
+    def loss(self, output: Tensor, target: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def meter(self) -> metrics.Meter:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class Classification(TaskKind):
+    """Multi-class classification with cross-entropy."""
+
+    num_classes: int = 10
+    ece_bins: int = metrics.DEFAULT_ECE_BINS
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "out_channels", self.num_classes)
+
+    def loss(self, output: Tensor, target: Tensor) -> Tensor:
+        return F.cross_entropy(output, target.long())
+
+    def meter(self) -> metrics.Meter:
+        return metrics.ClassificationMeter(self.num_classes, bins=self.ece_bins)
+
+
+@dataclass(frozen=True)
+class Binary(TaskKind):
+    """One binary attribute or label, with a logistic loss on a single logit."""
+
+    ece_bins: int = metrics.DEFAULT_ECE_BINS
+
+    def loss(self, output: Tensor, target: Tensor) -> Tensor:
+        return F.binary_cross_entropy_with_logits(output.reshape(-1), target.reshape(-1).to(output.dtype))
+
+    def meter(self) -> metrics.Meter:
+        return metrics.ClassificationMeter(2, binary=True, bins=self.ece_bins)
+
+
+@dataclass(frozen=True)
+class Segmentation(TaskKind):
+    """Semantic segmentation with pixel-wise cross-entropy that skips unlabelled (-1) pixels."""
+
+    num_classes: int = 13
+    dense: bool = True
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "out_channels", self.num_classes)
+
+    def loss(self, output: Tensor, target: Tensor) -> Tensor:
+        return F.cross_entropy(output, target.long(), ignore_index=-1)
+
+    def meter(self) -> metrics.Meter:
+        return metrics.SegmentationMeter(self.num_classes)
+
+
+@dataclass(frozen=True)
+class Depth(TaskKind):
+    """Depth regression: L1 over the pixels that have a measurement."""
+
+    dense: bool = True
+
+    def loss(self, output: Tensor, target: Tensor) -> Tensor:
+        mask = metrics.valid_pixels(target)
+        return (output - target).abs()[mask].mean()
+
+    def meter(self) -> metrics.Meter:
+        return metrics.DepthMeter()
+
+
+@dataclass(frozen=True)
+class Normal(TaskKind):
+    """Surface normals: 1 - cosine similarity of the normalised prediction, over pixels with a normal."""
+
+    out_channels: int = 3
+    dense: bool = True
+
+    def loss(self, output: Tensor, target: Tensor) -> Tensor:
+        mask = metrics.valid_pixels(target).squeeze(1)
+        cosine = (F.normalize(output, dim=1) * target).sum(dim=1)
+        return 1 - cosine[mask].mean()
+
+    def meter(self) -> metrics.Meter:
+        return metrics.NormalMeter()
+
+
+@dataclass(frozen=True)
+class Regression(TaskKind):
+    """Scalar regression on a standardised target (MSE); MAE is reported in original units via ``scale``."""
+
+    scale: float = 1.0
+
+    def loss(self, output: Tensor, target: Tensor) -> Tensor:
+        return F.mse_loss(output.reshape(-1), target.reshape(-1).to(output.dtype))
+
+    def meter(self) -> metrics.Meter:
+        return metrics.RegressionMeter(self.scale)
+
+
+@dataclass(frozen=True)
+class Task:
+    """A named task of a problem."""
+
+    name: str
+    kind: TaskKind
+
+
+def stack_losses(tasks: list[Task], outputs: list[Tensor], targets: list[Tensor]) -> Tensor:
+    """The K per-task losses as one vector, in task order."""
+    return torch.stack([task.kind.loss(out, tgt) for task, out, tgt in zip(tasks, outputs, targets, strict=True)])

@@ -1,0 +1,58 @@
+"""``yeast``: river's bundled Yeast multi-label set (2,417 genes x 103 features, 14 binary functional classes).
+
+The rows are split per seed into train and test (``test_size`` rows, 917 by default as in the original
+MULAN split sizes); features are standardised with the training rows' mean and standard deviation.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import torch
+
+from workers.problems.base import Problem, TaskTensorDataset
+from workers.problems.errors import ProblemError
+from workers.problems.tasks import Binary, Task
+
+
+@functools.cache
+def load_yeast() -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
+    """Features [2417, 103] float64, labels [2417, 14] uint8 and the label names, from river."""
+    try:
+        from river import datasets
+    except ImportError as error:
+        raise ProblemError(
+            "yeast needs the 'river' package (the engine extra: pip install 'flatmtl[engine]')"
+        ) from error
+    rows = list(datasets.Yeast())
+    feature_names = list(rows[0][0])
+    label_names = tuple(rows[0][1])
+    features = np.array([[x[name] for name in feature_names] for x, _ in rows], dtype=np.float64)
+    labels = np.array([[y[name] for name in label_names] for _, y in rows], dtype=np.uint8)
+    return features, labels, label_names
+
+
+class Yeast(Problem):
+    name = "yeast"
+    model_names = ("mmoe", "mlp")
+    default_model = "mmoe"
+
+    def __init__(self, *, seed: int = 0, test_size: int = 917) -> None:
+        super().__init__(seed=seed)
+        features, _, label_names = load_yeast()
+        if not 0 < test_size < len(features):
+            raise ProblemError(f"yeast: test_size must be between 1 and {len(features) - 1}, got {test_size}")
+        self.test_size = test_size
+        self.tasks = [Task(name.lower(), Binary()) for name in label_names]
+        self.input_shape = (features.shape[1],)
+
+    def _load(self, split: str) -> TaskTensorDataset:
+        features, labels, _ = load_yeast()
+        order = np.random.default_rng([self.seed, 0]).permutation(len(features))
+        test, train = order[: self.test_size], order[self.test_size :]
+        mean, std = features[train].mean(axis=0), features[train].std(axis=0)
+        rows = train if split == "train" else test
+        inputs = torch.from_numpy((features[rows] - mean) / np.where(std > 0, std, 1.0)).float()
+        targets = torch.from_numpy(labels[rows].astype(np.float32))
+        return TaskTensorDataset(inputs, list(targets.T.contiguous()))
