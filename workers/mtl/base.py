@@ -132,6 +132,10 @@ class LossWeighting(Stateful):
 
     method_name: ClassVar[str]
 
+    def setup(self, num_tasks: int, *, dtype: torch.dtype, device: torch.device) -> None:
+        """Called once by the step with K and the parameters' dtype/device, before any optimizer is
+        built, so learnable weightings can create their parameters."""
+
     def begin_step(self, losses: Tensor, generator: torch.Generator | None = None) -> None:
         """Called once per step with the detached raw losses at the unperturbed parameters."""
 

@@ -89,6 +89,7 @@ class MTLStep:
         self.split = split
         self.num_tasks = len(split.heads)
         self.weighting: LossWeighting = _build("weighting", weighting, weighting_hparams)
+        self.weighting.setup(self.num_tasks, dtype=split.shared[0].dtype, device=split.shared[0].device)
         self.aggregator: Aggregator = _build("aggregator", aggregator, aggregator_hparams)
         self.wrapper: Wrapper = _build("wrapper", wrapper, wrapper_hparams)
         self.comm = comm or LocalComm()
