@@ -7,9 +7,8 @@ setup:
 demo: setup
 	.venv/bin/flatmtl demo toy --out runs/toy
 
-test: setup
-	.venv/bin/ruff check .
-	.venv/bin/python -m pytest
+test:
+	bash scripts/test.sh
 
 bench: setup
 	.venv/bin/python benchmarks/mtl_core.py
