@@ -11,7 +11,6 @@ scheme could skip to the slice, but torch's CPU generator cannot jump ahead.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -25,7 +24,7 @@ from workers.engine.shard import ShardedFlatParams
 from workers.mtl import registry
 from workers.mtl.errors import MethodError
 from workers.mtl.flat import FlatParams
-from workers.mtl.oracle import GradientOracle, LossClosure, StepRecord
+from workers.mtl.oracle import GradientOracle
 from workers.mtl.step import MTLStep, ParameterSplit
 
 
@@ -68,6 +67,8 @@ def sharded_comm(params: Sequence[Tensor], collectives: Collectives) -> ShardedC
 class ShardedMTLStep(MTLStep):
     """``MTLStep`` whose shared parameters are this rank's shard; pair it with a ``ShardedOptimizer``."""
 
+    oracle_class = ShardedOracle
+
     def __init__(self, split: ParameterSplit, *, comm: ShardedComm, **kwargs: Any) -> None:
         check_shardable(
             _name(kwargs.get("weighting"), "ew"),
@@ -77,20 +78,3 @@ class ShardedMTLStep(MTLStep):
         super().__init__(split, comm=comm, **kwargs)
         self.comm: ShardedComm = comm
         self.shared: ShardedFlatParams = ShardedFlatParams(split.shared, comm)
-
-    def __call__(self, closure: LossClosure) -> StepRecord:
-        oracle = ShardedOracle(
-            closure,
-            self.shared,
-            self.heads,
-            self.weighting,
-            self.aggregator,
-            self.comm,
-            self.generator,
-            self.gradient_engine,
-            self.buffers,
-        )
-        started = time.perf_counter()
-        self.wrapper.step(oracle)
-        oracle.record.seconds_total = time.perf_counter() - started
-        return oracle.record

@@ -68,7 +68,12 @@ def _build(kind: registry.Kind, method: str | Any, hparams: dict[str, Any] | Non
 
 
 class MTLStep:
-    """Composes the three methods and runs a step per call; holds the step's random generator."""
+    """Composes the three methods and runs a step per call; holds the step's random generator.
+
+    ``oracle_class`` is where parameters live: sharded training substitutes an oracle whose random
+    directions are this rank's slice of the unsharded draw."""
+
+    oracle_class: type[GradientOracle] = GradientOracle
 
     def __init__(
         self,
@@ -110,7 +115,7 @@ class MTLStep:
         return self.weighting.parameters()
 
     def __call__(self, closure: LossClosure) -> StepRecord:
-        oracle = GradientOracle(
+        oracle = self.oracle_class(
             closure,
             self.shared,
             self.heads,
