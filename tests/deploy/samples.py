@@ -1,0 +1,71 @@
+"""A registry with a sample of every metric, growing on each scrape so that rate() has something to see."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+from service import telemetry
+from service.telemetry import HistogramCounts, RunningJob, Snapshot
+
+TASKS = ("segmentation", "depth", "normal")
+
+
+def _training_latest(scrape: int) -> dict[str, float]:
+    """One step's points as a worker writes them, through the same naming function."""
+    angle = 2 * math.pi / 3
+    cosines = [[math.cos(angle * (a - b)) for b in range(3)] for a in range(3)]
+    magnitudes = [[1.0 if a == b else 0.5 for b in range(3)] for a in range(3)]
+    points = telemetry.training_points(
+        scrape,
+        tasks=TASKS,
+        samples_total=1000 * scrape,
+        step_seconds=0.2,
+        losses=[1.0 / scrape, 2.0 / scrape, 3.0 / scrape],
+        gradient_norms=[1.0, 2.0, 3.0],
+        cosines=cosines,
+        magnitude_similarities=magnitudes,
+        conflict_ratio=1.0,
+        sam_wrapper_seconds=0.1,
+        aggregation_seconds=0.02,
+        communication_bytes=4096,
+        sharpness=[0.01, 0.02, 0.03],
+    )
+    return {name: value for _, name, value in points}
+
+
+def snapshot(scrape: int) -> Snapshot:
+    """The control plane and one running job after ``scrape`` scrapes (counters grow with it)."""
+    return Snapshot(
+        jobs_by_state={"queued": 1, "running": 1, "succeeded": scrape, "failed": scrape, "cancelled": 0},
+        queue_wait=HistogramCounts.of([3.0 * k for k in range(scrape + 1)], telemetry.QUEUE_WAIT_BUCKETS),
+        oldest_queued_age_seconds=12.0 * scrape,
+        lease_expirations=scrape,
+        retries=scrape,
+        failures=scrape,
+        worker_heartbeat_age_seconds={"worker-0": 2.0},
+        workers_alive=1,
+        running_jobs=(
+            RunningJob(
+                job_id=7,
+                attempt=2,
+                latest=_training_latest(scrape),
+                step_seconds=HistogramCounts.of([0.2] * (10 * scrape), telemetry.STEP_SECONDS_BUCKETS),
+            ),
+        ),
+    )
+
+
+def growing_telemetry() -> telemetry.Telemetry:
+    """A registry whose every scrape shows one more step, API request, failure, claim and lease expiry."""
+    scrapes = itertools.count(1)
+    metrics = telemetry.Telemetry()
+
+    def source() -> Snapshot:
+        scrape = next(scrapes)
+        for status in (200, 500):
+            metrics.observe_request("/jobs/{job_id}", "get", status, 0.01 * scrape)
+        return snapshot(scrape)
+
+    metrics.set_source(source)
+    return metrics
