@@ -4,8 +4,14 @@ control-plane commands never load torch or ray."""
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
+
+if TYPE_CHECKING:
+    from workers.mtl.registry import Kind
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -29,3 +35,83 @@ def methods_command(kind: str | None, as_json: bool) -> None:
         click.echo(f"{'':<26} scale: {method.scale}; paper: {method.paper}")
         for hp in method.hparams:
             click.echo(f"{'':<26} {hp.name}={hp.default!r} ({hp.allowed()}): {hp.doc}")
+
+
+@main.group("demo")
+def demo_group() -> None:
+    """Demos that run the MTL core end to end."""
+
+
+@demo_group.command("toy")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("runs/toy"),
+    show_default=True,
+    help="Directory for the figures and tables.",
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of every step's random generator.")
+@click.option("--steps", type=click.IntRange(min=1), default=200, show_default=True, help="Optimizer steps per run.")
+@click.option(
+    "--aggregators", default=None, help="Comma-separated aggregator names [default: mean,mgda,pcgrad,cagrad,nash_mtl]."
+)
+@click.option("--wrappers", default=None, help="Comma-separated wrapper names [default: none,sam,g_sam,fmtl,samo].")
+@click.option("--problems", default="samo,cagrad", show_default=True, help="Comma-separated toy problems.")
+@click.option(
+    "--rho",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="Radius for every wrapper with one [default: per problem].",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=min(2, os.cpu_count() or 1),
+    show_default=True,
+    help="Processes to spread the runs over.",
+)
+def demo_toy_command(
+    out: Path,
+    seed: int,
+    steps: int,
+    aggregators: str | None,
+    wrappers: str | None,
+    problems: str,
+    rho: float | None,
+    workers: int,
+) -> None:
+    """Optimize the SAMO and CAGrad two-objective toys with each aggregator x wrapper, with and without SAM.
+
+    Writes toy_<problem>.png (trajectories over the loss contours) and results.md/results.json (where
+    each run ended, its two objectives and its distance to the Pareto set). Without --aggregators or
+    --wrappers, the default methods that are registered run and the others are named and skipped.
+    """
+    from workers.demo import toy
+    from workers.mtl.errors import MethodError
+
+    def choose(kind: Kind, option: str, given: str | None, defaults: tuple[str, ...]) -> tuple[str, ...]:
+        if given is not None:
+            try:
+                return toy.parse_names(kind, given)
+            except MethodError as error:
+                raise click.BadParameter(str(error), param_hint=option) from None
+        present, missing = toy.registered(kind, defaults)
+        if missing:
+            click.echo(f"skipping {kind}s not registered yet: {', '.join(missing)}", err=True)
+        return present
+
+    try:
+        chosen_problems = toy.parse_problems(problems)
+    except MethodError as error:
+        raise click.BadParameter(str(error), param_hint="--problems") from None
+    demo = toy.ToyDemo(
+        out=out,
+        problems=chosen_problems,
+        aggregators=choose("aggregator", "--aggregators", aggregators, toy.DEFAULT_AGGREGATORS),
+        wrappers=choose("wrapper", "--wrappers", wrappers, toy.DEFAULT_WRAPPERS),
+        steps=steps,
+        seed=seed,
+        rho=rho,
+        workers=workers,
+    )
+    toy.run_demo(demo, echo=click.echo)
