@@ -1,0 +1,399 @@
+"""Job specs: the one contract between the API, the CLI and the workers.
+
+A training job names a problem, a model and a method (a loss weighting, a gradient aggregator and a
+wrapper, each a name plus hyper-parameters validated against the method catalog), an optimizer, a
+learning-rate schedule and its resources. A sweep is a base training spec plus a search space over
+any of its fields by dotted path (``method.wrapper.hparams.rho``, ``optimizer.lr``, ...).
+
+Errors name the field path, the value and what is allowed. Errors raised inside validators carry
+``subloc`` (the path below the validated field) in their context so that the path points at the
+offending key; :mod:`service.validation` appends it.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic_core import PydanticCustomError
+
+from service.catalog import Catalog, CatalogError, Kind, load_catalog
+
+Identifier = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z][A-Za-z0-9_\-]*$")]
+JobName = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")]
+MetricName = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_./\-]+$")]
+Sharding = Literal["none", "zero1", "zero2", "zero3"]
+MAX_TRIALS = 10_000
+
+
+def _catalog(info: ValidationInfo) -> Catalog:
+    """The catalog from the validation context (tests pass their own), else the committed one."""
+    context = info.context or {}
+    return context.get("catalog") or load_catalog()
+
+
+def field_error(message: str, *, subloc: tuple[str, ...] = (), value: Any = None, allowed: str = "") -> Exception:
+    return PydanticCustomError(
+        "spec_error", "{message}", {"message": message, "subloc": subloc, "value": value, "allowed": allowed}
+    )
+
+
+class SpecModel(BaseModel):
+    """Strict about unknown keys, and says which keys exist when it refuses one."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_keys(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            fields = set(cls.model_fields)
+            for key in data:
+                if key not in fields:
+                    allowed = ", ".join(sorted(fields))
+                    raise field_error(
+                        f"unknown field {key!r}; allowed: {allowed}", subloc=(str(key),), value=key, allowed=allowed
+                    )
+        return data
+
+
+class MethodChoice(SpecModel):
+    """A method by name with hyper-parameters; a bare string is shorthand for ``{"name": ...}``."""
+
+    kind: ClassVar[Kind]
+    name: str
+    hparams: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, data: Any) -> Any:
+        return {"name": data} if isinstance(data, str) else data
+
+    @field_validator("name")
+    @classmethod
+    def _known_method(cls, name: str, info: ValidationInfo) -> str:
+        try:
+            _catalog(info).method(cls.kind, name)
+        except CatalogError as error:
+            raise field_error(error.message, value=name, allowed=error.allowed) from None
+        return name
+
+    @field_validator("hparams")
+    @classmethod
+    def _valid_hparams(cls, hparams: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        name = info.data.get("name")
+        if name is None:
+            return hparams
+        try:
+            return _catalog(info).method(cls.kind, name).resolve(hparams)
+        except CatalogError as error:
+            raise field_error(
+                error.message, subloc=(error.key or "",), value=error.value, allowed=error.allowed
+            ) from None
+
+
+class WeightingChoice(MethodChoice):
+    kind: ClassVar[Kind] = "weighting"
+
+
+class AggregatorChoice(MethodChoice):
+    kind: ClassVar[Kind] = "aggregator"
+
+
+class WrapperChoice(MethodChoice):
+    kind: ClassVar[Kind] = "wrapper"
+
+
+class MethodConfig(SpecModel):
+    """Loss weighting (before backward) x gradient aggregator x step wrapper."""
+
+    weighting: WeightingChoice = Field(default_factory=lambda: WeightingChoice(name="ew"))
+    aggregator: AggregatorChoice = Field(default_factory=lambda: AggregatorChoice(name="mean"))
+    wrapper: WrapperChoice = Field(default_factory=lambda: WrapperChoice(name="none"))
+
+
+class OptimizerConfig(SpecModel):
+    """Adam, AdamW or SGD with momentum; one flat model so sweeps address every field the same way."""
+
+    name: Literal["adam", "adamw", "sgd"] = "adam"
+    lr: float = Field(1e-3, gt=0, le=10, allow_inf_nan=False)
+    weight_decay: float = Field(0.0, ge=0, le=10, allow_inf_nan=False)
+    momentum: float = Field(0.0, ge=0, lt=1, description="SGD only.")
+    nesterov: bool = Field(False, description="SGD only; needs momentum > 0.")
+    betas: tuple[float, float] = Field((0.9, 0.999), description="Adam and AdamW only; each in [0, 1).")
+
+    @model_validator(mode="after")
+    def _fits_optimizer(self) -> OptimizerConfig:
+        given = self.model_fields_set
+        if self.name != "sgd":
+            for key in ("momentum", "nesterov"):
+                if key in given and getattr(self, key) != type(self).model_fields[key].default:
+                    raise field_error(
+                        f"{key} applies to sgd only, not {self.name}",
+                        subloc=(key,),
+                        value=getattr(self, key),
+                        allowed="sgd",
+                    )
+        elif "betas" in given:
+            raise field_error("betas apply to adam and adamw only", subloc=("betas",), value=list(self.betas))
+        if self.nesterov and self.momentum == 0:
+            raise field_error("nesterov needs momentum > 0", subloc=("momentum",), value=0.0, allowed="(0, 1)")
+        for beta in self.betas:
+            if not 0 <= beta < 1:
+                raise field_error(
+                    f"beta {beta!r} out of range", subloc=("betas",), value=list(self.betas), allowed="[0, 1)"
+                )
+        return self
+
+
+class SchedulerConfig(SpecModel):
+    """Learning-rate schedule over epochs."""
+
+    name: Literal["constant", "cosine", "step"] = "constant"
+    warmup_epochs: int = Field(0, ge=0, le=10_000, description="Linear warm-up before the schedule.")
+    min_lr: float = Field(0.0, ge=0, allow_inf_nan=False, description="cosine: the final learning rate.")
+    step_size: int = Field(1, ge=1, le=10_000, description="step: epochs between decays.")
+    gamma: float = Field(0.1, gt=0, le=1, description="step: decay factor.")
+
+
+class TrainSpec(SpecModel):
+    """One multi-task training run."""
+
+    kind: Literal["train"] = "train"
+    name: JobName | None = None
+    problem: Identifier
+    problem_options: dict[str, Any] = Field(
+        default_factory=dict, description="Keyword options of the problem (data_dir, sizes...); checked by the worker."
+    )
+    model: Identifier = "default"
+    model_options: dict[str, Any] = Field(default_factory=dict, description="Keyword options of the model.")
+    method: MethodConfig = Field(default_factory=MethodConfig)
+    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
+    scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
+    epochs: int = Field(10, ge=1, le=100_000)
+    batch_size: int = Field(64, ge=1, le=1_000_000, description="Per process.")
+    seed: int = Field(0, ge=0, le=2**32 - 1)
+    processes: int = Field(1, ge=1, le=1024, description="Data-parallel workers (DDP ranks).")
+    sharding: Sharding = Field("none", description="zero1: optimizer state; zero2: + gradients; zero3: + parameters.")
+
+    @model_validator(mode="after")
+    def _shardable(self, info: ValidationInfo) -> TrainSpec:
+        if self.sharding in ("zero2", "zero3"):
+            catalog = _catalog(info)
+            for kind in ("weighting", "aggregator", "wrapper"):
+                choice: MethodChoice = getattr(self.method, kind)
+                if not catalog.method(choice.kind, choice.name).shardable:
+                    raise field_error(
+                        f"{kind} {choice.name!r} needs whole gradients and cannot run with sharding={self.sharding!r}",
+                        subloc=("sharding",),
+                        value=self.sharding,
+                        allowed="none, zero1",
+                    )
+        return self
+
+
+class Domain(SpecModel):
+    """One dimension of a search space: a grid or a choice of values, or a (log-)uniform range."""
+
+    type: Literal["grid", "choice", "uniform", "loguniform"]
+    values: list[Any] | None = Field(None, min_length=1, max_length=MAX_TRIALS)
+    low: float | None = Field(None, allow_inf_nan=False)
+    high: float | None = Field(None, allow_inf_nan=False)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Domain:
+        if self.type in ("grid", "choice"):
+            if self.values is None or self.low is not None or self.high is not None:
+                raise field_error(f"{self.type} takes values, not low/high", subloc=("values",), value=self.values)
+            return self
+        if self.values is not None or self.low is None or self.high is None:
+            raise field_error(f"{self.type} takes low and high, not values", subloc=("low",), value=self.low)
+        if not self.low < self.high:
+            raise field_error(
+                f"low={self.low!r} must be below high={self.high!r}",
+                subloc=("high",),
+                value=self.high,
+                allowed=f"> {self.low}",
+            )
+        if self.type == "loguniform" and self.low <= 0:
+            raise field_error("loguniform needs low > 0", subloc=("low",), value=self.low, allowed="> 0")
+        return self
+
+    def probes(self) -> list[Any]:
+        """Values that must all be valid for the whole domain to be: each value, or both ends."""
+        return list(self.values) if self.values is not None else [self.low, self.high]
+
+
+class TuneSchedulerConfig(SpecModel):
+    """How trials are stopped early or perturbed (Ray Tune's FIFO, ASHA or PBT)."""
+
+    name: Literal["fifo", "asha", "pbt"] = "fifo"
+    grace_period: int = Field(1, ge=1, le=100_000, description="asha: epochs before a trial may be stopped.")
+    reduction_factor: float = Field(2.0, gt=1, le=100, description="asha: keep 1/reduction_factor per rung.")
+    perturbation_interval: int = Field(1, ge=1, le=100_000, description="pbt: epochs between perturbations.")
+
+
+class TrialResources(SpecModel):
+    cpus: float = Field(1.0, gt=0, le=1024, description="CPUs per process of a trial.")
+    gpus: float = Field(0.0, ge=0, le=64, description="GPUs per process of a trial.")
+
+
+def _leaf_paths(model: type[BaseModel], prefix: str = "") -> list[str]:
+    """Dotted paths of every non-model field (sweepable scalars), method hparams excluded."""
+    paths: list[str] = []
+    for name, info in model.model_fields.items():
+        annotation = info.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            paths.extend(_leaf_paths(annotation, f"{prefix}{name}."))
+        elif name != "hparams" and (prefix or name not in ("kind", "name")):
+            paths.append(prefix + name)
+    return paths
+
+
+SWEEPABLE = tuple(_leaf_paths(TrainSpec))
+
+
+def _set_path(document: dict[str, Any], path: str, value: Any) -> None:
+    *parents, leaf = path.split(".")
+    node = document
+    for part in parents:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = {"name": child} if isinstance(child, str) else {}
+            node[part] = child
+        node = child
+    node[leaf] = value
+
+
+class SweepSpec(SpecModel):
+    """A search over a training spec's fields, run as Ray Tune trials that are each a training run."""
+
+    kind: Literal["sweep"] = "sweep"
+    name: JobName | None = None
+    base: TrainSpec
+    space: dict[str, Domain] = Field(min_length=1, max_length=32)
+    search: Literal["grid", "random"] = "grid"
+    scheduler: TuneSchedulerConfig = Field(default_factory=TuneSchedulerConfig)
+    metric: MetricName
+    mode: Literal["min", "max"]
+    num_trials: int | None = Field(None, ge=1, le=MAX_TRIALS, description="random: required; grid: the grid's size.")
+    max_concurrent_trials: int | None = Field(None, ge=1, le=1024)
+    resources_per_trial: TrialResources = Field(default_factory=TrialResources)
+
+    @field_validator("space")
+    @classmethod
+    def _space_fits_base(cls, space: dict[str, Domain], info: ValidationInfo) -> dict[str, Domain]:
+        base: TrainSpec | None = info.data.get("base")
+        if base is None:
+            return space
+        catalog = _catalog(info)
+        document = base.model_dump(mode="json", exclude_unset=False)
+        for path, domain in space.items():
+            cls._check_path(path, base, catalog)
+            for probe in domain.probes():
+                trial = copy.deepcopy(document)
+                _set_path(trial, path, probe)
+                try:
+                    TrainSpec.model_validate(trial, context=info.context)
+                except ValidationError as error:
+                    first = error.errors()[0]
+                    reason = first["ctx"]["message"] if first["type"] == "spec_error" else first["msg"]
+                    raise field_error(
+                        f"{path}={probe!r} is not valid: {reason}",
+                        subloc=(path,),
+                        value=probe,
+                        allowed=first.get("ctx", {}).get("allowed", ""),
+                    ) from None
+        return space
+
+    @staticmethod
+    def _check_path(path: str, base: TrainSpec, catalog: Catalog) -> None:
+        parts = path.split(".")
+        if path in SWEEPABLE:
+            return
+        if len(parts) == 4 and parts[0] == "method" and parts[2] == "hparams" and parts[1] in MethodConfig.model_fields:
+            choice: MethodChoice = getattr(base.method, parts[1])
+            method = catalog.method(choice.kind, choice.name)
+            if any(hp.name == parts[3] for hp in method.hparams):
+                return
+            allowed = ", ".join(f"method.{parts[1]}.hparams.{hp.name}" for hp in method.hparams) or "none"
+            raise field_error(
+                f"sweep space over unknown field {path!r}: {choice.kind} {choice.name!r} has no hyper-parameter "
+                f"{parts[3]!r}; allowed: {allowed}",
+                subloc=(path,),
+                value=path,
+                allowed=allowed,
+            )
+        allowed = ", ".join([*SWEEPABLE, "method.<kind>.hparams.<name>"])
+        raise field_error(
+            f"sweep space over unknown field {path!r}; allowed: {allowed}", subloc=(path,), value=path, allowed=allowed
+        )
+
+    @model_validator(mode="after")
+    def _trial_count(self) -> SweepSpec:
+        if self.search == "grid":
+            ranges = [p for p, d in self.space.items() if d.type in ("uniform", "loguniform")]
+            if ranges:
+                raise field_error(
+                    f"grid search cannot enumerate the ranges {', '.join(ranges)}; use search='random' or grid values",
+                    subloc=("search",),
+                    value=self.search,
+                    allowed="random",
+                )
+            size = self.grid_size()
+            if size > MAX_TRIALS:
+                raise field_error(
+                    f"the grid has {size} points; at most {MAX_TRIALS}",
+                    subloc=("space",),
+                    value=size,
+                    allowed=f"<= {MAX_TRIALS}",
+                )
+            if self.num_trials is not None and self.num_trials != size:
+                raise field_error(
+                    f"grid search runs every grid point ({size}); num_trials={self.num_trials} does not match",
+                    subloc=("num_trials",),
+                    value=self.num_trials,
+                    allowed=f"{size} or null",
+                )
+        else:
+            grids = [p for p, d in self.space.items() if d.type == "grid"]
+            if grids:
+                raise field_error(
+                    f"random search samples; {', '.join(grids)} use grid, use type='choice'",
+                    subloc=("space", grids[0]),
+                    value="grid",
+                    allowed="choice, uniform, loguniform",
+                )
+            if self.num_trials is None:
+                raise field_error("random search needs num_trials", subloc=("num_trials",), value=None, allowed=">= 1")
+        return self
+
+    def grid_size(self) -> int:
+        return math.prod(len(d.values or ()) for d in self.space.values())
+
+    def trial_count(self) -> int:
+        """How many trials the sweep runs."""
+        return self.grid_size() if self.search == "grid" else int(self.num_trials or 0)
+
+
+JobSpec = Annotated[TrainSpec | SweepSpec, Field(discriminator="kind")]
+
+
+class JobSubmission(SpecModel):
+    """What a client submits: the spec plus how the queue should treat it."""
+
+    spec: JobSpec
+    priority: int = Field(0, ge=-1000, le=1000, description="Higher runs first; equal priorities run in order.")
+    max_attempts: int | None = Field(None, ge=1, le=100, description="Default: the server's setting.")
+    idempotency_key: str | None = Field(
+        None, min_length=1, max_length=200, description="A repeat with the same key returns the existing job."
+    )
+
+
+def parse_spec(document: dict[str, Any], catalog: Catalog | None = None) -> TrainSpec | SweepSpec:
+    """A train or sweep spec from a plain dict (``kind`` selects; it defaults to train)."""
+    context = {"catalog": catalog} if catalog is not None else None
+    model: type[TrainSpec] | type[SweepSpec] = SweepSpec if document.get("kind") == "sweep" else TrainSpec
+    return model.model_validate(document, context=context)
