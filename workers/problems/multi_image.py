@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from workers.problems.base import Problem
+from workers.problems.bundled import bundled_file
 from workers.problems.canvas import CanvasDataset, Pool, build_canvases, split_indices
 from workers.problems.errors import ProblemError
 from workers.problems.idx import MNIST_FILES, find_idx, load_mnist_split
@@ -93,11 +94,11 @@ class MultiDigits(CanvasProblem):
 
 @functools.cache
 def _digits() -> tuple[np.ndarray, np.ndarray]:
-    """scikit-learn's bundled 8x8 digits (values 0-16) as uint8 images [1797, 8, 8] and int64 labels."""
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    return digits.images.astype(np.uint8), digits.target.astype(np.int64)
+    """scikit-learn's bundled 8x8 digits (values 0-16) as uint8 images [1797, 8, 8] and int64 labels, read from
+    the CSV behind ``sklearn.datasets.load_digits`` (64 pixels then the label per row)."""
+    path = bundled_file("sklearn", "datasets/data/digits.csv.gz", "the engine extra: pip install 'flatmtl[engine]'")
+    table = np.loadtxt(path, delimiter=",", dtype=np.int64)
+    return table[:, :64].reshape(-1, 8, 8).astype(np.uint8), table[:, 64]
 
 
 def _check_mnist_dir(name: str, field: str, directory: str | Path | None) -> Path:

@@ -17,6 +17,7 @@ regression         [N, 1]                    standardised value [N]
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor
@@ -27,10 +28,13 @@ from workers.problems import metrics
 
 @dataclass(frozen=True)
 class TaskKind:
-    """Base of the task kinds; ``dense`` kinds predict a map per pixel."""
+    """Base of the task kinds; ``dense`` kinds predict a map per pixel, with ``out_channels`` per pixel."""
 
-    out_channels: int = 1
-    dense: bool = False
+    dense: ClassVar[bool] = False
+
+    @property
+    def out_channels(self) -> int:
+        return 1
 
     def loss(self, output: Tensor, target: Tensor) -> Tensor:
         raise NotImplementedError
@@ -46,8 +50,9 @@ class Classification(TaskKind):
     num_classes: int = 10
     ece_bins: int = metrics.DEFAULT_ECE_BINS
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "out_channels", self.num_classes)
+    @property
+    def out_channels(self) -> int:
+        return self.num_classes
 
     def loss(self, output: Tensor, target: Tensor) -> Tensor:
         return F.cross_entropy(output, target.long())
@@ -74,10 +79,11 @@ class Segmentation(TaskKind):
     """Semantic segmentation with pixel-wise cross-entropy that skips unlabelled (-1) pixels."""
 
     num_classes: int = 13
-    dense: bool = True
+    dense: ClassVar[bool] = True
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "out_channels", self.num_classes)
+    @property
+    def out_channels(self) -> int:
+        return self.num_classes
 
     def loss(self, output: Tensor, target: Tensor) -> Tensor:
         return F.cross_entropy(output, target.long(), ignore_index=-1)
@@ -90,7 +96,7 @@ class Segmentation(TaskKind):
 class Depth(TaskKind):
     """Depth regression: L1 over the pixels that have a measurement."""
 
-    dense: bool = True
+    dense: ClassVar[bool] = True
 
     def loss(self, output: Tensor, target: Tensor) -> Tensor:
         mask = metrics.valid_pixels(target)
@@ -104,8 +110,11 @@ class Depth(TaskKind):
 class Normal(TaskKind):
     """Surface normals: 1 - cosine similarity of the normalised prediction, over pixels with a normal."""
 
-    out_channels: int = 3
-    dense: bool = True
+    dense: ClassVar[bool] = True
+
+    @property
+    def out_channels(self) -> int:
+        return 3
 
     def loss(self, output: Tensor, target: Tensor) -> Tensor:
         mask = metrics.valid_pixels(target).squeeze(1)
