@@ -1,10 +1,12 @@
 """MTAN (Liu et al., CVPR 2019): a shared SegNet with per-task soft attention, for dense prediction.
 
-The shared network is a SegNet encoder-decoder: per level two 3x3 conv + BN + ReLU layers, max-pooling
-with indices going down and max-unpooling coming back. Each task owns attention modules that, at every
-level, read the level's first shared feature together with the task's previous attended feature, produce
-a sigmoid mask and apply it to the level's last shared feature; the task's last attended map feeds its
-head. With ``attention=False`` the tasks' heads read the shared decoder output directly (SegNet with hard
+The shared network is a SegNet encoder-decoder: per level two 3x3 conv + BN + ReLU layers (the original's
+deeper levels have three), max-pooling with indices going down and max-unpooling coming back. Each task
+owns attention masks that, at every level, read the level's first shared feature together with the task's
+previous attended feature, produce a sigmoid mask and apply it to the level's last shared feature. Between
+levels the attended map passes a 3x3 conv that, as in the authors' code, is shared by all tasks (it is a
+shared parameter applied on each task's own path). The task's last attended map feeds its head.
+With ``attention=False`` the tasks' heads read the shared decoder output directly (SegNet with hard
 parameter sharing), which is then the shared representation.
 """
 
@@ -43,7 +45,7 @@ def dense_head(in_channels: int, out_channels: int) -> nn.Sequential:
 
 
 class TaskAttention(nn.Module):
-    """One task's attention modules over every encoder and decoder level, and its prediction head."""
+    """One task's attention masks over every encoder and decoder level, and its prediction head."""
 
     def __init__(self, widths: Sequence[int], decoder_widths: Sequence[int], out_channels: int) -> None:
         super().__init__()
@@ -51,10 +53,6 @@ class TaskAttention(nn.Module):
         self.encoder_masks = nn.ModuleList(
             attention_mask(widths[i] * (1 if i == 0 else 2), widths[i]) for i in range(levels)
         )
-        self.encoder_convs = nn.ModuleList(
-            conv_bn_relu(widths[i], widths[min(i + 1, levels - 1)]) for i in range(levels)
-        )
-        self.decoder_convs = nn.ModuleList(conv_bn_relu(widths[i], decoder_widths[i]) for i in range(levels))
         self.decoder_masks = nn.ModuleList(
             attention_mask(2 * decoder_widths[i], decoder_widths[i]) for i in range(levels)
         )
@@ -87,12 +85,20 @@ class MTAN(MultiTaskNet):
         self.decoder_first = nn.ModuleList(conv_bn_relu(widths[i], decoder_widths[i]) for i in range(levels))
         self.decoder_second = nn.ModuleList(conv_bn_relu(decoder_widths[i], decoder_widths[i]) for i in range(levels))
         if attention:
+            self.attention_encoder_convs = nn.ModuleList(
+                conv_bn_relu(widths[i], widths[min(i + 1, levels - 1)]) for i in range(levels)
+            )
+            self.attention_decoder_convs = nn.ModuleList(
+                conv_bn_relu(widths[i], decoder_widths[i]) for i in range(levels)
+            )
             self.tasks = nn.ModuleList(TaskAttention(widths, decoder_widths, out) for out in out_channels)
         else:
             self.heads = nn.ModuleList(dense_head(widths[0], out) for out in out_channels)
 
     def shared_parameters(self) -> list[nn.Parameter]:
-        modules = (self.encoder_first, self.encoder_second, self.decoder_first, self.decoder_second)
+        modules = [self.encoder_first, self.encoder_second, self.decoder_first, self.decoder_second]
+        if self.attention:
+            modules += [self.attention_encoder_convs, self.attention_decoder_convs]
         return [p for module in modules for p in module.parameters()]
 
     def task_parameters(self) -> list[list[nn.Parameter]]:
@@ -141,12 +147,14 @@ class MTAN(MultiTaskNet):
         self, task: TaskAttention, encoder: list[tuple[Tensor, Tensor]], decoder: list[tuple[Tensor, Tensor]]
     ) -> Tensor:
         u, p = encoder[0]
-        a = F.max_pool2d(task.encoder_convs[0](task.encoder_masks[0](u) * p), 2)
+        a = F.max_pool2d(self.attention_encoder_convs[0](task.encoder_masks[0](u) * p), 2)
         for i in range(1, self.levels):
             u, p = encoder[i]
-            a = F.max_pool2d(task.encoder_convs[i](task.encoder_masks[i](torch.cat([u, a], dim=1)) * p), 2)
+            a = F.max_pool2d(self.attention_encoder_convs[i](task.encoder_masks[i](torch.cat([u, a], dim=1)) * p), 2)
         for i in reversed(range(self.levels)):
             u, p = decoder[i]
-            a = task.decoder_convs[i](F.interpolate(a, size=u.shape[-2:], mode="bilinear", align_corners=True))
+            a = self.attention_decoder_convs[i](
+                F.interpolate(a, size=u.shape[-2:], mode="bilinear", align_corners=True)
+            )
             a = task.decoder_masks[i](torch.cat([u, a], dim=1)) * p
         return task.head(a)
