@@ -49,6 +49,12 @@ def test_resnet18_has_seventeen_convolutions_and_one_classifier_per_task() -> No
     assert model.encoder.out_features == 32 and convs[0].kernel_size == (7, 7)
 
 
+def test_resnet18_at_full_width_has_the_published_parameter_count() -> None:
+    # ResNet-18 has 11,689,512 parameters with its 1000-way classifier (512 * 1000 + 1000) removed here.
+    encoder = build_model("resnet18", (3, 224, 224), CLASSIFY[:1]).encoder
+    assert sum(p.numel() for p in encoder.parameters()) == 11_689_512 - 513_000
+
+
 def test_multi_input_model_routes_each_input_to_its_head() -> None:
     torch.manual_seed(0)
     tasks = [Task("art", Classification(6)), Task("clipart", Classification(6))]

@@ -156,7 +156,8 @@ class Problem:
     def evaluate(
         self, model: MultiTaskNet, split: str = "test", *, batch_size: int = 256, device: torch.device | str = "cpu"
     ) -> dict[str, float]:
-        """Every task's metrics on a whole split, in eval mode (restoring the model's mode afterwards)."""
+        """Every task's metrics on a whole split, in eval mode (restoring the model's mode afterwards); batches go
+        to ``device``, where the model must already be."""
         self._check_split(split)
         was_training = model.training
         model.eval()

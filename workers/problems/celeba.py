@@ -6,7 +6,8 @@
     root/list_attr_celeba.txt        line 1: count; line 2: the 40 attribute names; then "000001.jpg -1 1 ..."
     root/list_eval_partition.txt     "000001.jpg 0" with 0 = train, 1 = val, 2 = test
 
-Images are resized to ``image_size`` (64x64 as in the F-MTL paper); attribute -1/1 becomes 0/1.
+Images are resized to ``image_size`` (64x64 as in the F-MTL paper); attribute -1/1 becomes 0/1. The
+partition file fixes the splits, so ``seed`` changes nothing here.
 """
 
 from __future__ import annotations
