@@ -59,7 +59,7 @@ class Point:
     name: str
     trial_index: int | None
     step: int
-    value: float
+    value: float | None
 
 
 def metric_history(

@@ -121,7 +121,7 @@ class Metric(Base):
     trial_index: Mapped[int | None] = mapped_column(Integer)
     step: Mapped[int] = mapped_column(BigInteger)
     name: Mapped[str] = mapped_column(String(200))
-    value: Mapped[float] = mapped_column(Float)
+    value: Mapped[float | None] = mapped_column(Float, doc="NULL for a non-finite value (SQLite has no NaN).")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 

@@ -9,6 +9,7 @@ PostgreSQL claims with ``SELECT ... FOR UPDATE SKIP LOCKED``; SQLite serialises 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -86,6 +87,17 @@ _FINISH = (
     )
 )
 _EVENT = insert(Event.__table__)
+
+
+def finite(value: Any) -> Any:
+    """JSON with non-finite floats as null: neither PostgreSQL's JSON nor SQLite's REAL keep NaN."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: finite(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite(item) for item in value]
+    return value
 
 
 def _event(connection: Connection | Session, job_id: int, kind: str, message: str = "", **data: Any) -> None:
@@ -207,7 +219,7 @@ def complete(
         "b_token": lease.token,
         "b_outcome": outcome,
         "b_now": now,
-        "b_result": result,
+        "b_result": finite(result),
         "b_error": error,
     }
     with db.write_connection() as connection:
@@ -262,7 +274,13 @@ def record_trial(
 ) -> None:
     """Create or update one trial of a sweep, fenced by the lease."""
     now = utcnow()
-    values = {"config": config, "state": state, "best_metric": best_metric, "result": result, "updated_at": now}
+    values = {
+        "config": finite(config),
+        "state": state,
+        "best_metric": finite(best_metric),
+        "result": finite(result),
+        "updated_at": now,
+    }
     with fenced(db, lease) as connection:
         updated = connection.execute(
             update(Trial).where(Trial.job_id == lease.job_id, Trial.trial_index == trial_index).values(**values)

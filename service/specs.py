@@ -16,7 +16,17 @@ import copy
 import math
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
 from service.catalog import Catalog, CatalogError, Kind, load_catalog
@@ -378,7 +388,16 @@ class SweepSpec(SpecModel):
         return self.grid_size() if self.search == "grid" else int(self.num_trials or 0)
 
 
-JobSpec = Annotated[TrainSpec | SweepSpec, Field(discriminator="kind")]
+def _spec_kind(value: Any) -> str:
+    """``kind`` selects the spec; a training spec may leave it out."""
+    kind = value.get("kind", "train") if isinstance(value, dict) else getattr(value, "kind", "train")
+    return kind if kind in ("train", "sweep") else str(kind)
+
+
+JobSpec = Annotated[
+    Annotated[TrainSpec, Tag("train")] | Annotated[SweepSpec, Tag("sweep")],
+    Discriminator(_spec_kind, custom_error_type="spec_kind", custom_error_message="kind must be 'train' or 'sweep'"),
+]
 
 
 class JobSubmission(SpecModel):

@@ -7,6 +7,7 @@ The API answers 422 with these and the CLI prints them, so both name the same pa
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,8 +60,13 @@ def json_safe(value: Any) -> Any:
 
 def problems(error: ValidationError, prefix: tuple[Any, ...] = ()) -> list[FieldProblem]:
     """One record per error; custom spec errors contribute their sub-path, value and allowed set."""
+    return problems_from(error.errors(), prefix)
+
+
+def problems_from(errors: Iterable[Mapping[str, Any]], prefix: tuple[Any, ...] = ()) -> list[FieldProblem]:
+    """As :func:`problems`, from pydantic's error dicts (FastAPI hands those over)."""
     found: list[FieldProblem] = []
-    for item in error.errors():
+    for item in errors:
         loc = (*prefix, *item["loc"])
         ctx = item.get("ctx") or {}
         value = item.get("input")
@@ -69,15 +75,18 @@ def problems(error: ValidationError, prefix: tuple[Any, ...] = ()) -> list[Field
             value = ctx.get("value")
             message, allowed = ctx["message"], ctx.get("allowed", "")
         else:
-            message, allowed = item["msg"], _allowed(item["type"], ctx)
+            message, allowed = item["msg"], _allowed(ctx)
+            if item["type"] == "spec_kind":
+                loc, allowed = (*loc, "kind"), "train, sweep"
+                value = value.get("kind") if isinstance(value, dict) else value
         found.append(FieldProblem(field_path(loc), json_safe(value), message, allowed))
     return found
 
 
-def _allowed(kind: str, ctx: dict[str, Any]) -> str:
-    bounds = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}
-    if kind in bounds:
-        return " ".join(f"{bounds[k]} {v}" for k, v in ctx.items() if k in ("gt", "ge", "lt", "le"))
+def _allowed(ctx: dict[str, Any]) -> str:
+    symbols = {"gt": ">", "ge": ">=", "lt": "<", "le": "<="}
+    if any(key in ctx for key in symbols):
+        return " and ".join(f"{symbols[key]} {value}" for key, value in ctx.items() if key in symbols)
     if "expected" in ctx:
         return str(ctx["expected"])
     if "pattern" in ctx:

@@ -25,7 +25,7 @@ def postgres_url() -> str:
     url = os.environ.get(POSTGRES_ENV)
     if url:
         return url
-    message = f"{POSTGRES_ENV} is not set; start one with: eval \"$(scripts/start_postgres.sh)\""
+    message = f'{POSTGRES_ENV} is not set; start one with: eval "$(scripts/start_postgres.sh)"'
     if os.environ.get("CI"):
         pytest.fail(f"PostgreSQL tests must run under CI: {message}", pytrace=False)
     pytest.skip(message)

@@ -69,7 +69,7 @@ def upgrade() -> None:
         sa.Column("trial_index", sa.Integer(), nullable=True),
         sa.Column("step", sa.BigInteger(), nullable=False),
         sa.Column("name", sa.String(200), nullable=False),
-        sa.Column("value", sa.Float(), nullable=False),
+        sa.Column("value", sa.Float(), nullable=True),
         sa.Column("created_at", TIME, nullable=False),
     )
     op.create_index("ix_metrics_job_name_step", "metrics", ["job_id", "name", "step"])

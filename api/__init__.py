@@ -1,0 +1,1 @@
+"""FlatMTL's REST API (FastAPI). Imports ``service`` only; never torch or ray."""

@@ -1,0 +1,47 @@
+"""The FastAPI application: ``create_app(settings)``; ``flatmtl serve`` runs it under uvicorn.
+
+At start it migrates the database (Alembic) unless told not to, so a fresh machine needs no setup.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.concurrency import run_in_threadpool
+
+from api import errors
+from api.limits import BodySizeLimit
+from api.routes import jobs, meta
+from service.db import Database
+from service.settings import Settings, load_settings
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or load_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        database = Database.from_settings(settings)
+        if settings.migrate_on_start:
+            await run_in_threadpool(database.migrate)
+        settings.artifacts.mkdir(parents=True, exist_ok=True)
+        app.state.db = database
+        try:
+            yield
+        finally:
+            database.dispose()
+
+    app = FastAPI(
+        title="FlatMTL",
+        version="1",
+        summary="Multi-task learning jobs and sweeps: submit, watch, fetch results.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    errors.install(app)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.include_router(jobs.router)
+    app.include_router(meta.router)
+    return app

@@ -1,0 +1,55 @@
+"""Request dependencies: settings, database and the caller's identity (API tokens with scopes)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from api.errors import ApiError
+from service.db import Database
+from service.settings import Settings
+from service.tokens import Principal, authenticate
+
+bearer = HTTPBearer(auto_error=False, description="An API token from `flatmtl token create`.")
+ANONYMOUS = Principal("anonymous", frozenset({"read"}))
+CHALLENGE = {"WWW-Authenticate": "Bearer"}
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def get_db(request: Request) -> Database:
+    return request.app.state.db
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+DatabaseDep = Annotated[Database, Depends(get_db)]
+Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
+
+
+def require(scope: str) -> object:
+    """A dependency yielding the caller, refusing 401 without a valid token and 403 without ``scope``.
+
+    Reads (scope ``read``) are open to anonymous callers when the ``reads_open`` setting is on.
+    """
+
+    def dependency(credentials: Credentials, settings: SettingsDep, db: DatabaseDep) -> Principal:
+        if credentials is None:
+            if scope == "read" and settings.reads_open:
+                return ANONYMOUS
+            raise ApiError(401, "missing bearer token; create one with `flatmtl token create`", CHALLENGE)
+        principal = authenticate(db, settings.token_key(), credentials.credentials)
+        if principal is None:
+            raise ApiError(401, "unknown or revoked token", CHALLENGE)
+        if not principal.can(scope):
+            raise ApiError(403, f"the token of {principal.user!r} lacks the {scope!r} scope")
+        return principal
+
+    return Depends(dependency)
+
+
+Reader = Annotated[Principal, require("read")]
+Submitter = Annotated[Principal, require("submit")]

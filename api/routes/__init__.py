@@ -1,0 +1,1 @@
+"""API routers: jobs (and their metrics, trials, logs, artifacts), methods, health."""

@@ -1,0 +1,50 @@
+"""``/v1/methods`` (the catalog, for clients that build forms) and the health probes."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Query
+from fastapi.concurrency import run_in_threadpool
+
+from api.deps import DatabaseDep, Reader
+from api.errors import ApiError, responses
+from api.schemas import Health, MethodList, MethodOut
+from service.catalog import load_catalog
+
+router = APIRouter()
+
+
+@router.get(
+    "/v1/methods",
+    response_model=MethodList,
+    tags=["methods"],
+    summary="Every method with its hyper-parameter schema",
+    responses=responses(401, 403),
+)
+def list_methods(
+    _principal: Reader, kind: Annotated[Literal["weighting", "aggregator", "wrapper"] | None, Query()] = None
+) -> MethodList:
+    return MethodList(methods=[MethodOut.model_validate(m.raw) for m in load_catalog().methods(kind)])
+
+
+@router.get("/healthz", response_model=Health, tags=["health"], summary="The process is up", responses=responses())
+def healthz() -> Health:
+    return Health(status="ok")
+
+
+@router.get(
+    "/readyz",
+    response_model=Health,
+    tags=["health"],
+    summary="The database is reachable and migrated",
+    responses=responses(503),
+)
+async def readyz(db: DatabaseDep) -> Health:
+    try:
+        ready = await run_in_threadpool(db.at_head)
+    except Exception as error:
+        raise ApiError(503, f"database unreachable: {type(error).__name__}") from error
+    if not ready:
+        raise ApiError(503, "database schema is not at the newest migration")
+    return Health(status="ok")

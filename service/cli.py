@@ -1,0 +1,248 @@
+"""Control-plane commands of ``flatmtl``: serve, submit, jobs, logs, cancel, token.
+
+``commands`` is added to the ``flatmtl`` group by ``workers/cli.py``. Everything but ``serve`` and
+``token`` talks to the REST API (``--url``, ``--token`` or FLATMTL_API_URL / FLATMTL_TOKEN), so it
+works against a remote server; nothing here imports torch or ray.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+import httpx
+import yaml
+
+TERMINAL = ("succeeded", "failed", "cancelled")
+url_option = click.option(
+    "--url", envvar="FLATMTL_API_URL", default="http://127.0.0.1:8000", show_default=True, help="The API's base URL."
+)
+token_option = click.option("--token", envvar="FLATMTL_TOKEN", default=None, help="API token (FLATMTL_TOKEN).")
+
+
+def make_client(url: str, token: str | None) -> httpx.Client:
+    """The HTTP client the commands use (tests substitute one bound to an in-process app)."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    return httpx.Client(base_url=url, headers=headers, timeout=30.0)
+
+
+def _call(client: httpx.Client, method: str, path: str, **kwargs: Any) -> Any:
+    """The JSON answer, or exit 1 with the server's message and every field error."""
+    try:
+        response = client.request(method, path, **kwargs)
+    except httpx.HTTPError as error:
+        raise click.ClickException(f"cannot reach the API at {client.base_url}: {error}") from None
+    if response.status_code >= 400:
+        try:
+            body = response.json()
+        except ValueError:
+            body = {"message": response.text[:500]}
+        lines = [f"{response.status_code}: {body.get('message', '')}"]
+        lines += [f"  {e['field'] or '(body)'} = {e['value']!r}: {e['message']}" for e in body.get("errors", [])]
+        raise click.ClickException("\n".join(lines))
+    return response.json()
+
+
+@click.command("serve")
+@click.option("--host", default=None, help="Default: the api_host setting.")
+@click.option("--port", type=int, default=None, help="Default: the api_port setting.")
+@click.option("--config", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None)
+def serve(host: str | None, port: int | None, config: Path | None) -> None:
+    """Run the REST API (migrates the database first)."""
+    import uvicorn
+
+    from api.app import create_app
+    from service.settings import load_settings
+
+    settings = load_settings(config)
+    uvicorn.run(create_app(settings), host=host or settings.api_host, port=port or settings.api_port)
+
+
+def _read_submission(path: Path) -> dict[str, Any]:
+    """A spec file (YAML or JSON): either a bare train/sweep spec or ``{spec: ..., priority: ...}``."""
+    try:
+        document = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise click.ClickException(f"{path}: not valid YAML or JSON: {error}") from None
+    if not isinstance(document, dict):
+        raise click.ClickException(f"{path}: expected a mapping, got {type(document).__name__}")
+    return document if "spec" in document else {"spec": document}
+
+
+@click.command("submit")
+@click.argument("spec", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--priority", type=int, default=None, help="Higher runs first.")
+@click.option("--max-attempts", type=int, default=None, help="Attempts before a crashed job fails.")
+@click.option("--idempotency-key", default=None, help="Resubmitting with the same key returns the same job.")
+@click.option("--wait", is_flag=True, help="Show progress until the job ends; exit 1 unless it succeeded.")
+@click.option("--poll", type=float, default=1.0, show_default=True, help="Seconds between polls with --wait.")
+@url_option
+@token_option
+def submit(
+    spec: Path,
+    priority: int | None,
+    max_attempts: int | None,
+    idempotency_key: str | None,
+    wait: bool,
+    poll: float,
+    url: str,
+    token: str | None,
+) -> None:
+    """Submit the job in SPEC (YAML or JSON) and print its id."""
+    body = _read_submission(spec)
+    for key, value in (("priority", priority), ("max_attempts", max_attempts), ("idempotency_key", idempotency_key)):
+        if value is not None:
+            body[key] = value
+    with make_client(url, token) as client:
+        job = _call(client, "POST", "/v1/jobs", json=body)
+        click.echo(job["id"])
+        if wait:
+            job = _wait(client, job, poll)
+            click.echo(f"job {job['id']} {job['state']}" + (f": {job['error']}" if job.get("error") else ""), err=True)
+            if job["state"] != "succeeded":
+                sys.exit(1)
+
+
+def _wait(client: httpx.Client, job: dict[str, Any], poll: float) -> dict[str, Any]:
+    from tqdm import tqdm
+
+    with tqdm(
+        total=100, desc=f"job {job['id']}", unit="%", file=sys.stderr, bar_format="{l_bar}{bar}| {postfix}"
+    ) as bar:
+        while job["state"] not in TERMINAL:
+            time.sleep(poll)
+            job = _call(client, "GET", f"/v1/jobs/{job['id']}")
+            done = round(100 * (job.get("progress") or 0.0))
+            bar.update(done - bar.n)
+            bar.set_postfix_str(f"{job['state']} attempt {job['attempt']}/{job['max_attempts']}")
+    return job
+
+
+@click.command("jobs")
+@click.option("--state", multiple=True, type=click.Choice(["queued", "running", "succeeded", "failed", "cancelled"]))
+@click.option("--kind", multiple=True, type=click.Choice(["train", "sweep"]))
+@click.option("--name", default=None)
+@click.option("--limit", type=click.IntRange(1, 500), default=20, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@url_option
+@token_option
+def jobs_command(
+    state: tuple[str, ...],
+    kind: tuple[str, ...],
+    name: str | None,
+    limit: int,
+    as_json: bool,
+    url: str,
+    token: str | None,
+) -> None:
+    """List jobs, newest first."""
+    params: dict[str, Any] = {"state": list(state), "kind": list(kind), "limit": limit}
+    if name:
+        params["name"] = name
+    with make_client(url, token) as client:
+        page = _call(client, "GET", "/v1/jobs", params=params)
+    if as_json:
+        click.echo(json.dumps(page["items"], indent=2))
+        return
+    click.echo(f"{'ID':>6}  {'KIND':<5}  {'STATE':<9}  {'PROGRESS':>8}  {'CREATED':<19}  NAME")
+    for job in page["items"]:
+        progress = "" if job["progress"] is None else f"{100 * job['progress']:.0f}%"
+        created = job["created_at"][:19].replace("T", " ")
+        click.echo(
+            f"{job['id']:>6}  {job['kind']:<5}  {job['state']:<9}  {progress:>8}  {created:<19}  {job['name'] or ''}"
+        )
+
+
+@click.command("logs")
+@click.argument("job_id", type=int)
+@click.option("--tail", type=click.IntRange(0, 100_000), default=200, show_default=True)
+@click.option("--follow", "-f", is_flag=True, help="Keep printing new lines until the job ends.")
+@click.option("--poll", type=float, default=1.0, show_default=True)
+@url_option
+@token_option
+def logs(job_id: int, tail: int, follow: bool, poll: float, url: str, token: str | None) -> None:
+    """Print the end of a job's log."""
+    with make_client(url, token) as client:
+        page = _call(client, "GET", f"/v1/jobs/{job_id}/logs", params={"tail": tail})
+        for line in page["lines"]:
+            click.echo(line)
+        while follow:
+            state = _call(client, "GET", f"/v1/jobs/{job_id}")["state"]
+            page = _call(client, "GET", f"/v1/jobs/{job_id}/logs", params={"offset": page["next_offset"]})
+            for line in page["lines"]:
+                click.echo(line)
+            if state in TERMINAL:
+                break
+            time.sleep(poll)
+
+
+@click.command("cancel")
+@click.argument("job_id", type=int)
+@url_option
+@token_option
+def cancel(job_id: int, url: str, token: str | None) -> None:
+    """Cancel a queued or running job."""
+    with make_client(url, token) as client:
+        job = _call(client, "POST", f"/v1/jobs/{job_id}/cancel")
+    click.echo(f"job {job['id']} {job['state']}")
+
+
+@click.group("token")
+def token() -> None:
+    """Manage API tokens (directly on the database; run where the server's settings apply)."""
+
+
+@token.command("create")
+@click.option("--user", required=True, help="Who the token acts as.")
+@click.option(
+    "--scope",
+    "scopes",
+    multiple=True,
+    type=click.Choice(["read", "submit", "admin"]),
+    default=("submit",),
+    show_default=True,
+    help="Repeatable. submit implies read; admin implies everything.",
+)
+@click.option("--config", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None)
+def token_create(user: str, scopes: tuple[str, ...], config: Path | None) -> None:
+    """Create a token and print it (it is stored hashed and cannot be shown again)."""
+    from service.db import Database
+    from service.settings import load_settings
+    from service.tokens import create_token
+
+    settings = load_settings(config)
+    database = Database.from_settings(settings)
+    try:
+        database.migrate()
+        try:
+            click.echo(create_token(database, settings.token_key(), user, scopes))
+        except ValueError as error:
+            raise click.ClickException(str(error)) from None
+    finally:
+        database.dispose()
+
+
+@token.command("revoke")
+@click.argument("prefix")
+@click.option("--config", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None)
+def token_revoke(prefix: str, config: Path | None) -> None:
+    """Revoke the tokens whose shown prefix (first 11 characters) is PREFIX."""
+    from service.db import Database
+    from service.errors import NotFoundError
+    from service.settings import load_settings
+    from service.tokens import revoke_token
+
+    database = Database.from_settings(load_settings(config))
+    try:
+        click.echo(f"revoked {revoke_token(database, prefix)} token(s)")
+    except NotFoundError as error:
+        raise click.ClickException(error.message) from None
+    finally:
+        database.dispose()
+
+
+commands: list[click.Command] = [serve, submit, jobs_command, logs, cancel, token]

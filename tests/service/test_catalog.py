@@ -1,0 +1,59 @@
+"""The generated catalog is current, and validates hyper-parameters exactly as the registry does."""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import pytest
+
+from service.catalog import CATALOG_PATH, Catalog, CatalogError
+from workers.catalog import render_catalog
+from workers.mtl import methods
+from workers.mtl.errors import MethodError
+from workers.mtl.registry import HParam
+
+
+def test_committed_catalog_matches_the_registry() -> None:
+    assert CATALOG_PATH.read_text() == render_catalog(), "stale catalog; run: python -m workers.catalog"
+
+
+def probes(hp: HParam) -> list[Any]:
+    """Values on, inside and outside each declared boundary, plus wrong types."""
+    values: list[Any] = [None, "text", True, False, 0, 1, -1, 2.5, math.nan, math.inf, [1]]
+    if hp.choices is not None:
+        values += list(hp.choices)
+    for bound in (hp.low, hp.high):
+        if bound is not None:
+            values += [bound, bound - 1e-9, bound + 1e-9, bound - 1, bound + 1, float(bound), int(bound)]
+    return values
+
+
+def _registry(hp: HParam, value: Any) -> Any:
+    try:
+        return ("ok", hp.validate("m", value))
+    except MethodError:
+        return ("refused", None)
+
+
+def _catalog(catalog: Catalog, kind: str, method: str, name: str, value: Any) -> Any:
+    try:
+        return ("ok", catalog.method(kind, method).hparam(name).validate(value))  # type: ignore[arg-type]
+    except CatalogError:
+        return ("refused", None)
+
+
+@pytest.mark.parametrize("method", methods(), ids=lambda m: f"{m.kind}:{m.name}")
+def test_catalog_validation_equals_registry_validation(method: Any) -> None:
+    catalog = Catalog(json.loads(render_catalog()))
+    for hp in method.hparams:
+        for value in probes(hp):
+            expected = _registry(hp, value)
+            got = _catalog(catalog, method.kind, method.name, hp.name, value)
+            if hp.choices is not None and isinstance(value, bool) and not any(isinstance(c, bool) for c in hp.choices):
+                assert got[0] == "refused"  # stricter on purpose: True is not the choice 1
+                continue
+            assert got[0] == expected[0], (method.name, hp.name, value, got, expected)
+            if got[0] == "ok":
+                assert got[1] == expected[1] and type(got[1]) is type(expected[1]), (hp.name, value)

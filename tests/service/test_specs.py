@@ -1,0 +1,204 @@
+"""Job specs: what is accepted, and that every refusal names the field path, the value and what is allowed."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from service.specs import JobSubmission, SweepSpec, TrainSpec
+from service.validation import FieldProblem, problems
+from tests.service.catalogs import CONTEXT
+
+
+def train(**fields: Any) -> dict[str, Any]:
+    return {"problem": "multi_digits", **fields}
+
+
+def sweep(space: dict[str, Any], **fields: Any) -> dict[str, Any]:
+    base = train(method={"wrapper": {"name": "fmtl", "hparams": {"rho": 0.05}}})
+    return {"base": base, "space": space, "metric": "delta_m", "mode": "min", **fields}
+
+
+def refusal(model: type[Any], document: dict[str, Any]) -> FieldProblem:
+    with pytest.raises(ValidationError) as caught:
+        model.model_validate(document, context=CONTEXT)
+    found = problems(caught.value)
+    assert len(found) == 1, found
+    return found[0]
+
+
+def test_defaults_fill_a_minimal_train_spec() -> None:
+    spec = TrainSpec.model_validate(train(), context=CONTEXT)
+    assert (spec.method.weighting.name, spec.method.aggregator.name, spec.method.wrapper.name) == ("ew", "mean", "none")
+    assert (spec.optimizer.name, spec.sharding, spec.processes) == ("adam", "none", 1)
+
+
+def test_method_shorthand_and_int_coercion_follow_the_catalog() -> None:
+    spec = TrainSpec.model_validate(
+        train(method={"aggregator": {"name": "nash", "hparams": {"iterations": 5.0}}, "wrapper": "sam"}),
+        context=CONTEXT,
+    )
+    assert spec.method.wrapper.name == "sam"
+    assert spec.method.aggregator.hparams == {"iterations": 5} and isinstance(
+        spec.method.aggregator.hparams["iterations"], int
+    )
+
+
+@pytest.mark.parametrize(
+    ("method", "field", "value", "allowed"),
+    [
+        ({"wrapper": "flat-sam"}, "method.wrapper.name", "flat-sam", "fmtl, none, sam, samo"),
+        (
+            {"wrapper": {"name": "fmtl", "hparams": {"rho": -0.1}}},
+            "method.wrapper.hparams.rho",
+            -0.1,
+            "float in [0, inf)",
+        ),
+        (
+            {"wrapper": {"name": "samo", "hparams": {"alpha": 1.5}}},
+            "method.wrapper.hparams.alpha",
+            1.5,
+            "float in [0, 1]",
+        ),
+        (
+            {"wrapper": {"name": "samo", "hparams": {"alpha": -0.5}}},
+            "method.wrapper.hparams.alpha",
+            -0.5,
+            "float in [0, 1]",
+        ),
+        ({"wrapper": {"name": "sam", "hparams": {"beta": 1}}}, "method.wrapper.hparams.beta", "beta", "rho, adaptive"),
+        (
+            {"wrapper": {"name": "sam", "hparams": {"adaptive": 1}}},
+            "method.wrapper.hparams.adaptive",
+            1,
+            "true or false",
+        ),
+        (
+            {"aggregator": {"name": "nash", "hparams": {"iterations": 2.5}}},
+            "method.aggregator.hparams.iterations",
+            2.5,
+            "int in [1, inf)",
+        ),
+        (
+            {"aggregator": {"name": "mgda", "hparams": {"normalization": "l1"}}},
+            "method.aggregator.hparams.normalization",
+            "l1",
+            "one of 'none', 'l2', 'loss'",
+        ),
+        (
+            {"weighting": {"name": "dwa", "hparams": {"temperature": 0.0}}},
+            "method.weighting.hparams.temperature",
+            0.0,
+            "float in (0, inf)",
+        ),
+    ],
+)
+def test_bad_methods_name_field_value_and_allowed(method: dict[str, Any], field: str, value: Any, allowed: str) -> None:
+    problem = refusal(TrainSpec, train(method=method))
+    assert (problem.field, problem.value, problem.allowed) == (field, value, allowed)
+    assert repr(value) in problem.message or str(value) in problem.message
+
+
+def test_non_finite_hyper_parameters_are_refused() -> None:
+    problem = refusal(TrainSpec, train(method={"wrapper": {"name": "sam", "hparams": {"rho": math.inf}}}))
+    assert problem.field == "method.wrapper.hparams.rho" and "not finite" in problem.message
+
+
+def test_unknown_top_level_field_lists_the_known_ones() -> None:
+    problem = refusal(TrainSpec, train(epoch=3))
+    assert problem.field == "epoch" and "epochs" in problem.allowed
+
+
+def test_optimizer_fields_must_fit_the_optimizer() -> None:
+    assert (
+        TrainSpec.model_validate(train(optimizer={"name": "sgd", "momentum": 0.9}), context=CONTEXT).optimizer.momentum
+        == 0.9
+    )
+    problem = refusal(TrainSpec, train(optimizer={"name": "adam", "momentum": 0.9}))
+    assert (problem.field, problem.value) == ("optimizer.momentum", 0.9)
+    assert refusal(TrainSpec, train(optimizer={"name": "rmsprop"})).field == "optimizer.name"
+
+
+def test_sharding_gradients_needs_shardable_methods() -> None:
+    spec = train(method={"aggregator": "graddrop"}, sharding="zero1", processes=2)
+    assert TrainSpec.model_validate(spec, context=CONTEXT).sharding == "zero1"
+    problem = refusal(TrainSpec, {**spec, "sharding": "zero3"})
+    assert (problem.field, problem.value, problem.allowed) == ("sharding", "zero3", "none, zero1")
+
+
+def test_sweep_over_rho_and_alpha_counts_the_grid() -> None:
+    document = sweep(
+        {
+            "method.wrapper.hparams.rho": {"type": "grid", "values": [0.01, 0.05, 0.1]},
+            "method.wrapper.hparams.alpha": {"type": "grid", "values": [0.0, 0.5, 1.0]},
+            "optimizer.lr": {"type": "choice", "values": [1e-3, 1e-2]},
+        }
+    )
+    spec = SweepSpec.model_validate(document, context=CONTEXT)
+    assert spec.trial_count() == 3 * 3 * 2
+    random = SweepSpec.model_validate(
+        sweep(
+            {"method.wrapper.hparams.rho": {"type": "loguniform", "low": 1e-4, "high": 1.0}},
+            search="random",
+            num_trials=7,
+        ),
+        context=CONTEXT,
+    )
+    assert random.trial_count() == 7
+
+
+@pytest.mark.parametrize(
+    ("space", "extra", "field", "fragment"),
+    [
+        (
+            {"method.wrapper.hparams.alpha": {"type": "grid", "values": [0.5, 1.2]}},
+            {},
+            "space['method.wrapper.hparams.alpha']",
+            "out of range",
+        ),
+        (
+            {"method.wrapper.hparams.rho": {"type": "uniform", "low": -1.0, "high": 1.0}},
+            {"search": "random", "num_trials": 2},
+            "space['method.wrapper.hparams.rho']",
+            "out of range",
+        ),
+        (
+            {"method.wrapper.hparams.beta": {"type": "grid", "values": [1]}},
+            {},
+            "space['method.wrapper.hparams.beta']",
+            "has no hyper-parameter 'beta'",
+        ),
+        (
+            {"optimizer.learning_rate": {"type": "grid", "values": [1]}},
+            {},
+            "space['optimizer.learning_rate']",
+            "unknown field",
+        ),
+        ({"epochs": {"type": "grid", "values": [0, 5]}}, {}, "space.epochs", "greater than or equal to 1"),
+        ({"optimizer.lr": {"type": "uniform", "low": 0.1, "high": 0.2}}, {}, "search", "grid search cannot enumerate"),
+        ({"optimizer.lr": {"type": "choice", "values": [0.1]}}, {"search": "random"}, "num_trials", "needs num_trials"),
+        (
+            {"optimizer.lr": {"type": "loguniform", "low": 0.0, "high": 0.2}},
+            {"search": "random", "num_trials": 3},
+            "space['optimizer.lr'].low",
+            "low > 0",
+        ),
+        ({"optimizer.lr": {"type": "grid", "values": [0.1, 0.2]}}, {"num_trials": 3}, "num_trials", "does not match"),
+    ],
+)
+def test_bad_sweeps_name_the_field(space: dict[str, Any], extra: dict[str, Any], field: str, fragment: str) -> None:
+    problem = refusal(SweepSpec, sweep(space, **extra))
+    assert problem.field == field and fragment in problem.message, problem
+
+
+def test_submission_selects_the_spec_by_kind_and_reports_paths_inside_it() -> None:
+    submission = JobSubmission.model_validate({"spec": train()}, context=CONTEXT)
+    assert isinstance(submission.spec, TrainSpec)
+    problem = refusal(
+        JobSubmission, {"spec": {**sweep({"epochs": {"type": "grid", "values": [1]}}), "kind": "sweep", "mode": "up"}}
+    )
+    assert (problem.field, problem.value) == ("spec.mode", "up")
+    assert refusal(JobSubmission, {"spec": {"kind": "eval"}}).field == "spec.kind"
