@@ -29,7 +29,8 @@ from sqlalchemy import Float, case, cast, func, select
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
-from service.models import JOB_STATES, Event, Job
+from service.db import Database
+from service.models import JOB_STATES, Event, Job, utcnow
 from service.models import Metric as MetricRow
 
 __all__ = ["CONTENT_TYPE_LATEST"]
@@ -437,7 +438,9 @@ def _histogram_row(
     session: Session, values: ColumnElement[float], bounds: Sequence[float], *where: ColumnElement[bool]
 ) -> HistogramCounts:
     columns = [func.coalesce(func.sum(case((values <= bound, 1), else_=0)), 0) for bound in bounds]
-    row = session.execute(select(*columns, func.count(), func.coalesce(func.sum(values), 0.0)).where(*where)).one()
+    row = session.execute(
+        select(*columns, func.count(values), func.coalesce(func.sum(values), 0.0)).where(*where)
+    ).one()
     return HistogramCounts(tuple(bounds), tuple(int(c) for c in row[:-2]), int(row[-2]), float(row[-1]))
 
 
@@ -494,7 +497,7 @@ def _running_jobs(session: Session, attempts: Mapping[int, int]) -> list[Running
     for job_id, name, value in session.execute(
         select(MetricRow.job_id, MetricRow.name, MetricRow.value).where(MetricRow.id.in_(newest))
     ):
-        latest[job_id][name] = value
+        latest[job_id][name] = math.nan if value is None else value  # stored NULL: the worker saw a non-finite value
     jobs = []
     for job_id in ids:
         step_seconds = _histogram_row(
@@ -507,6 +510,16 @@ def _running_jobs(session: Session, attempts: Mapping[int, int]) -> list[Running
         )
         jobs.append(RunningJob(job_id, attempts[job_id], latest[job_id], step_seconds))
     return jobs
+
+
+def database_source(database: Database, lease_seconds: float) -> SnapshotSource:
+    """A :data:`SnapshotSource` reading ``database`` at every scrape (give it to :func:`set_source`)."""
+
+    def read() -> Snapshot:
+        with database.read() as session:
+            return database_snapshot(session, now=utcnow(), lease_seconds=lease_seconds)
+
+    return read
 
 
 # --- The API process's registry ---

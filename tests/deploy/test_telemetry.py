@@ -172,6 +172,7 @@ def test_database_source_reads_the_control_plane_and_running_jobs(db: Database) 
             (running.id, None, 1, telemetry.POINT_STEP_SECONDS, 0.3),
             (running.id, None, 2, telemetry.POINT_STEP_SECONDS, 3.0),
             (running.id, None, 2, "train/loss/depth", 0.7),
+            (running.id, None, 2, "train/loss/normal", None),
             (running.id, 0, 9, "train/loss/depth", 5.0),
             (running.id, None, 2, "delta_m", 1.0),
             (waited_3s.id, None, 1, telemetry.POINT_SAMPLES, 1.0),
@@ -192,6 +193,7 @@ def test_database_source_reads_the_control_plane_and_running_jobs(db: Database) 
     assert result.workers_alive == 1
     (job,) = result.running_jobs
     assert (job.job_id, job.attempt) == (running.id, 2)
+    assert math.isnan(job.latest.pop("train/loss/normal"))
     assert job.latest == {telemetry.POINT_SAMPLES: 64.0, telemetry.POINT_STEP_SECONDS: 3.0, "train/loss/depth": 0.7}
     step = dict(zip(job.step_seconds.bounds, job.step_seconds.cumulative, strict=True))
     assert (job.step_seconds.count, step[0.25], step[0.5], step[2.5], step[5.0]) == (2, 0, 1, 1, 2)
@@ -203,3 +205,6 @@ def test_database_source_with_an_empty_database(db: Database) -> None:
         result = telemetry.database_snapshot(session, now=NOW, lease_seconds=60.0)
     assert result.queue_wait.count == 0 and result.queue_wait.cumulative == (0,) * len(telemetry.QUEUE_WAIT_BUCKETS)
     assert (result.oldest_queued_age_seconds, result.workers_alive, result.running_jobs) == (0.0, 0, [])
+    samples = _samples(Telemetry(telemetry.database_source(db, lease_seconds=60.0)))
+    assert ("flatmtl_telemetry_source_up", {}, 1.0) in samples
+    assert ("flatmtl_jobs", {"state": "queued"}, 0.0) in samples
