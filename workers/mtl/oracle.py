@@ -164,22 +164,25 @@ class GradientOracle:
     @contextmanager
     def perturbed(self, shared: Tensor | None = None, heads: Mapping[int, Tensor] | None = None) -> Iterator[None]:
         """Parameters moved by the given offsets inside the block, restored exactly after it."""
-        heads = heads or {}
-        saved_shared = self.shared.values() if shared is not None else None
-        saved_heads = {task: self.heads[task].values() for task in heads}
+        with self.displaced() as move:
+            move(shared, heads)
+            yield
+
+    @contextmanager
+    def displaced(self) -> Iterator[Displacement]:
+        """A block that visits several points (SPSA probes, per-task SAM points) with one save and one restore.
+
+        Inside, ``move(shared, heads)`` puts the parameters at their saved values plus the given offsets
+        (parts not given return to their saved values). On exit parameters and buffers (BatchNorm running
+        statistics) are copied back, bit-exact, however many points were visited.
+        """
+        displacement = Displacement(self.shared, self.heads)
         saved_buffers = [b.detach().clone() for b in self.buffers]
         started = time.perf_counter()
         try:
-            if shared is not None:
-                self.shared.add_(shared)
-            for task, offset in heads.items():
-                self.heads[task].add_(offset)
-            yield
+            yield displacement
         finally:
-            if saved_shared is not None:
-                self.shared.copy_(saved_shared)
-            for task, values in saved_heads.items():
-                self.heads[task].copy_(values)
+            displacement.restore()
             with torch.no_grad():
                 for buffer, value in zip(self.buffers, saved_buffers, strict=True):
                     buffer.copy_(value)
@@ -249,6 +252,47 @@ class GradientOracle:
         self.shared.set_grad(shared_update)
         for head, update in zip(self.heads, head_updates, strict=True):
             head.set_grad(update)
+
+
+class Displacement:
+    """Moves parameters to saved values plus offsets; what it saved (lazily, on first move) it restores."""
+
+    def __init__(self, shared: FlatParams, heads: Sequence[FlatParams]) -> None:
+        self._shared = shared
+        self._heads = heads
+        self._saved_shared: Tensor | None = None
+        self._saved_heads: dict[int, Tensor] = {}
+        self._shared_moved = False
+        self._moved_heads: set[int] = set()
+
+    def __call__(self, shared: Tensor | None = None, heads: Mapping[int, Tensor] | None = None) -> None:
+        heads = heads or {}
+        if shared is not None:
+            if self._saved_shared is None:
+                self._saved_shared = self._shared.values()
+            self._shared.copy_(self._saved_shared + shared)
+            self._shared_moved = True
+        elif self._shared_moved:
+            self._restore_shared()
+        for task in self._moved_heads - heads.keys():
+            self._heads[task].copy_(self._saved_heads[task])
+        for task, offset in heads.items():
+            if task not in self._saved_heads:
+                self._saved_heads[task] = self._heads[task].values()
+            self._heads[task].copy_(self._saved_heads[task] + offset)
+        self._moved_heads = set(heads)
+
+    def restore(self) -> None:
+        if self._shared_moved:
+            self._restore_shared()
+        for task in self._moved_heads:
+            self._heads[task].copy_(self._saved_heads[task])
+        self._moved_heads = set()
+
+    def _restore_shared(self) -> None:
+        assert self._saved_shared is not None
+        self._shared.copy_(self._saved_shared)
+        self._shared_moved = False
 
 
 def model_buffers(model: nn.Module | None) -> list[Tensor]:
