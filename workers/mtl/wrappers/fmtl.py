@@ -7,7 +7,9 @@ code does). The shared SAM gradient splits into the loss part ``g_i`` (at theta)
 ``g_i^SAM - g_i``; the aggregator combines the K loss parts, a second instance of it the K flat parts,
 and the update is their sum, so a stateful aggregator never mixes the two streams in one state.
 ``mode="direct"`` is the paper's ablation: aggregate the raw SAM gradients. Heads get their own task's
-SAM gradient and are never aggregated.
+SAM gradient and are never aggregated. The loss parts reach a representation-based aggregator (MGDA-UB)
+with the representation's gradients at theta; flat parts and direct SAM gradients come from K points
+and reach it as plain gradient matrices. With both radii 0 the step is the plain step.
 
 Defaults: plain SAM with ``rho_shared = rho_task = 0.05`` (SAM's usual radius). The authors ran ASAM
 (``adaptive=True``) with equal radii tuned in [0.005, 5] (code default 2); with plain SAM the radius

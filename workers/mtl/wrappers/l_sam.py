@@ -4,6 +4,8 @@ Task i is perturbed by ``rho * (g_i, h_i) / ||(g_i, h_i)||`` (its shared gradien
 normalized jointly); its gradient at that point is its SAM gradient. The K SAM gradients of the
 shared parameters are aggregated, and each head gets its own task's SAM gradient. Costs K forwards and
 K single-task backwards on top of the plain step. The "local information" baseline of the SAMO paper.
+Aggregators that weigh by the shared representation's gradients (MGDA-UB) get the SAM gradients
+themselves: K different points share no representation. ``rho = 0`` is the plain step.
 """
 
 from __future__ import annotations

@@ -17,7 +17,8 @@ reaches head i), so the global and local head directions coincide; the norm of `
 all parameters as in eq. 1. With ``alpha = 1`` this is exactly G-SAM. (The authors' code normalizes
 the shared and head parts separately, each to ``rho``.) Each head gets its own task's SAMO gradient.
 The SPSA forwards run the closure as given; the authors switch to eval mode for them. Running
-statistics are restored after the step either way.
+statistics are restored after the step either way. Aggregators that weigh by the shared representation's
+gradients (MGDA-UB) get the SAMO gradients themselves: K different points share no representation.
 
 Defaults are the authors': ``rho=1e-3``, ``alpha=0.5`` (their code's ``beta`` is ``1 - alpha``), ``mu=0.01``,
 one direction per task. ``shared_directions`` reuses the same directions for every task, so one pair of
@@ -84,15 +85,16 @@ class SAMO(Wrapper):
         template = oracle.shared.params[0]
         sam_shared = torch.empty(oracle.num_tasks, oracle.shared.numel, dtype=template.dtype, device=template.device)
         sam_heads = []
+        local = self.alpha < 1
+        global_part = self.alpha * g0
         with oracle.displaced() as move:
-            local = self.alpha < 1
             shared_draws = self._draws(oracle, move) if local and self.shared_directions else None
             for task in range(oracle.num_tasks):
                 direction = g0
                 if local:
                     draws = shared_draws if shared_draws is not None else self._draws(oracle, move)
                     estimate = sum(z * c[task] for z, c in draws) / self.directions
-                    direction = self.alpha * g0 + (1 - self.alpha) * self._normalized(oracle, estimate, reference)
+                    direction = global_part + (1 - self.alpha) * self._normalized(oracle, estimate, reference)
                 factor = self.rho / ((oracle.norm(direction).pow(2) + heads_squared).sqrt() + TINY)
                 move(direction * factor, {task: g0_heads[task] * factor})
                 sam_shared[task], head = oracle.task_gradient(oracle.losses(), task)
