@@ -1,0 +1,54 @@
+"""The data plan's rank shards and the learning-rate schedule, from their definitions."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from service.specs import SchedulerConfig
+from workers.training.data import BatchPlan
+from workers.training.optim import lr_factor
+
+
+def test_rank_shards_partition_the_one_process_global_batches() -> None:
+    size, batch, world = 103, 8, 3
+    whole = BatchPlan(size, batch * world, seed=7)
+    ranks = [BatchPlan(size, batch, world_size=world, rank=r, seed=7) for r in range(world)]
+    assert all(plan.steps_per_epoch == whole.steps_per_epoch == size // (batch * world) for plan in ranks)
+    for epoch in range(2):
+        per_rank = [list(plan.batches(epoch)) for plan in ranks]
+        for index, (batch_index, expected) in enumerate(whole.batches(epoch)):
+            shards = [per_rank[r][index][1] for r in range(world)]
+            assert all(per_rank[r][index][0] == batch_index for r in range(world))
+            assert np.array_equal(np.concatenate(shards), expected)
+    assert not np.array_equal(whole.order(0), whole.order(1))
+    resumed = list(ranks[1].batches(1, start=2))
+    assert [b for b, _ in resumed] == [2, 3] and np.array_equal(resumed[0][1], per_rank[1][2][1])
+
+
+def test_a_global_batch_larger_than_the_data_is_refused() -> None:
+    with pytest.raises(ValueError, match="batch_size"):
+        BatchPlan(10, 8, world_size=2)
+
+
+def test_schedules() -> None:
+    steps, epochs = 4, 6
+    warm = lr_factor(
+        SchedulerConfig(name="constant", warmup_epochs=2), base_lr=0.1, epochs=epochs, steps_per_epoch=steps
+    )
+    assert [warm(s) for s in range(9)] == [pytest.approx((s + 1) / 8) for s in range(8)] + [1.0]
+
+    cosine = lr_factor(
+        SchedulerConfig(name="cosine", warmup_epochs=1, min_lr=0.01), base_lr=0.1, epochs=epochs, steps_per_epoch=steps
+    )
+    assert cosine(steps) == pytest.approx(1.0)
+    middle = steps + (epochs - 1) * steps // 2
+    assert cosine(middle) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5)))
+    assert cosine(epochs * steps) == pytest.approx(0.1)
+
+    step = lr_factor(
+        SchedulerConfig(name="step", step_size=2, gamma=0.5), base_lr=0.1, epochs=epochs, steps_per_epoch=steps
+    )
+    assert [step(e * steps) for e in range(epochs)] == [1.0, 1.0, 0.5, 0.5, 0.25, 0.25]

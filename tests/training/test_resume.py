@@ -1,0 +1,79 @@
+"""A run stopped mid-epoch and resumed ends bit-identical (CPU) to one that never stopped.
+
+The method has state in every place a checkpoint must carry: UW's learnable log-scales (in the optimizer),
+PCGrad's random projection order (the step's generator), SAM's perturbed passes, Adam's moments, a warm-up
+plus cosine schedule, and the data order (seeded per epoch). The interrupted run stops twice: once by
+``max_steps`` in the middle of epoch 1, once by ``should_stop`` in the middle of epoch 2.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.training.specs import spec
+from workers.training import ConfigError, RunDirectory, RunOptions, train
+from workers.training.checkpoint import load
+
+METHOD = {"weighting": "uw", "aggregator": "pcgrad", "wrapper": {"name": "sam", "hparams": {"rho": 0.05}}}
+SPEC = {"method": METHOD, "scheduler": {"name": "cosine", "warmup_epochs": 1}, "epochs": 2}
+QUIET = RunOptions(plots=False)
+
+
+def _stop_after(calls: int):
+    """A should_stop hook that asks to stop at its ``calls``-th check (checks happen before every step)."""
+    seen = {"calls": 0}
+
+    def should_stop() -> bool:
+        seen["calls"] += 1
+        return seen["calls"] >= calls
+
+    return should_stop
+
+
+def _without_timings(lines: list[dict]) -> list[dict]:
+    timed = ("samples_per_s", "step_seconds", "sam_share", "aggregation_share", "wall_seconds", "epoch_seconds")
+    return [{k: v for k, v in line.items() if not any(t in k for t in timed)} for line in lines]
+
+
+def test_stopped_and_resumed_run_is_bit_identical(tmp_path: Path) -> None:
+    straight = train(spec(**SPEC), tmp_path / "straight", options=QUIET)
+    assert straight.status == "SUCCEEDED" and straight.summary["steps"] == 12
+
+    interrupted = tmp_path / "interrupted"
+    first = train(spec(**SPEC), interrupted, options=RunOptions(max_steps=4, plots=False))
+    assert first.status == "STOPPED" and first.summary["position"] == {"epoch": 0, "batch": 4}
+    second = train(spec(**SPEC), interrupted, resume=True, options=QUIET, should_stop=_stop_after(5))
+    assert second.status == "STOPPED" and second.summary["position"] == {"epoch": 1, "batch": 2}
+    epochs_seen: list[dict] = []
+    third = train(spec(**SPEC), interrupted, resume=True, options=QUIET, on_epoch=epochs_seen.append)
+    assert third.status == "SUCCEEDED" and third.summary["steps"] == 12
+    assert [record["epoch"] for record in epochs_seen] == [2]
+
+    done, resumed = load(RunDirectory(tmp_path / "straight").latest), load(RunDirectory(interrupted).latest)
+    assert done["model"].keys() == resumed["model"].keys()
+    for name, value in done["model"].items():
+        assert torch.equal(value, resumed["model"][name]), name
+    for a, b in zip(done["weighting_parameters"], resumed["weighting_parameters"], strict=True):
+        assert torch.equal(a, b)
+    for index, state in done["optimizer"][0]["state"].items():
+        for key, value in state.items():
+            assert torch.equal(value, resumed["optimizer"][0]["state"][index][key]), (index, key)
+    assert torch.equal(done["mtl_step"]["generator"], resumed["mtl_step"]["generator"])
+
+    # the metric files read as if the run had never stopped
+    a, b = RunDirectory(tmp_path / "straight"), RunDirectory(interrupted)
+    assert _without_timings(a.read_lines(a.step_metrics)) == _without_timings(b.read_lines(b.step_metrics))
+    assert _without_timings(a.read_lines(a.epoch_metrics)) == _without_timings(b.read_lines(b.epoch_metrics))
+
+
+def test_resume_refuses_a_different_spec_and_fresh_runs_refuse_an_existing_one(tmp_path: Path) -> None:
+    train(spec(**SPEC), tmp_path, options=RunOptions(max_steps=1, plots=False))
+    with pytest.raises(ConfigError, match="optimizer"):
+        train(spec(**SPEC, optimizer={"name": "sgd", "lr": 0.1}), tmp_path, resume=True)
+    with pytest.raises(ConfigError, match="dtype"):
+        train(spec(**SPEC), tmp_path, resume=True, options=RunOptions(dtype="float64"))
+    with pytest.raises(ConfigError, match="already holds a run"):
+        train(spec(**SPEC), tmp_path)

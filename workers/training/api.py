@@ -1,0 +1,211 @@
+"""``train(spec, run_dir)``: the Python entry point the CLI and the control plane's worker call.
+
+One process without sharding trains in the calling process. Otherwise ``workers.engine.launch`` starts a
+local process group (gloo on CPU, NCCL when every rank has a GPU); the caller's thread keeps serving the
+callbacks: it forwards ``should_stop`` to the ranks through a shared event and hands rank 0's epoch
+reports to ``on_epoch``. A rank that fails to take a step reports why, so the caller gets the same
+exception type (``NonFiniteLossError``...) as in a local run, and the ranks agree on every stop, so none
+waits on a collective that will never come.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from service.specs import TrainSpec
+from workers.training.config import RunOptions, check_runnable, parse_spec
+from workers.training.errors import ConfigError, ConfigProblem, NonFiniteLossError, TrainingFailedError
+from workers.training.rundir import RunDirectory
+from workers.training.trainer import EpochCallback, RankContext, StopCallback, Trainer
+
+POLL_SECONDS = 0.1
+COLLECTIVE_TIMEOUT_S = 300.0
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """A run that ended without failing: ``status`` is SUCCEEDED or STOPPED (``summary.json``'s content)."""
+
+    status: str
+    run_dir: Path
+    summary: dict[str, Any]
+
+
+def train(
+    spec: TrainSpec | dict[str, Any],
+    run_dir: Path | str,
+    *,
+    resume: bool = False,
+    options: RunOptions | None = None,
+    should_stop: StopCallback | None = None,
+    on_epoch: EpochCallback | None = None,
+) -> RunResult:
+    """Train ``spec`` into ``run_dir``.
+
+    ``resume=True`` continues from ``run_dir/checkpoints/latest.pt`` when there is one (else starts fresh, as
+    after a crash before the first checkpoint); the spec and dtype must match the checkpoint's. Without
+    ``resume`` an existing run there is refused rather than overwritten. ``should_stop`` is polled between
+    steps; ``on_epoch`` gets each epoch's record. Raises ``ConfigError`` for a config that cannot run and
+    ``TrainingFailedError``/``NonFiniteLossError`` after writing a FAILED summary.
+    """
+    if not isinstance(spec, TrainSpec):
+        spec = parse_spec(spec)
+    options = options or RunOptions()
+    check_runnable(spec)
+    device = _device(options)
+    run = RunDirectory(Path(run_dir))
+    resuming = _prepare(run, spec, options, resume=resume)
+    if spec.processes == 1 and spec.sharding == "none":
+        if options.threads is not None:
+            torch.set_num_threads(options.threads)
+        context = RankContext(device=device)
+        trainer = Trainer(spec, run, options, context, resume=resuming, should_stop=should_stop, on_epoch=on_epoch)
+        summary = trainer.run()
+        return RunResult(summary["status"], run.root, summary)
+    return _train_distributed(spec, run, options, resuming, should_stop, on_epoch)
+
+
+def _device(options: RunOptions) -> torch.device:
+    if options.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError([ConfigProblem("options.device", "cuda", "no CUDA device is available", "auto, cpu")])
+    if options.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(options.device)
+
+
+def _prepare(run: RunDirectory, spec: TrainSpec, options: RunOptions, *, resume: bool) -> bool:
+    """Create or check the run directory; True when there is a checkpoint to resume from."""
+    has_checkpoint = run.latest.exists()
+    if has_checkpoint and not resume:
+        raise ConfigError(
+            [ConfigProblem("run_dir", str(run.root), "already holds a run; resume it or choose another directory")]
+        )
+    run.create()
+    if resume and has_checkpoint:
+        from workers.training import checkpoint
+
+        position = checkpoint.load(run.latest)["position"]
+        run.keep_until(step=position["step"])
+    else:
+        run.write_lines(run.step_metrics, [])
+        run.write_lines(run.epoch_metrics, [])
+    run.write_json(run.config, spec.model_dump(mode="json"))
+    run.write_json(run.options, options.as_dict())
+    return resume and has_checkpoint
+
+
+def _train_distributed(
+    spec: TrainSpec,
+    run: RunDirectory,
+    options: RunOptions,
+    resume: bool,
+    should_stop: StopCallback | None,
+    on_epoch: EpochCallback | None,
+) -> RunResult:
+    import torch.multiprocessing as mp
+
+    from workers.engine import launch
+
+    context = mp.get_context("spawn")
+    stop_event = context.Event()
+    reports = context.Queue()
+    failure: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            launch(
+                _rank_main,
+                spec.processes,
+                spec,
+                str(run.root),
+                options.as_dict(),
+                resume,
+                stop_event,
+                reports,
+                timeout_s=COLLECTIVE_TIMEOUT_S,
+                threads_per_rank=options.threads or max(1, (os.cpu_count() or 1) // spec.processes),
+            )
+        except BaseException as error:  # re-raised in the caller's thread below
+            failure.append(error)
+
+    thread = threading.Thread(target=target, name="flatmtl-ranks", daemon=True)
+    thread.start()
+    outcome: dict[str, Any] | None = None
+    try:
+        while thread.is_alive() or not reports.empty():
+            if should_stop is not None and not stop_event.is_set() and should_stop():
+                stop_event.set()
+            try:
+                kind, payload = reports.get(timeout=POLL_SECONDS)
+            except queue.Empty:
+                continue
+            if kind == "epoch" and on_epoch is not None:
+                on_epoch(payload)
+            elif kind in ("result", "failed"):
+                outcome = {"kind": kind, **payload}
+    except BaseException:
+        stop_event.set()  # a failing callback stops the ranks at their next step, with a checkpoint
+        thread.join()
+        raise
+    thread.join()
+    if outcome is not None and outcome["kind"] == "failed":
+        raise _rebuild_failure(outcome["error"])
+    if failure:
+        raise failure[0]
+    if outcome is None:
+        raise RuntimeError("the ranks ended without reporting a result")
+    return RunResult(outcome["summary"]["status"], run.root, outcome["summary"])
+
+
+def _rebuild_failure(details: dict[str, Any]) -> TrainingFailedError:
+    if details["type"] == NonFiniteLossError.__name__:
+        return NonFiniteLossError(
+            step=details["step"],
+            epoch=details["epoch"],
+            tasks=details["tasks"],
+            values=[float(v) for v in details["values"]],
+        )
+    return TrainingFailedError(details["message"], step=details["step"], epoch=details["epoch"])
+
+
+def _rank_main(
+    rank: int,
+    world_size: int,
+    spec: TrainSpec,
+    run_root: str,
+    options_document: dict[str, Any],
+    resume: bool,
+    stop_event: Any,
+    reports: Any,
+) -> None:
+    """One rank of a launched group (module level so spawn can import it). The spec arrives validated (pickled),
+    so ranks never re-validate against a catalog that could differ from the caller's."""
+    import torch.distributed as dist
+
+    options = RunOptions(**options_document)
+    device = torch.device("cuda", rank) if dist.get_backend() == "nccl" else torch.device("cpu")
+    context = RankContext(rank, world_size, device, distributed=True, stop_event=stop_event)
+    leader = rank == 0
+    trainer = Trainer(
+        spec,
+        RunDirectory(Path(run_root)),
+        options,
+        context,
+        resume=resume,
+        on_epoch=(lambda record: reports.put(("epoch", record))) if leader else None,
+    )
+    try:
+        summary = trainer.run()
+    except TrainingFailedError as failure:
+        if leader:
+            reports.put(("failed", {"error": failure.details()}))
+        return
+    if leader:
+        reports.put(("result", {"summary": summary}))

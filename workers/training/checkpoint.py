@@ -1,0 +1,64 @@
+"""Checkpoint files and the process-wide random state they carry.
+
+A checkpoint is one ``torch.save`` of plain containers and tensors (loadable with ``weights_only=True``):
+numpy's generator state is stored as a tensor, not an array. Files are written to a temporary name and
+renamed, so a crash mid-write leaves the previous checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+FORMAT_VERSION = 1
+
+
+def capture_rng() -> dict[str, Any]:
+    """Python's, numpy's and torch's global generators (CUDA's too when present)."""
+    name, keys, position, has_gauss, cached = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        "numpy": (name, torch.from_numpy(keys.astype(np.int64)), int(position), int(has_gauss), float(cached)),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+    }
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    random.setstate(_as_python_state(state["python"]))
+    name, keys, position, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), position, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _as_python_state(value: Any) -> tuple[Any, ...]:
+    """``random.setstate`` needs tuples; a round trip through a file may hand back lists."""
+    version, internal, gauss = value
+    return version, tuple(internal), gauss
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def save(path: Path, payload: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(path.name + ".tmp")
+    torch.save({"format": FORMAT_VERSION, **payload}, temporary)
+    os.replace(temporary, path)
+
+
+def load(path: Path) -> dict[str, Any]:
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    if payload.get("format") != FORMAT_VERSION:
+        raise ValueError(f"{path}: checkpoint format {payload.get('format')!r}; allowed: {FORMAT_VERSION}")
+    return payload

@@ -1,0 +1,84 @@
+"""What is logged per step and per epoch, computed from the MTL step's ``StepRecord``.
+
+Pairwise diagnostics come from the global K x K Gram matrix the step already holds (no extra backward);
+wrappers that never aggregate per-task gradients leave it empty and their lines carry no diagnostics.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+
+from workers.mtl import diagnostics
+from workers.mtl.oracle import StepRecord
+
+DIAGNOSTICS = ("conflict_ratio", "cosine_min", "cosine_mean", "magnitude_similarity_mean")
+
+
+def step_metrics(record: StepRecord, tasks: Sequence[str], *, samples: int, seconds: float) -> dict[str, float]:
+    """Per-task losses, throughput, time shares and gradient geometry of one step.
+
+    ``samples`` is the global batch (all ranks); ``seconds`` the step's wall time including the optimizer.
+    SAM and aggregation shares are fractions of the method's own time (``record.seconds_total``).
+    """
+    assert record.losses is not None
+    losses = record.losses.double().cpu().tolist()
+    metrics: dict[str, float] = {f"loss/{task}": loss for task, loss in zip(tasks, losses, strict=True)}
+    metrics["loss"] = sum(losses) / len(losses)
+    metrics["samples_per_s"] = samples / seconds if seconds > 0 else 0.0
+    metrics["step_seconds"] = seconds
+    total = record.seconds_total
+    metrics["sam_share"] = record.seconds_perturbed / total if total > 0 else 0.0
+    metrics["aggregation_share"] = record.seconds_aggregation / total if total > 0 else 0.0
+    metrics["forward_passes"] = record.forward_passes
+    metrics["backward_passes"] = record.backward_passes
+    if record.gram is not None:
+        summary = diagnostics.summarize(record.gram)
+        metrics.update({name: getattr(summary, name) for name in DIAGNOSTICS})
+        metrics.update({f"grad_norm/{task}": norm for task, norm in zip(tasks, summary.norms, strict=True)})
+    return metrics
+
+
+@dataclass
+class EpochAccumulator:
+    """Running sums over an epoch's steps; saved in checkpoints so a resumed epoch reports the same means."""
+
+    steps: int = 0
+    samples: int = 0
+    seconds: float = 0.0
+    loss_sums: list[float] = field(default_factory=list)
+    diagnostic_steps: int = 0
+    diagnostic_sums: dict[str, float] = field(default_factory=dict)
+    share_sums: dict[str, float] = field(default_factory=dict)
+
+    def add(self, metrics: dict[str, float], tasks: Sequence[str], samples: int) -> None:
+        losses = [metrics[f"loss/{task}"] for task in tasks]
+        self.loss_sums = [a + b for a, b in zip(self.loss_sums or [0.0] * len(tasks), losses, strict=True)]
+        self.steps += 1
+        self.samples += samples
+        self.seconds += metrics["step_seconds"]
+        for name in ("sam_share", "aggregation_share"):
+            self.share_sums[name] = self.share_sums.get(name, 0.0) + metrics[name]
+        if "conflict_ratio" in metrics:
+            self.diagnostic_steps += 1
+            for name in DIAGNOSTICS:
+                self.diagnostic_sums[name] = self.diagnostic_sums.get(name, 0.0) + metrics[name]
+
+    def means(self, tasks: Sequence[str]) -> dict[str, float]:
+        """Epoch means under ``train/``; empty when no step ran."""
+        if not self.steps:
+            return {}
+        out = {f"train/loss/{task}": total / self.steps for task, total in zip(tasks, self.loss_sums, strict=True)}
+        out["train/loss"] = sum(self.loss_sums) / len(self.loss_sums) / self.steps
+        out["train/samples_per_s"] = self.samples / self.seconds if self.seconds > 0 else 0.0
+        out.update({f"train/{name}": total / self.steps for name, total in self.share_sums.items()})
+        if self.diagnostic_steps:
+            out.update({f"train/{name}": total / self.diagnostic_steps for name, total in self.diagnostic_sums.items()})
+        return out
+
+    def state_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+    @classmethod
+    def from_state(cls, state: dict[str, object]) -> EpochAccumulator:
+        return cls(**state)  # type: ignore[arg-type]

@@ -1,0 +1,442 @@
+"""One rank's training loop: build from a TrainSpec, resume from a checkpoint, run epochs, record everything.
+
+Modes, by ``processes`` and ``sharding``:
+
+- local (one process, no sharding): the core's ``MTLStep`` with its identity communicator.
+- data-parallel: ``DataParallelComm`` all-reduces the per-task gradients before aggregation; parameters
+  and optimizer state are replicated and stay identical on every rank.
+- zero1: as data-parallel, but the optimizer state of the shared parameters is partitioned
+  (``ShardedOptimizer`` over a shard view): any method runs, since every rank still sees whole gradients.
+- zero2: per-task gradients are reduce-scattered (``ShardedMTLStep``) and each rank aggregates and
+  optimizes only its shard; only shardable methods (TrainSpec refuses the others).
+
+Steps are counted from 1 across epochs. Between steps the loop checks the stop request (``should_stop``
+locally, a shared event across ranks, agreed on with one tiny all-reduce so every rank stops at the same
+step) and ``max_steps``; stopping saves ``latest`` so ``resume`` continues exactly where it left off.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+from tqdm import tqdm
+
+from service.specs import TrainSpec
+from workers import mtl, problems
+from workers.mtl.errors import MethodError
+from workers.problems import delta_m
+from workers.training import checkpoint, plots
+from workers.training.config import RunOptions, model_name, split_references
+from workers.training.data import BatchPlan, collate, model_input, to_device
+from workers.training.errors import NonFiniteLossError, TrainingFailedError
+from workers.training.evaluation import evaluate
+from workers.training.optim import build_optimizer, build_scheduler, optimizer_options
+from workers.training.records import EpochAccumulator, step_metrics
+from workers.training.rundir import STATUS_FAILED, STATUS_STOPPED, STATUS_SUCCEEDED, RunDirectory
+
+EpochCallback = Callable[[dict[str, Any]], None]
+StopCallback = Callable[[], bool]
+
+
+@dataclass
+class RankContext:
+    """Where this rank runs. ``stop_event`` is a multiprocessing event shared by all ranks (None locally)."""
+
+    rank: int = 0
+    world_size: int = 1
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    distributed: bool = False
+    stop_event: Any = None
+
+    @property
+    def leader(self) -> bool:
+        return self.rank == 0
+
+
+def _to_cpu(value: Any) -> Any:
+    if isinstance(value, Tensor):
+        return value.detach().cpu()
+    if isinstance(value, dict):
+        return {k: _to_cpu(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_to_cpu(v) for v in value)
+    return value
+
+
+class Trainer:
+    def __init__(
+        self,
+        spec: TrainSpec,
+        run: RunDirectory,
+        options: RunOptions,
+        context: RankContext,
+        *,
+        resume: bool = False,
+        should_stop: StopCallback | None = None,
+        on_epoch: EpochCallback | None = None,
+    ) -> None:
+        self.spec = spec
+        self.rundir = run
+        self.options = options
+        self.ctx = context
+        self.should_stop = should_stop
+        self.on_epoch = on_epoch
+        self.dtype = getattr(torch, options.dtype)
+        self.sharded_optimizer = spec.sharding in ("zero1", "zero2")
+        self.started = time.perf_counter()
+
+        checkpoint.seed_everything(spec.seed)
+        problem_options, self.references = split_references(spec)
+        self.problem = problems.build(spec.problem, **problem_options)
+        self.tasks = self.problem.task_names
+        self.model = self.problem.model(model_name(spec), **spec.model_options).to(context.device, self.dtype)
+        self.train_data = self.problem.dataset("train")
+        self.plan = BatchPlan(
+            len(self.train_data),  # type: ignore[arg-type]
+            spec.batch_size,
+            world_size=context.world_size,
+            rank=context.rank,
+            seed=spec.seed,
+        )
+        saved = checkpoint.load(run.latest) if resume else None
+        if saved is not None:
+            self._check_compatible(saved)
+            self.model.load_state_dict(saved["model"])
+        self._build_step_and_optimizer()
+        self.scheduler = build_scheduler(
+            spec.scheduler,
+            self.torch_optimizer,
+            base_lr=spec.optimizer.lr,
+            epochs=spec.epochs,
+            steps_per_epoch=self.plan.steps_per_epoch,
+        )
+        self.epoch, self.batch, self.global_step = 0, 0, 0
+        self.accumulator = EpochAccumulator()
+        self.last_lr = spec.optimizer.lr
+        self.history: list[dict[str, Any]] = []
+        if saved is not None:
+            self._restore(saved)
+
+    # ---- building ----------------------------------------------------------------------------------
+    def _build_step_and_optimizer(self) -> None:
+        from workers import engine
+
+        method = self.spec.method
+        kwargs: dict[str, Any] = {
+            "weighting": method.weighting.name,
+            "aggregator": method.aggregator.name,
+            "wrapper": method.wrapper.name,
+            "weighting_hparams": method.weighting.hparams,
+            "aggregator_hparams": method.aggregator.hparams,
+            "wrapper_hparams": method.wrapper.hparams,
+            "seed": self.spec.seed,
+        }
+        heads = [p for head in self.model.task_parameters() for p in head]
+        self.shard_view: engine.ShardedFlatParams | None = None
+        if not self.ctx.distributed:
+            self.step = mtl.MTLStep.from_model(self.model, **kwargs)
+            self.optimizer: Any = build_optimizer(
+                self.spec.optimizer, [*self.model.parameters(), *self.step.parameters()]
+            )
+            self.torch_optimizer: torch.optim.Optimizer = self.optimizer
+            return
+        collectives = engine.Collectives()
+        factory, opt_options = optimizer_options(self.spec.optimizer)
+        shared = self.model.shared_parameters()
+        if self.spec.sharding == "zero2":
+            comm = engine.sharded_comm(shared, collectives)
+            self.step = engine.ShardedMTLStep.from_model(self.model, comm=comm, **kwargs)
+            self.optimizer = engine.ShardedOptimizer(
+                self.step.shared, [*heads, *self.step.parameters()], factory, **opt_options
+            )
+        else:
+            self.step = mtl.MTLStep.from_model(self.model, comm=engine.DataParallelComm(collectives), **kwargs)
+            if self.spec.sharding == "zero1":
+                self.shard_view = engine.ShardedFlatParams(shared, engine.sharded_comm(shared, collectives))
+                self.optimizer = engine.ShardedOptimizer(
+                    self.shard_view, [*heads, *self.step.parameters()], factory, **opt_options
+                )
+            else:
+                self.optimizer = build_optimizer(
+                    self.spec.optimizer, [*self.model.parameters(), *self.step.parameters()]
+                )
+        self.torch_optimizer = self.optimizer.optimizer if self.sharded_optimizer else self.optimizer
+
+    # ---- checkpoints -------------------------------------------------------------------------------
+    def _check_compatible(self, saved: dict[str, Any]) -> None:
+        from workers.training.errors import ConfigError, ConfigProblem
+
+        current = self.spec.model_dump(mode="json")
+        mismatches = [
+            ConfigProblem(key, current[key], f"differs from the checkpoint's {saved['spec'][key]!r}", "the same value")
+            for key in current
+            if current[key] != saved["spec"].get(key)
+        ]
+        if saved["dtype"] != self.options.dtype:
+            mismatches.append(
+                ConfigProblem("options.dtype", self.options.dtype, "differs from the checkpoint", saved["dtype"])
+            )
+        if mismatches:
+            raise ConfigError(mismatches, f"resuming {self.rundir.latest}")
+
+    def _gather(self, value: Any) -> list[Any]:
+        """Every rank's ``value`` (on CPU), in rank order; ``[value]`` locally."""
+        value = _to_cpu(value)
+        if not self.ctx.distributed:
+            return [value]
+        gathered: list[Any] = [None] * self.ctx.world_size
+        dist.all_gather_object(gathered, value)
+        return gathered
+
+    def save(self, *, epoch_end: bool = False) -> None:
+        """Write ``latest`` (and ``epoch_NNNN`` at an epoch end when asked); a collective on every rank."""
+        optimizer_states = self._gather(self.torch_optimizer.state_dict())
+        rng_states = self._gather(checkpoint.capture_rng())
+        if not self.ctx.leader:
+            return
+        payload = {
+            "spec": self.spec.model_dump(mode="json"),
+            "dtype": self.options.dtype,
+            "world_size": self.ctx.world_size,
+            "position": {"epoch": self.epoch, "batch": self.batch, "step": self.global_step},
+            "model": _to_cpu(self.model.state_dict()),
+            "optimizer": optimizer_states,
+            "scheduler": self.scheduler.state_dict(),
+            "mtl_step": _to_cpu(self.step.state_dict()),
+            "weighting_parameters": [p.detach().cpu().clone() for p in self.step.parameters()],
+            "sampler": {"seed": self.plan.seed, "epoch": self.epoch, "batch": self.batch},
+            "rng": rng_states,
+            "accumulator": self.accumulator.state_dict(),
+            "history": self.history,
+        }
+        checkpoint.save(self.rundir.latest, payload)
+        if epoch_end and self.options.keep_epoch_checkpoints:
+            checkpoint.save(self.rundir.epoch_checkpoint(self.epoch), payload)
+
+    def _restore(self, saved: dict[str, Any]) -> None:
+        if saved["world_size"] != self.ctx.world_size:
+            from workers.training.errors import ConfigError, ConfigProblem
+
+            raise ConfigError(
+                [
+                    ConfigProblem(
+                        "processes", self.ctx.world_size, "differs from the checkpoint", str(saved["world_size"])
+                    )
+                ]
+            )
+        rank = self.ctx.rank
+        self.torch_optimizer.load_state_dict(saved["optimizer"][rank])
+        self.scheduler.load_state_dict(saved["scheduler"])
+        method_state = saved["mtl_step"]
+        self.step.load_state_dict({**_on_device(method_state, self.ctx.device), "generator": method_state["generator"]})
+        with torch.no_grad():
+            for param, value in zip(self.step.parameters(), saved["weighting_parameters"], strict=True):
+                param.copy_(value)
+        position = saved["position"]
+        self.epoch, self.batch, self.global_step = position["epoch"], position["batch"], position["step"]
+        self.accumulator = EpochAccumulator.from_state(saved["accumulator"])
+        self.history = list(saved["history"])
+        checkpoint.restore_rng(saved["rng"][rank])
+
+    # ---- one step ----------------------------------------------------------------------------------
+    def _closure(self, inputs: Any, targets: Any) -> Callable[[], Tensor | tuple[Tensor, Tensor]]:
+        wants_representation = self.step.aggregator.uses_representation and self.model.has_representation
+
+        def closure() -> Tensor | tuple[Tensor, Tensor]:
+            if wants_representation:
+                outputs, representation = self.model.forward_with_representation(inputs)
+            else:
+                outputs, representation = self.model(inputs), None
+            losses = self.problem.losses(outputs, targets)
+            self._check_finite(losses)
+            return losses if representation is None else (losses, representation)
+
+        return closure
+
+    def _check_finite(self, losses: Tensor) -> None:
+        """Raise on every rank at once: the rank mean is non-finite iff some rank's loss is."""
+        seen = self.step.comm.mean(losses.detach()) if self.ctx.distributed else losses.detach()
+        finite = torch.isfinite(seen)
+        if not finite.all():
+            bad = (~finite).nonzero().flatten().tolist()
+            raise NonFiniteLossError(
+                step=self.global_step + 1,
+                epoch=self.epoch + 1,
+                tasks=[self.tasks[i] for i in bad],
+                values=[float(seen[i]) for i in bad],
+            )
+
+    def _take_step(self, indices: Any) -> dict[str, float]:
+        started = time.perf_counter()
+        inputs, targets = to_device(collate(self.train_data, indices), self.ctx.device, self.dtype)
+        try:
+            record = self.step(self._closure(model_input(inputs), targets))
+        except MethodError as error:
+            raise TrainingFailedError(
+                f"step {self.global_step + 1} (epoch {self.epoch + 1}) failed: {error}",
+                step=self.global_step + 1,
+                epoch=self.epoch + 1,
+            ) from error
+        if self.shard_view is not None:
+            shared = self.shard_view.params
+            self.shard_view.grad_shard = self.shard_view.layout.local(self.shard_view.flatten([p.grad for p in shared]))
+            for param in shared:
+                param.grad = None
+        lr = self.torch_optimizer.param_groups[0]["lr"]
+        self.optimizer.step()
+        self.optimizer.zero_grad()
+        self.scheduler.step()
+        seconds = time.perf_counter() - started
+        return {"lr": lr, **step_metrics(record, self.tasks, samples=self.plan.global_batch, seconds=seconds)}
+
+    # ---- the loop ----------------------------------------------------------------------------------
+    def _stop_requested(self) -> bool:
+        local = bool(self.should_stop and self.should_stop()) or bool(
+            self.ctx.stop_event and self.ctx.stop_event.is_set()
+        )
+        if not self.ctx.distributed:
+            return local
+        flag = torch.tensor([float(local)], device=self.ctx.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
+
+    def _max_steps_reached(self) -> bool:
+        return self.options.max_steps is not None and self.global_step >= self.options.max_steps
+
+    def run(self) -> dict[str, Any]:
+        """Train to the end (SUCCEEDED) or to a stop (STOPPED); the summary is returned and, on rank 0, written.
+
+        Raises ``TrainingFailedError`` (``NonFiniteLossError`` for a NaN/inf loss) after writing a FAILED summary.
+        """
+        try:
+            status = self._loop()
+        except TrainingFailedError as failure:
+            self._finish(STATUS_FAILED, failure.details())
+            raise
+        return self._finish(status, None)
+
+    def _loop(self) -> str:
+        while self.epoch < self.spec.epochs:
+            bar = tqdm(
+                total=self.plan.steps_per_epoch,
+                initial=self.batch,
+                desc=f"epoch {self.epoch + 1}/{self.spec.epochs}",
+                disable=not (self.options.progress and self.ctx.leader),
+                file=sys.stderr,
+                leave=False,
+            )
+            with bar:
+                for batch, indices in self.plan.batches(self.epoch, self.batch):
+                    if self._stop_requested():
+                        self.save()
+                        return STATUS_STOPPED
+                    metrics = self._take_step(indices)
+                    self.last_lr = metrics["lr"]
+                    self.global_step += 1
+                    self.batch = batch + 1
+                    self.accumulator.add(metrics, self.tasks, self.plan.global_batch)
+                    self._log_step(metrics)
+                    bar.update(1)
+                    bar.set_postfix(
+                        loss=f"{metrics['loss']:.4f}",
+                        samples_s=f"{metrics['samples_per_s']:.0f}",
+                        conflict=f"{metrics.get('conflict_ratio', float('nan')):.2f}",
+                    )
+                    if self.batch < self.plan.steps_per_epoch:
+                        if self._max_steps_reached():
+                            self.save()
+                            return STATUS_STOPPED
+                        if self.options.checkpoint_every and self.global_step % self.options.checkpoint_every == 0:
+                            self.save()
+            self._end_epoch()
+            if self._max_steps_reached() and self.epoch < self.spec.epochs:
+                return STATUS_STOPPED
+        return STATUS_SUCCEEDED
+
+    def _log_step(self, metrics: dict[str, float]) -> None:
+        if self.ctx.leader and self.global_step % self.options.log_every == 0:
+            line = {"step": self.global_step, "epoch": self.epoch + 1, "batch": self.batch}
+            self.rundir.append(self.rundir.step_metrics, {**line, **metrics})
+
+    def _sum_over_ranks(self, tensor: Tensor) -> Tensor:
+        if not self.ctx.distributed:
+            return tensor
+        moved = tensor.to(self.ctx.device)
+        dist.all_reduce(moved)
+        return moved.to(tensor.device)
+
+    def _end_epoch(self) -> None:
+        self.step.end_epoch()
+        split = self.options.eval_split
+        results = evaluate(
+            self.problem,
+            self.model,
+            split,
+            device=self.ctx.device,
+            dtype=self.dtype,
+            batch_size=self.options.eval_batch_size,
+            rank=self.ctx.rank,
+            world_size=self.ctx.world_size,
+            sum_over_ranks=self._sum_over_ranks,
+        )
+        record: dict[str, Any] = {"epoch": self.epoch + 1, "step": self.global_step}
+        record["lr"] = self.last_lr
+        record.update(self.accumulator.means(self.tasks))
+        record.update({f"{split}/{key}": value for key, value in results.items()})
+        if self.references:
+            record["delta_m"] = delta_m(results, self.references, self.problem.metric_directions())
+        self.history.append(record)
+        self.epoch += 1
+        self.batch = 0
+        self.accumulator = EpochAccumulator()
+        if self.ctx.leader:
+            self.rundir.append(self.rundir.epoch_metrics, record)
+            if self.on_epoch is not None:
+                self.on_epoch(dict(record))
+        self.save(epoch_end=True)
+
+    def _finish(self, status: str, error: dict[str, Any] | None) -> dict[str, Any]:
+        final = self.history[-1] if self.history else {}
+        summary = {
+            "status": status,
+            "name": self.spec.name,
+            "problem": self.spec.problem,
+            "method": {kind: getattr(self.spec.method, kind).name for kind in ("weighting", "aggregator", "wrapper")},
+            "processes": self.ctx.world_size,
+            "sharding": self.spec.sharding,
+            "epochs": self.spec.epochs,
+            "epochs_completed": self.epoch,
+            "steps": self.global_step,
+            "position": {"epoch": self.epoch, "batch": self.batch},
+            "final": final,
+            "delta_m": final.get("delta_m"),
+            "references": self.references,
+            "error": error,
+            "checkpoint": str(self.rundir.latest.relative_to(self.rundir.root))
+            if self.rundir.latest.exists()
+            else None,
+            "wall_seconds": time.perf_counter() - self.started,
+        }
+        if self.ctx.leader:
+            self.rundir.write_json(self.rundir.summary, summary)
+            if self.options.plots:
+                plots.draw(self.rundir, self.tasks)
+        return summary
+
+
+def _on_device(value: Any, device: torch.device) -> Any:
+    """Method state saved on CPU, back on the run's device."""
+    if isinstance(value, Tensor):
+        return value.to(device)
+    if isinstance(value, dict):
+        return {k: _on_device(v, device) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_on_device(v, device) for v in value)
+    return value
