@@ -29,7 +29,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from service.catalog import Catalog, CatalogError, Kind, load_catalog
+from service.catalog import KINDS, Catalog, CatalogError, Kind, load_catalog
 
 Identifier = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z][A-Za-z0-9_\-]*$")]
 JobName = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")]
@@ -291,6 +291,21 @@ class SweepSpec(SpecModel):
     num_trials: int | None = Field(None, ge=1, le=MAX_TRIALS, description="random: required; grid: the grid's size.")
     max_concurrent_trials: int | None = Field(None, ge=1, le=1024)
     resources_per_trial: TrialResources = Field(default_factory=TrialResources)
+
+    @field_validator("space", mode="before")
+    @classmethod
+    def _expand_short_paths(cls, space: Any) -> Any:
+        """``wrapper.rho`` is shorthand for ``method.wrapper.hparams.rho`` (likewise weighting, aggregator)."""
+        if not isinstance(space, dict):
+            return space
+        expanded: dict[str, Any] = {}
+        for path, domain in space.items():
+            parts = str(path).split(".")
+            full = f"method.{parts[0]}.hparams.{parts[1]}" if len(parts) == 2 and parts[0] in KINDS else path
+            if full in expanded:
+                raise field_error(f"{path!r} and {full!r} name the same field", subloc=(path,), value=path)
+            expanded[full] = domain
+        return expanded
 
     @field_validator("space")
     @classmethod

@@ -148,6 +148,8 @@ def test_sweep_over_rho_and_alpha_counts_the_grid() -> None:
         context=CONTEXT,
     )
     assert random.trial_count() == 7
+    short = SweepSpec.model_validate(sweep({"wrapper.alpha": {"type": "grid", "values": [0.1, 0.9]}}), context=CONTEXT)
+    assert list(short.space) == ["method.wrapper.hparams.alpha"]
 
 
 @pytest.mark.parametrize(
