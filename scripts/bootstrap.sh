@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-system_packages=(postgresql prometheus dataset-fashion-mnist)
+system_packages=(postgresql prometheus dataset-fashion-mnist docker-compose)
 missing=()
 for package in "${system_packages[@]}"; do
   dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from workers.mtl.base import Aggregator, LossWeighting
+from workers.mtl.base import Aggregator, GramAggregator, LossWeighting
 from workers.mtl.checks import check_finite
 from workers.mtl.comm import Communicator
 from workers.mtl.errors import MethodError
@@ -113,20 +113,19 @@ class GradientOracle:
 
     # ---- gradients -----------------------------------------------------------------------------
     def task_gradients(self, weighted: Tensor, *, retain_graph: bool = False) -> TaskGradients:
-        """Gradient of each weighted loss w.r.t. the shared parameters [K, P] and its own head."""
-        head_params = [p for head in self.heads for p in head.params]
+        """Gradient of each weighted loss w.r.t. the shared parameters [K, P] and its own head.
+
+        Heads are disjoint (task k's head only moves loss k), so one backward of the summed losses
+        gives every head its own task's gradient; only the shared parameters need K gradients each.
+        """
         representation = None
         if self.aggregator.uses_representation and self._representation is not None:
             rep_grads = self.gradient_engine(weighted, [self._representation], retain_graph=True)[0]
             representation = rep_grads.reshape(self.num_tasks, -1)
-        grads = self.gradient_engine(weighted, [*self.shared.params, *head_params], retain_graph=retain_graph)
+        heads = self._head_gradients(weighted.sum(), retain_graph=True)
+        grads = self.gradient_engine(weighted, self.shared.params, retain_graph=retain_graph)
         self.record.backward_passes += self.num_tasks
-        shared = self.shared.flatten_batched(grads[: len(self.shared.params)], self.num_tasks)
-        heads, offset = [], len(self.shared.params)
-        for task, head in enumerate(self.heads):
-            own = grads[offset : offset + len(head.params)]
-            heads.append(head.flatten([g[task] for g in own]))
-            offset += len(head.params)
+        shared = self.shared.flatten_batched(grads, self.num_tasks)
         return TaskGradients(self.comm.reduce_task_gradients(shared), self._reduce_heads(heads), representation)
 
     def task_gradient(self, weighted: Tensor, task: int) -> tuple[Tensor, Tensor]:
@@ -141,18 +140,24 @@ class GradientOracle:
 
     def mean_gradient(self, weighted: Tensor, *, retain_graph: bool = False) -> tuple[Tensor, list[Tensor]]:
         """Gradient of the mean weighted loss in one backward: (shared [P], per-task heads)."""
-        head_params = [p for head in self.heads for p in head.params]
-        grads = torch.autograd.grad(
-            weighted.mean(), [*self.shared.params, *head_params], retain_graph=retain_graph, allow_unused=True
-        )
+        objective = weighted.mean()
+        heads = self._head_gradients(objective, retain_graph=True)
+        grads = torch.autograd.grad(objective, self.shared.params, retain_graph=retain_graph, allow_unused=True)
         self.record.backward_passes += 1
-        shared = self.shared.flatten(grads[: len(self.shared.params)])
-        heads, offset = [], len(self.shared.params)
+        shared = self.comm.reduce_task_gradients(self.shared.flatten(grads).unsqueeze(0))[0]
+        return shared, self._reduce_heads(heads)
+
+    def _head_gradients(self, objective: Tensor, *, retain_graph: bool) -> list[Tensor]:
+        """Each head's flat gradient of ``objective`` (heads only: the backward stops at the trunk)."""
+        head_params = [p for head in self.heads for p in head.params]
+        if not head_params:
+            return [head.flatten([]) for head in self.heads]
+        grads = torch.autograd.grad(objective, head_params, retain_graph=retain_graph, allow_unused=True)
+        heads, offset = [], 0
         for head in self.heads:
             heads.append(head.flatten(grads[offset : offset + len(head.params)]))
             offset += len(head.params)
-        shared = self.comm.reduce_task_gradients(shared.unsqueeze(0))[0]
-        return shared, self._reduce_heads(heads)
+        return heads
 
     def _reduce_heads(self, heads: list[Tensor]) -> list[Tensor]:
         if not heads or self.comm.world_size == 1:
@@ -231,7 +236,7 @@ class GradientOracle:
             aggregator.load_state_dict(saved[0])
             self.generator.set_state(saved[1])
         if self.record.gram is None:
-            gram = seen[0] if seen else self.comm.shard_sum(grads @ grads.T)
+            gram = seen[0] if seen and isinstance(aggregator, GramAggregator) else self.comm.shard_sum(grads @ grads.T)
             self.record.gram = gram.detach()
             assert self.record.losses is not None
             self.weighting.observe(self.record.losses, self.record.gram)
