@@ -13,7 +13,9 @@ from fastapi.concurrency import run_in_threadpool
 
 from api import errors
 from api.limits import BodySizeLimit
+from api.observe import RequestTimer
 from api.routes import jobs, meta
+from service import telemetry
 from service.db import Database
 from service.settings import Settings, load_settings
 
@@ -27,6 +29,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if settings.migrate_on_start:
             await run_in_threadpool(database.migrate)
         settings.artifacts.mkdir(parents=True, exist_ok=True)
+        telemetry.set_source(telemetry.database_source(database, settings.lease_seconds))
         app.state.db = database
         try:
             yield
@@ -42,6 +45,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     errors.install(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestTimer)
     app.include_router(jobs.router)
     app.include_router(meta.router)
     return app

@@ -262,7 +262,8 @@ def _leaf_paths(model: type[BaseModel], prefix: str = "") -> list[str]:
     return paths
 
 
-SWEEPABLE = tuple(_leaf_paths(TrainSpec))
+OPTION_FIELDS = ("problem_options", "model_options")
+SWEEPABLE = tuple(p for p in _leaf_paths(TrainSpec) if p not in OPTION_FIELDS)
 
 
 def _set_path(document: dict[str, Any], path: str, value: Any) -> None:
@@ -336,7 +337,7 @@ class SweepSpec(SpecModel):
     @staticmethod
     def _check_path(path: str, base: TrainSpec, catalog: Catalog) -> None:
         parts = path.split(".")
-        if path in SWEEPABLE:
+        if path in SWEEPABLE or (len(parts) == 2 and parts[0] in OPTION_FIELDS and parts[1]):
             return
         if len(parts) == 4 and parts[0] == "method" and parts[2] == "hparams" and parts[1] in MethodConfig.model_fields:
             choice: MethodChoice = getattr(base.method, parts[1])
@@ -351,7 +352,9 @@ class SweepSpec(SpecModel):
                 value=path,
                 allowed=allowed,
             )
-        allowed = ", ".join([*SWEEPABLE, "method.<kind>.hparams.<name>"])
+        allowed = ", ".join(
+            [*SWEEPABLE, "method.<kind>.hparams.<name>", "problem_options.<key>", "model_options.<key>"]
+        )
         raise field_error(
             f"sweep space over unknown field {path!r}; allowed: {allowed}", subloc=(path,), value=path, allowed=allowed
         )

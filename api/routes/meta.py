@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Response
 from fastapi.concurrency import run_in_threadpool
 
 from api.deps import DatabaseDep, Reader
 from api.errors import ApiError, responses
 from api.schemas import Health, MethodList, MethodOut
+from service import telemetry
 from service.catalog import load_catalog
 
 router = APIRouter()
@@ -48,3 +49,16 @@ async def readyz(db: DatabaseDep) -> Health:
     if not ready:
         raise ApiError(503, "database schema is not at the newest migration")
     return Health(status="ok")
+
+
+@router.get(
+    "/metrics",
+    response_class=Response,
+    tags=["health"],
+    summary="Prometheus metrics: control plane and running jobs (no token, for the scraper)",
+    responses={200: {"content": {telemetry.CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text format."}}
+    | responses(),
+)
+async def metrics() -> Response:
+    body = await run_in_threadpool(telemetry.render_latest)
+    return Response(body, media_type=telemetry.CONTENT_TYPE_LATEST)

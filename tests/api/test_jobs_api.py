@@ -188,3 +188,16 @@ def test_methods_health_and_readiness(api: Api) -> None:
     assert {m["kind"] for m in wrappers["methods"]} == {"wrapper"}
     assert api.client.get("/healthz").json() == {"status": "ok"}
     assert api.client.get("/readyz").json() == {"status": "ok"}
+
+
+def test_prometheus_metrics_show_running_jobs_and_request_latency(api: Api) -> None:
+    job = submit(api)
+    lease = queue.claim(api.db, "worker", 30)
+    assert lease is not None and lease.job_id == job["id"]
+    api.client.get(f"/v1/jobs/{job['id']}", headers=api.as_user("reader"))
+    response = api.client.get("/metrics")
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
+    text = response.text
+    assert 'route="/v1/jobs/{job_id}"' in text and f'route="/v1/jobs/{job["id"]}"' not in text
+    assert "flatmtl_api_request_duration_seconds_bucket" in text
+    assert f'job_id="{job["id"]}"' in text

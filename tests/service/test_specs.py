@@ -150,6 +150,10 @@ def test_sweep_over_rho_and_alpha_counts_the_grid() -> None:
     assert random.trial_count() == 7
     short = SweepSpec.model_validate(sweep({"wrapper.alpha": {"type": "grid", "values": [0.1, 0.9]}}), context=CONTEXT)
     assert list(short.space) == ["method.wrapper.hparams.alpha"]
+    widths = SweepSpec.model_validate(
+        sweep({"model_options.hidden": {"type": "choice", "values": [[16], [32, 32]]}}), context=CONTEXT
+    )
+    assert widths.trial_count() == 2
 
 
 @pytest.mark.parametrize(

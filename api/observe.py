@@ -1,0 +1,37 @@
+"""Request latency for Prometheus, labelled by route template (bounded), method and status."""
+
+from __future__ import annotations
+
+import time
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service import telemetry
+
+UNMATCHED = "unmatched"
+
+
+class RequestTimer:
+    """ASGI middleware: times each HTTP request; the router leaves the matched route in the scope."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = 500
+        began = time.perf_counter()
+
+        async def record_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, record_status)
+        finally:
+            route = getattr(scope.get("route"), "path", UNMATCHED)
+            telemetry.observe_request(route, scope["method"], status, time.perf_counter() - began)
