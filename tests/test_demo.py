@@ -108,3 +108,14 @@ def test_plain_equal_weighting_lowers_the_mean_objective(name: str) -> None:
         assert len(means) == 61
         assert means[-1] < means[0]
         assert means[-10:].mean() < means[:10].mean()
+
+
+def test_worker_processes_give_the_same_table_as_one_process(tmp_path: Path) -> None:
+    tables = []
+    for workers in ("1", "2"):
+        out = tmp_path / f"workers{workers}"
+        args = ["demo", "toy", "--out", str(out), "--steps", "3", "--problems", "samo", "--aggregators", "mean"]
+        result = CliRunner().invoke(main, [*args, "--wrappers", "sam", "--workers", workers])
+        assert result.exit_code == 0, result.output
+        tables.append((out / "results.json").read_text())
+    assert tables[0] == tables[1]

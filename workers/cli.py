@@ -51,7 +51,7 @@ def demo_group() -> None:
     help="Directory for the figures and tables.",
 )
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of every step's random generator.")
-@click.option("--steps", type=click.IntRange(min=1), default=200, show_default=True, help="Optimizer steps per run.")
+@click.option("--steps", type=click.IntRange(min=1), default=100, show_default=True, help="Optimizer steps per run.")
 @click.option(
     "--aggregators", default=None, help="Comma-separated aggregator names [default: mean,mgda,pcgrad,cagrad,nash_mtl]."
 )

@@ -118,7 +118,7 @@ PROBLEMS: dict[str, ToyProblem] = {
         starts=((-6.0, 1.0), (5.0, -2.5), (-1.0, 3.0)),
         view=((-6.5, 6.5), (-3.25, 3.25)),
         box=((-6.0, 6.0), (-3.0, 3.0)),
-        lr=0.08,
+        lr=0.12,
         rho=0.3,
     ),
     "cagrad": ToyProblem(
@@ -130,7 +130,7 @@ PROBLEMS: dict[str, ToyProblem] = {
         starts=((-8.5, 7.5), (-8.5, -5.0), (9.0, 9.0)),
         view=((-10.0, 10.0), (-10.0, 10.0)),
         box=None,
-        lr=0.4,
+        lr=0.5,
         rho=0.5,
     ),
 }

@@ -19,6 +19,10 @@ from workers.demo.runner import RunResult
 
 START_COLORS = ("tab:red", "tab:orange", "tab:purple", "tab:brown", "tab:pink")
 GRID_POINTS = 160
+PANEL_INCHES = 3.0
+TITLE_INCHES = 0.3
+TOP_INCHES = 0.75
+BOTTOM_INCHES = 0.7
 CONTOUR_LEVELS = 24
 PARETO_COLOR = "tab:green"
 
@@ -40,13 +44,13 @@ def plot_problem(
     mean = problem.objectives(torch.stack([grid_x, grid_y], dim=-1)).mean(dim=-1)
     pareto = problem.pareto_set()
 
-    aspect = (y_high - y_low) / (x_high - x_low)
-    width = 3.0
+    panel_width = PANEL_INCHES
+    panel_height = PANEL_INCHES * (y_high - y_low) / (x_high - x_low)
     rows, cols = len(aggregators), len(wrappers)
     figure, axes = plt.subplots(
         rows,
         cols,
-        figsize=(width * cols + 0.6, width * aspect * rows + 1.3),
+        figsize=(panel_width * cols + 0.6, (panel_height + TITLE_INCHES) * rows + TOP_INCHES + BOTTOM_INCHES),
         sharex=True,
         sharey=True,
         squeeze=False,
@@ -80,8 +84,16 @@ def plot_problem(
         for i, start in enumerate(problem.starts)
     ]
     figure.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=9, frameon=False)
-    figure.suptitle(f"{problem.title}\n{subtitle}", fontsize=11)
-    figure.subplots_adjust(left=0.05, right=0.98, bottom=0.06, top=0.93, wspace=0.08, hspace=0.18)
+    height = figure.get_figheight()
+    figure.suptitle(f"{problem.title}\n{subtitle}", fontsize=11, y=1 - 0.08 / height, va="top")
+    figure.subplots_adjust(
+        left=0.45 / figure.get_figwidth(),
+        right=0.98,
+        bottom=BOTTOM_INCHES / height,
+        top=1 - TOP_INCHES / height,
+        wspace=0.08,
+        hspace=TITLE_INCHES / panel_height,
+    )
     figure.savefig(path, dpi=90)
     plt.close(figure)
 
