@@ -129,6 +129,7 @@ def _train_distributed(
                 resume,
                 stop_event,
                 reports,
+                backend="gloo" if options.device == "cpu" else None,
                 timeout_s=COLLECTIVE_TIMEOUT_S,
                 threads_per_rank=options.threads or max(1, (os.cpu_count() or 1) // spec.processes),
             )

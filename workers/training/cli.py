@@ -14,12 +14,10 @@ from typing import Any
 import click
 
 from workers.training.config import DEVICES, DTYPES
+from workers.training.errors import ConfigError
 
 
-def _fail_config(error: Exception) -> None:
-    from workers.training.errors import ConfigError
-
-    assert isinstance(error, ConfigError)
+def _fail_config(error: ConfigError) -> None:
     where = f" in {error.source}" if error.source else ""
     click.echo(f"error: invalid config{where}:", err=True)
     for problem in error.problems:
@@ -72,7 +70,7 @@ def train_command(
     """Train the TrainSpec in CONFIG (YAML or JSON) into a run directory."""
     from workers.training.api import train
     from workers.training.config import RunOptions, load_spec
-    from workers.training.errors import ConfigError, TrainingFailedError
+    from workers.training.errors import TrainingFailedError
     from workers.training.rundir import RunDirectory
 
     if resume_dir is not None:

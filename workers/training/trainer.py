@@ -221,16 +221,6 @@ class Trainer:
             checkpoint.save(self.rundir.epoch_checkpoint(self.epoch), payload)
 
     def _restore(self, saved: dict[str, Any]) -> None:
-        if saved["world_size"] != self.ctx.world_size:
-            from workers.training.errors import ConfigError, ConfigProblem
-
-            raise ConfigError(
-                [
-                    ConfigProblem(
-                        "processes", self.ctx.world_size, "differs from the checkpoint", str(saved["world_size"])
-                    )
-                ]
-            )
         rank = self.ctx.rank
         self.torch_optimizer.load_state_dict(saved["optimizer"][rank])
         self.scheduler.load_state_dict(saved["scheduler"])
