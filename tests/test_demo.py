@@ -11,9 +11,10 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from workers import mtl
 from workers.cli import main
 from workers.demo.problems import PROBLEMS, distance_to_polyline
-from workers.demo.runner import RunSpec, run
+from workers.demo.runner import RunSpec, run, wrapper_hparams
 
 
 def run_demo(out: Path, *extra: str) -> tuple[int, str]:
@@ -119,3 +120,10 @@ def test_worker_processes_give_the_same_table_as_one_process(tmp_path: Path) -> 
         assert result.exit_code == 0, result.output
         tables.append((out / "results.json").read_text())
     assert tables[0] == tables[1]
+
+
+def test_toy_radius_reaches_every_wrapper_radius() -> None:
+    for method in mtl.methods("wrapper"):
+        radii = {hp.name for hp in method.hparams if hp.name == "rho" or hp.name.startswith("rho_")}
+        assert wrapper_hparams(method.name, 0.7) == dict.fromkeys(radii, 0.7)
+    assert wrapper_hparams("none", 0.7) == {}

@@ -61,7 +61,7 @@ def demo_group() -> None:
     "--rho",
     type=click.FloatRange(min=0),
     default=None,
-    help="Radius for every wrapper with one [default: per problem].",
+    help="Radius for every wrapper radius (rho, rho_*) [default: per problem].",
 )
 @click.option(
     "--workers",

@@ -20,7 +20,7 @@ from workers.mtl import diagnostics
 @dataclass(frozen=True)
 class RunSpec:
     """One trajectory: which problem, which methods, which starting point (an index into ``starts``);
-    ``rho`` is the radius given to every wrapper that has one."""
+    ``rho`` is the radius given to every wrapper radius (see ``wrapper_hparams``)."""
 
     problem: str
     aggregator: str
@@ -58,9 +58,11 @@ class RunResult:
 
 
 def wrapper_hparams(wrapper: str, rho: float) -> dict[str, float]:
-    """The toy's radius for every wrapper that has one; other hyper-parameters keep their defaults."""
-    names = {hp.name for hp in mtl.spec("wrapper", wrapper).hparams}
-    return {"rho": rho} if "rho" in names else {}
+    """The toy's radius for every radius a wrapper has (``rho``, and ``rho_*`` such as F-MTL's
+    ``rho_shared``); other hyper-parameters keep their defaults. The papers' radii are tuned for
+    networks with millions of weights, far too small to show on a plane."""
+    names = [hp.name for hp in mtl.spec("wrapper", wrapper).hparams]
+    return {name: rho for name in names if name == "rho" or name.startswith("rho_")}
 
 
 def task_free_heads(point: nn.Parameter, num_tasks: int) -> list[list[nn.Parameter]]:
