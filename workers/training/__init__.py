@@ -5,31 +5,40 @@ summary, checkpoints (exact resume) and plots; ``flatness`` measures a trained c
     >>> from workers.training import RunOptions, train
     >>> result = train({"problem": "multi_digits", "epochs": 2}, "runs/demo", options=RunOptions(max_steps=50))
     >>> result.status                                   # "STOPPED"; train(..., resume=True) continues it
+
+Names are imported on first use, so ``flatmtl``'s control-plane commands (which import ``cli``) never load torch.
 """
 
-from workers.training.api import RunResult, train
-from workers.training.config import RunOptions, check_runnable, load_spec, parse_spec
-from workers.training.errors import ConfigError, ConfigProblem, NonFiniteLossError, TrainingFailedError
-from workers.training.flatness import FlatnessSettings, evaluate_run, rho_sharpness, top_hessian_eigenvalue
-from workers.training.rundir import STATUS_FAILED, STATUS_STOPPED, STATUS_SUCCEEDED, RunDirectory
+from __future__ import annotations
 
-__all__ = [
-    "STATUS_FAILED",
-    "STATUS_STOPPED",
-    "STATUS_SUCCEEDED",
-    "ConfigError",
-    "ConfigProblem",
-    "FlatnessSettings",
-    "NonFiniteLossError",
-    "RunDirectory",
-    "RunOptions",
-    "RunResult",
-    "TrainingFailedError",
-    "check_runnable",
-    "evaluate_run",
-    "load_spec",
-    "parse_spec",
-    "rho_sharpness",
-    "top_hessian_eigenvalue",
-    "train",
-]
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "RunResult": "api",
+    "train": "api",
+    "RunOptions": "config",
+    "check_runnable": "config",
+    "load_spec": "config",
+    "parse_spec": "config",
+    "ConfigError": "errors",
+    "ConfigProblem": "errors",
+    "NonFiniteLossError": "errors",
+    "TrainingFailedError": "errors",
+    "FlatnessSettings": "flatness",
+    "evaluate_run": "flatness",
+    "rho_sharpness": "flatness",
+    "top_hessian_eigenvalue": "flatness",
+    "STATUS_FAILED": "rundir",
+    "STATUS_STOPPED": "rundir",
+    "STATUS_SUCCEEDED": "rundir",
+    "RunDirectory": "rundir",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
