@@ -69,8 +69,8 @@ def _backtrack(matrix: Tensor, w: Tensor, step: Tensor, t: float, slope: float, 
 def _newton_step(matrix: Tensor, w: Tensor, power: Tensor, residual: Tensor, exponent: float) -> Tensor:
     """Solve ``(M + diag(p w^(-p-1))) step = -residual`` (symmetric positive definite).
 
-    LU with partial pivoting, not Cholesky: it is backward stable here too, and this torch's CPU
-    Cholesky costs about 16 ms even for a 5 x 5 matrix.
+    LU with partial pivoting, not Cholesky: it is backward stable here too, and with this torch build
+    (MKL, 2 threads) CPU Cholesky was measured at ~16 ms for a 5 x 5 matrix against ~20 us for LU.
     """
     hessian = matrix.clone()
     hessian.diagonal().add_(exponent * power / w)
