@@ -16,80 +16,49 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from workers import mtl
 from workers.mtl.task_gradients import batched_task_gradients, sequential_task_gradients
-
-
-class LeNetHPS(nn.Module):
-    """LeNet encoder shared by two 10-way heads (the Multi-MNIST setting)."""
-
-    def __init__(self, num_tasks: int = 2) -> None:
-        super().__init__()
-        self.encoder = nn.Sequential(
-            nn.Conv2d(1, 10, 9), nn.MaxPool2d(2), nn.ReLU(), nn.Conv2d(10, 20, 5), nn.MaxPool2d(2), nn.ReLU(),
-            nn.Flatten(), nn.Linear(20 * 5 * 5, 50), nn.ReLU(),
-        )  # fmt: skip
-        self.heads = nn.ModuleList(nn.Linear(50, 10) for _ in range(num_tasks))
-
-    def shared_parameters(self) -> list[nn.Parameter]:
-        return list(self.encoder.parameters())
-
-    def task_parameters(self) -> list[list[nn.Parameter]]:
-        return [list(head.parameters()) for head in self.heads]
-
-    def task_losses(self, x: Tensor, targets: Tensor) -> Tensor:
-        features = self.encoder(x)
-        return torch.stack(
-            [nn.functional.cross_entropy(head(features), targets[:, k]) for k, head in enumerate(self.heads)]
-        )
-
-
-class MLPHPS(nn.Module):
-    """Two-layer MLP shared by K binary heads (the Yeast setting: 103 features, 14 labels)."""
-
-    def __init__(self, num_tasks: int = 14, in_features: int = 103, hidden: int = 256) -> None:
-        super().__init__()
-        self.encoder = nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU())
-        self.heads = nn.ModuleList(nn.Linear(hidden, 1) for _ in range(num_tasks))
-
-    def shared_parameters(self) -> list[nn.Parameter]:
-        return list(self.encoder.parameters())
-
-    def task_parameters(self) -> list[list[nn.Parameter]]:
-        return [list(head.parameters()) for head in self.heads]
-
-    def task_losses(self, x: Tensor, targets: Tensor) -> Tensor:
-        features = self.encoder(x)
-        logits = torch.cat([head(features) for head in self.heads], dim=1)
-        return nn.functional.binary_cross_entropy_with_logits(logits, targets, reduction="none").mean(dim=0)
+from workers.problems.models import build_model
+from workers.problems.tasks import Binary, Classification, Task, stack_losses
 
 
 @dataclass
 class Setting:
+    """A product model with random inputs of the right shape (step cost does not depend on the data)."""
+
     name: str
     model: nn.Module
+    tasks: list[Task]
     x: Tensor
-    targets: Tensor
+    targets: list[Tensor]
+
+    def task_losses(self) -> Tensor:
+        return stack_losses(self.tasks, list(self.model(self.x)), self.targets)
 
 
 def settings(batch: int) -> list[Setting]:
     generator = torch.Generator().manual_seed(0)
     torch.manual_seed(0)
+    digits = [Task(f"digit_{k}", Classification(10)) for k in range(2)]
+    labels = [Task(f"label_{k}", Binary()) for k in range(14)]
     lenet = Setting(
         "lenet K=2 36x36",
-        LeNetHPS(),
+        build_model("lenet", (1, 36, 36), digits),
+        digits,
         torch.rand(batch, 1, 36, 36, generator=generator),
-        torch.randint(0, 10, (batch, 2), generator=generator),
+        [torch.randint(0, 10, (batch,), generator=generator) for _ in digits],
     )
     mlp = Setting(
         "mlp K=14 103 in",
-        MLPHPS(),
+        build_model("mlp", (103,), labels),
+        labels,
         torch.randn(batch, 103, generator=generator),
-        torch.randint(0, 2, (batch, 14), generator=generator).float(),
+        [torch.randint(0, 2, (batch,), generator=generator).float() for _ in labels],
     )
     return [lenet, mlp]
 
@@ -105,13 +74,13 @@ def median_seconds(run: Callable[[], object], repeats: int, warmup: int = 2) -> 
     return statistics.median(times)
 
 
-def step_cost(setting: Setting, repeats: int, **methods: str) -> tuple[float, float]:
+def step_cost(setting: Setting, repeats: int, **methods: Any) -> tuple[float, float]:
     """Median step seconds (forward, gradients, aggregation; no optimizer) and aggregation share."""
     step = mtl.MTLStep.from_model(setting.model, seed=0, **methods)
     shares: list[float] = []
 
     def run() -> None:
-        record = step(lambda: setting.model.task_losses(setting.x, setting.targets))
+        record = step(lambda: setting.task_losses())
         shares.append(record.seconds_aggregation / record.seconds_total)
 
     seconds = median_seconds(run, repeats)
@@ -119,13 +88,13 @@ def step_cost(setting: Setting, repeats: int, **methods: str) -> tuple[float, fl
 
 
 def gradient_paths(setting: Setting, repeats: int) -> tuple[float, float]:
-    params = [*setting.model.shared_parameters(), *(p for h in setting.model.task_parameters() for p in h)]
+    params = list(setting.model.shared_parameters())
 
     def batched() -> None:
-        batched_task_gradients(setting.model.task_losses(setting.x, setting.targets), params, retain_graph=False)
+        batched_task_gradients(setting.task_losses(), params, retain_graph=False)
 
     def sequential() -> None:
-        sequential_task_gradients(setting.model.task_losses(setting.x, setting.targets), params, retain_graph=False)
+        sequential_task_gradients(setting.task_losses(), params, retain_graph=False)
 
     return median_seconds(batched, repeats), median_seconds(sequential, repeats)
 
@@ -150,6 +119,10 @@ def main() -> None:
                 seconds, share = step_cost(setting, args.repeats, **{kind: method.name})
                 summary[f"{setting.name}/{kind}/{method.name}"] = seconds
                 print(f"{kind[:3] + ' ' + method.name:<28}{seconds * 1e3:>10.2f}{seconds / base:>8.2f}{share:>11.1%}")
+        if not args.only or args.only == "wrapper":
+            shared_z, _ = step_cost(setting, args.repeats, wrapper="samo", wrapper_hparams={"shared_directions": True})
+            summary[f"{setting.name}/wrapper/samo_shared_directions"] = shared_z
+            print(f"{'wra samo shared_directions':<28}{shared_z * 1e3:>10.2f}{shared_z / base:>8.2f}")
         batched, sequential = gradient_paths(setting, args.repeats)
         summary[f"{setting.name}/batched_over_sequential"] = batched / sequential
         print(f"per-task gradients: batched {batched * 1e3:.2f} ms, sequential {sequential * 1e3:.2f} ms, "
@@ -158,9 +131,11 @@ def main() -> None:
     mlp = "mlp K=14 103 in"
     print(f"batched / sequential per-task gradients at K=14: {summary[f'{mlp}/batched_over_sequential']:.2f} "
           "(target <= 0.60)")  # fmt: skip
-    samo, fmtl = summary.get(f"{mlp}/wrapper/samo"), summary.get(f"{mlp}/wrapper/fmtl")
-    if samo and fmtl:
-        print(f"SAMO step / F-MTL step at K=14: {samo / fmtl:.2f} (target <= 0.80)")
+    fmtl = summary.get(f"{mlp}/wrapper/fmtl")
+    for variant in ("samo", "samo_shared_directions"):
+        samo = summary.get(f"{mlp}/wrapper/{variant}")
+        if samo and fmtl:
+            print(f"{variant} step / F-MTL step at K=14: {samo / fmtl:.2f} (target <= 0.80)")
 
 
 if __name__ == "__main__":
