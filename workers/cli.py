@@ -66,7 +66,7 @@ def demo_group() -> None:
 @click.option(
     "--workers",
     type=click.IntRange(min=1),
-    default=min(2, os.cpu_count() or 1),
+    default=min(4, os.cpu_count() or 1),
     show_default=True,
     help="Processes to spread the runs over.",
 )

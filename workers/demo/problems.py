@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cache
 
 import torch
 from torch import Tensor
@@ -80,6 +81,7 @@ def cagrad_objectives(x: Tensor) -> Tensor:
     return torch.stack([upper * v1 + lower * q1, upper * v2 + lower * q2], dim=-1)
 
 
+@cache
 def cagrad_pareto_set(points: int = 141) -> Tensor:
     """The Pareto set of the CAGrad toy: one point per x1 in [-7, 7], all in the lower half.
 
@@ -87,7 +89,7 @@ def cagrad_pareto_set(points: int = 141) -> Tensor:
     gradients, c (x1 - 7) / 5 and c (x1 + 7) / 5, cancel in ``w grad L1 + (1 - w) grad L2`` exactly
     when w = (x1 + 7) / 14. The point is Pareto-stationary where the x2-part of that same combination
     vanishes too; for each x1 that happens once, for x2 in (-12, -8), found here by bisection with the
-    derivative taken by autograd.
+    derivative taken by autograd. Cached: every run measures its distance to it (do not modify in place).
     """
     x1 = torch.linspace(-7.0, 7.0, points, dtype=torch.float64)
     weight = (x1 + 7) / 14
