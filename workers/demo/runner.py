@@ -65,19 +65,13 @@ def wrapper_hparams(wrapper: str, rho: float) -> dict[str, float]:
     return {name: rho for name in names if name == "rho" or name.startswith("rho_")}
 
 
-def task_free_heads(point: nn.Parameter, num_tasks: int) -> list[list[nn.Parameter]]:
-    """One zero-element parameter per task: the toy's tasks own no parameters, and an empty tensor
-    states that while keeping every head a non-empty parameter list for the step's flat views."""
-    return [[nn.Parameter(point.new_zeros(0))] for _ in range(num_tasks)]
-
-
 def run(spec: RunSpec) -> RunResult:
     """Optimize from one starting point; deterministic for a given spec."""
     torch.set_num_threads(1)
     problem = PROBLEMS[spec.problem]
     point = nn.Parameter(torch.tensor(problem.starts[spec.start], dtype=torch.float64))
     step = mtl.MTLStep(
-        mtl.ParameterSplit([point], task_free_heads(point, 2)),
+        mtl.ParameterSplit([point], [[], []]),
         aggregator=spec.aggregator,
         wrapper=spec.wrapper,
         wrapper_hparams=wrapper_hparams(spec.wrapper, spec.rho),

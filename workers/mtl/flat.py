@@ -18,7 +18,9 @@ class FlatParams:
         self.numels = [p.numel() for p in self.params]
         self.numel = sum(self.numels)
         bounds = torch.tensor([0, *self.numels]).cumsum(0)
-        self.segment_ids = torch.repeat_interleave(torch.arange(len(self.params)), torch.tensor(self.numels))
+        self.segment_ids = torch.repeat_interleave(
+            torch.arange(len(self.params)), torch.tensor(self.numels, dtype=torch.long)
+        )
         self.bounds = bounds.tolist()
 
     @property
@@ -55,10 +57,14 @@ class FlatParams:
 
     @torch.no_grad()
     def add_(self, flat: Tensor, alpha: float = 1.0) -> None:
+        if not self.params:
+            return
         torch._foreach_add_([p.data for p in self.params], self.views(flat), alpha=alpha)
 
     @torch.no_grad()
     def copy_(self, flat: Tensor) -> None:
+        if not self.params:
+            return
         torch._foreach_copy_([p.data for p in self.params], self.views(flat))
 
     def set_grad(self, flat: Tensor) -> None:
