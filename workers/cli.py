@@ -84,21 +84,16 @@ def demo_toy_command(
 
     Writes toy_<problem>.png (trajectories over the loss contours) and results.md/results.json (where
     each run ended, its two objectives and its distance to the Pareto set). Without --aggregators or
-    --wrappers, the default methods that are registered run and the others are named and skipped.
+    --wrappers, the default methods run.
     """
     from workers.demo import toy
     from workers.mtl.errors import MethodError
 
     def choose(kind: Kind, option: str, given: str | None, defaults: tuple[str, ...]) -> tuple[str, ...]:
-        if given is not None:
-            try:
-                return toy.parse_names(kind, given)
-            except MethodError as error:
-                raise click.BadParameter(str(error), param_hint=option) from None
-        present, missing = toy.registered(kind, defaults)
-        if missing:
-            click.echo(f"skipping {kind}s not registered yet: {', '.join(missing)}", err=True)
-        return present
+        try:
+            return toy.parse_names(kind, given if given is not None else ",".join(defaults))
+        except MethodError as error:
+            raise click.BadParameter(str(error), param_hint=option) from None
 
     try:
         chosen_problems = toy.parse_problems(problems)
@@ -115,3 +110,15 @@ def demo_toy_command(
         workers=workers,
     )
     toy.run_demo(demo, echo=click.echo)
+
+
+def _add_commands() -> None:
+    """Subcommands of the other parts of the product; each imports its heavy dependencies lazily."""
+    from service.cli import commands as control_plane_commands
+    from workers.training.cli import commands as training_commands
+
+    for command in [*control_plane_commands, *training_commands]:
+        main.add_command(command)
+
+
+_add_commands()

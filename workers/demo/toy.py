@@ -48,12 +48,6 @@ class ToyDemo:
         return PROBLEMS[problem].rho if self.rho is None else self.rho
 
 
-def registered(kind: registry.Kind, names: Sequence[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """Split ``names`` into those registered under ``kind`` and those not (yet) registered."""
-    known = {method.name for method in registry.methods(kind)}
-    return tuple(n for n in names if n in known), tuple(n for n in names if n not in known)
-
-
 def parse_names(kind: registry.Kind, text: str) -> tuple[str, ...]:
     """A comma-separated list of method names, each checked against the registry."""
     names = tuple(name.strip() for name in text.split(",") if name.strip())
