@@ -1,0 +1,218 @@
+"""One claimed job while this worker runs it: the trials' events to the database, fenced by the lease.
+
+A :class:`JobRun` is the runner's sink. It stores each epoch report as metric points and keeps each sweep
+trial's row (config, state, best value of the sweep's metric) current; when Tune is done it decides the
+outcome. Reports of epochs already stored by an earlier attempt (a resumed trial replays its history so
+the scheduler sees whole curves) are not stored twice. A lease that is lost, or a job cancelled, stops the
+run; the outcome of such a run is never written, since the job is no longer this worker's.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import func, select
+
+from service import queue
+from service.db import Database
+from service.errors import LeaseLostError
+from service.models import Metric, Trial
+from workers.training import RunDirectory
+from workers.training.rundir import STATUS_SUCCEEDED
+from workers.worker.plan import JobPaths, JobPlan, TrialPlan
+from workers.worker.points import epoch_record, result_points
+
+FINAL_TRIAL_STATES = ("succeeded", "stopped", "failed")
+MAX_ERROR_CHARS = 2000
+
+
+@dataclass
+class TrialState:
+    plan: TrialPlan
+    state: str = "pending"
+    best: float | None = None
+    epochs: int = 0
+    last: dict[str, float] = field(default_factory=dict)
+    error: str | None = None
+
+
+def _shorten(text: str) -> str:
+    return text if len(text) <= MAX_ERROR_CHARS else text[: MAX_ERROR_CHARS - 3] + "..."
+
+
+class JobRun:
+    def __init__(self, db: Database, lease: queue.Lease, plan: JobPlan, paths: JobPaths, log: logging.Logger) -> None:
+        self.db, self.lease, self.plan, self.paths, self.log = db, lease, plan, paths, log
+        self.trials = {trial.index: TrialState(trial) for trial in plan.trials}
+        self.stop_reason: str | None = None
+        self._stopped = threading.Event()
+        self._lock = threading.Lock()
+        self.stored_steps: dict[int | None, int] = {}
+
+    # ---- before Tune ------------------------------------------------------------------------------------
+    def load_previous(self) -> list[int]:
+        """Pick up what earlier attempts stored; the indices of the trials still to run."""
+        with self.db.read() as session:
+            rows = session.execute(
+                select(Metric.trial_index, func.max(Metric.step))
+                .where(Metric.job_id == self.lease.job_id)
+                .group_by(Metric.trial_index)
+            ).all()
+            self.stored_steps = {index: int(step) for index, step in rows}
+            stored = {t.trial_index: t for t in session.scalars(select(Trial).where(Trial.job_id == self.lease.job_id))}
+        todo = []
+        for index, trial in self.trials.items():
+            row = stored.get(index)
+            if row is not None:
+                trial.state, trial.best = row.state, row.best_metric
+            if self.plan.kind == "train" or trial.state not in FINAL_TRIAL_STATES:
+                todo.append(index)
+            if self.plan.kind == "sweep" and row is None:
+                self._write_trial(trial)
+        return todo
+
+    # ---- the runner's sink -------------------------------------------------------------------------------
+    def should_stop(self) -> bool:
+        return self._stopped.is_set()
+
+    def stop(self, reason: str) -> None:
+        """Ask the running trials to end (``cancelled``, ``lost`` or ``shutdown``); the first reason sticks."""
+        with self._lock:
+            if self.stop_reason is None:
+                self.stop_reason = reason
+                self.log.info("stopping the run: %s", reason)
+        self._stopped.set()
+
+    def _fenced(self, write: Any, *args: Any, **kwargs: Any) -> None:
+        if self.should_stop() and self.stop_reason in ("cancelled", "lost"):
+            return
+        try:
+            write(self.db, self.lease, *args, **kwargs)
+        except LeaseLostError:
+            self.stop("lost")
+
+    def _write_trial(self, trial: TrialState) -> None:
+        if self.plan.kind != "sweep":
+            return
+        result = {"run_dir": self.relative(trial.plan.run_dir), "epochs": trial.epochs, "last": trial.last}
+        if trial.error:
+            result["error"] = trial.error
+        self._fenced(
+            queue.record_trial,
+            trial.plan.index,
+            config=trial.plan.config,
+            state=trial.state,
+            best_metric=trial.best,
+            result=result,
+        )
+
+    def trial_started(self, index: int) -> None:
+        trial = self.trials[index]
+        trial.state = "running"
+        self.log.info("trial %d started: %s", index, trial.plan.config or "training run")
+        self._write_trial(trial)
+
+    def trial_result(self, index: int, result: dict[str, Any]) -> None:
+        trial = self.trials[index]
+        trial.epochs = int(result.get("epoch", trial.epochs + 1))
+        trial.last = {k: v for k, v in epoch_record(result).items() if math.isfinite(v)}
+        sweep = self.plan.sweep
+        if sweep is not None:
+            value = result.get(sweep.metric)
+            if isinstance(value, int | float) and math.isfinite(value):
+                better = max if sweep.mode == "max" else min
+                trial.best = float(value) if trial.best is None else better(trial.best, float(value))
+        step, points = result_points(result, with_telemetry=self.plan.kind == "train")
+        key = None if self.plan.kind == "train" else index
+        if step > self.stored_steps.get(key, 0):
+            self._fenced(queue.record_metrics, points, trial_index=key)
+            self.stored_steps[key] = step
+        shown = ", ".join(f"{k}={v:.4g}" for k, v in trial.last.items() if k in self._shown_metrics())
+        self.log.info("trial %d epoch %d/%d (step %d): %s", index, trial.epochs, trial.plan.spec.epochs, step, shown)
+        self._write_trial(trial)
+
+    def _shown_metrics(self) -> tuple[str, ...]:
+        sweep_metric = (self.plan.sweep.metric,) if self.plan.sweep else ()
+        return ("train/loss", "test/mean/accuracy", "delta_m", *sweep_metric)
+
+    def trial_ended(self, index: int, error: str | None) -> None:
+        trial = self.trials[index]
+        run = RunDirectory(trial.plan.run_dir)
+        summary = run.read_json(run.summary) if run.summary.exists() else {}
+        if summary.get("error"):
+            trial.state, trial.error = "failed", _shorten(str(summary["error"].get("message", summary["error"])))
+        elif error is not None:
+            trial.state, trial.error = "failed", _shorten(error)
+        elif summary.get("status") == STATUS_SUCCEEDED:
+            trial.state = "succeeded"
+        else:
+            trial.state = "stopped"  # ended early by the scheduler, or by a stop request
+        self.log.info("trial %d %s%s", index, trial.state, f": {trial.error}" if trial.error else "")
+        self._write_trial(trial)
+
+    # ---- progress and outcome ----------------------------------------------------------------------------
+    def progress(self) -> float:
+        """Share of the job's epochs done (a finished trial counts whole, even if stopped early)."""
+        done = 0.0
+        for trial in self.trials.values():
+            if trial.state in FINAL_TRIAL_STATES:
+                done += 1.0
+            else:
+                done += min(trial.epochs / trial.plan.spec.epochs, 1.0)
+        return done / len(self.trials)
+
+    def relative(self, path: Path) -> str:
+        return path.relative_to(self.paths.root).as_posix()
+
+    def outcome(self) -> tuple[str, dict[str, Any] | None, str | None]:
+        """``(succeeded|failed, result, error)`` once every trial has ended."""
+        if self.plan.kind == "train":
+            return self._train_outcome(self.trials[0])
+        return self._sweep_outcome()
+
+    def _train_outcome(self, trial: TrialState) -> tuple[str, dict[str, Any] | None, str | None]:
+        run = RunDirectory(trial.plan.run_dir)
+        if trial.state != "succeeded":
+            return "failed", None, trial.error or f"the training run ended {trial.state} without finishing"
+        summary = run.read_json(run.summary)
+        result = {
+            "run_dir": self.relative(run.root),
+            "summary": self.relative(run.summary),
+            "plots": sorted(self.relative(p) for p in run.plots.glob("*.png")),
+            "final": summary.get("final", {}),
+            "delta_m": summary.get("delta_m"),
+            "steps": summary.get("steps"),
+        }
+        return "succeeded", result, None
+
+    def _sweep_outcome(self) -> tuple[str, dict[str, Any] | None, str | None]:
+        sweep = self.plan.sweep
+        assert sweep is not None
+        scored = [t for t in self.trials.values() if t.best is not None]
+        counts: dict[str, int] = {}
+        for trial in self.trials.values():
+            counts[trial.state] = counts.get(trial.state, 0) + 1
+        if not scored:
+            errors = sorted({t.error for t in self.trials.values() if t.error})
+            reason = f"no trial reported the metric {sweep.metric!r}"
+            return "failed", {"trials": counts}, _shorten(reason + (f"; errors: {'; '.join(errors)}" if errors else ""))
+        pick = max if sweep.mode == "max" else min
+        best = pick(scored, key=lambda t: t.best if t.best is not None else math.nan)
+        run = RunDirectory(best.plan.run_dir)
+        result = {
+            "metric": sweep.metric,
+            "mode": sweep.mode,
+            "best_trial": best.plan.index,
+            "best_config": best.plan.config,
+            "best_metric": best.best,
+            "best_run_dir": self.relative(run.root),
+            "best_summary": self.relative(run.summary) if run.summary.exists() else None,
+            "best_plots": sorted(self.relative(p) for p in run.plots.glob("*.png")),
+            "trials": counts,
+        }
+        return "succeeded", result, None

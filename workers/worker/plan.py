@@ -1,0 +1,123 @@
+"""What a job runs: its trials (a training job is one trial), their specs, configs and run directories.
+
+A sweep's trials are expanded here, not by Ray Tune's variant generator, so that trial ``i`` has the same
+config and the same run directory in every attempt of the job: a requeued sweep resumes each unfinished
+trial from its own checkpoint and keeps the finished ones. Grid search is the Cartesian product of the
+grid domains (paths sorted, values in the given order); random search draws ``num_trials`` points from a
+generator seeded by the base spec's seed. Tune then runs the trials by index (see ``workers.worker.tune``).
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from service.specs import Domain, SweepSpec, TrainSpec, parse_spec
+
+SWEEP_STREAM = 0x5EE9
+"""Second word of the random search's seed, so it never shares a stream with the training run's own seed."""
+
+
+@dataclass(frozen=True)
+class TrialPlan:
+    """One training run of a job: ``config`` is the point of the search space (dotted path -> value)."""
+
+    index: int
+    config: dict[str, Any]
+    spec: TrainSpec
+    run_dir: Path
+
+
+@dataclass(frozen=True)
+class JobPlan:
+    job_id: int
+    kind: str
+    trials: list[TrialPlan]
+    sweep: SweepSpec | None = None
+    resources: dict[str, float] = field(default_factory=lambda: {"cpus": 1.0, "gpus": 0.0})
+
+    @property
+    def processes(self) -> int:
+        return max(trial.spec.processes for trial in self.trials)
+
+    def cpus_per_trial(self) -> float:
+        return self.processes * self.resources["cpus"]
+
+
+class JobPaths:
+    """Where a job's files go under the artifact directory (``service.artifacts``' layout): a training job's
+    run in ``run/``, a sweep's trials in ``trials/NNN/``, Ray's own files in ``ray/``, the log in ``job.log``."""
+
+    def __init__(self, artifact_root: Path, job_id: int) -> None:
+        from service.artifacts import job_dir, log_path
+
+        self.root = job_dir(artifact_root, job_id)
+        self.log = log_path(artifact_root, job_id)
+        self.run = self.root / "run"
+        self.ray = self.root / "ray"
+
+    def trial(self, index: int) -> Path:
+        return self.root / "trials" / f"{index:03d}"
+
+
+def set_path(document: dict[str, Any], path: str, value: Any) -> None:
+    """Set a dotted path in a spec document; a method given by name becomes ``{"name": ...}`` first."""
+    *parents, leaf = path.split(".")
+    node = document
+    for part in parents:
+        child = node.get(part)
+        if isinstance(child, str):
+            child = {"name": child}
+        elif not isinstance(child, dict):
+            child = {}
+        node[part] = child
+        node = child
+    node[leaf] = value
+
+
+def sample(domain: Domain, rng: np.random.Generator) -> Any:
+    """One draw from a random-search domain."""
+    if domain.type == "choice":
+        assert domain.values is not None
+        return domain.values[int(rng.integers(len(domain.values)))]
+    assert domain.low is not None and domain.high is not None
+    if domain.type == "uniform":
+        return float(rng.uniform(domain.low, domain.high))
+    return float(math.exp(rng.uniform(math.log(domain.low), math.log(domain.high))))
+
+
+def search_points(sweep: SweepSpec) -> list[dict[str, Any]]:
+    """The sweep's trial configs in trial order."""
+    paths = sorted(sweep.space)
+    if sweep.search == "grid":
+        grids = [sweep.space[path].values or [] for path in paths]
+        return [dict(zip(paths, values, strict=True)) for values in itertools.product(*grids)]
+    rng = np.random.default_rng([sweep.base.seed, SWEEP_STREAM])
+    return [{path: sample(sweep.space[path], rng) for path in paths} for _ in range(sweep.trial_count())]
+
+
+def trial_spec(base: TrainSpec, config: dict[str, Any]) -> TrainSpec:
+    document = copy.deepcopy(base.model_dump(mode="json"))
+    for path, value in config.items():
+        set_path(document, path, value)
+    return TrainSpec.model_validate(document)
+
+
+def plan_job(job_id: int, spec_document: dict[str, Any], artifact_root: Path) -> JobPlan:
+    """The trials of the job whose stored (normalised) spec is ``spec_document``."""
+    spec = parse_spec(spec_document)
+    paths = JobPaths(artifact_root, job_id)
+    if isinstance(spec, TrainSpec):
+        return JobPlan(job_id, "train", [TrialPlan(0, {}, spec, paths.run)])
+    trials = [
+        TrialPlan(index, config, trial_spec(spec.base, config), paths.trial(index))
+        for index, config in enumerate(search_points(spec))
+    ]
+    resources = spec.resources_per_trial.model_dump()
+    return JobPlan(job_id, "sweep", trials, sweep=spec, resources=resources)

@@ -1,0 +1,290 @@
+"""Runs a job's trials on Ray: Ray Tune over function trials, each of which runs a Ray Train ``TorchTrainer``.
+
+Ray 2.60's Train V2 refuses ``Tuner(TorchTrainer)``, so every trial is a Tune function that builds a
+TorchTrainer of ``spec.processes`` DDP workers (:func:`workers.worker.ranks.rank_main`) and forwards their
+epoch reports to Tune (``TuneReportCallback``). A training job is a sweep of one trial: one path for
+metrics (Tune's result callback, in this process), for cancellation (a Tune stopper that ends every trial,
+whose Train controller and ranks share its fate) and for timeouts.
+
+Nothing waits forever: a trial that cannot fit the cluster is refused before Tune starts (Tune would
+otherwise keep it pending), a worker group that does not start in ``worker_start_timeout_s`` fails the trial,
+collectives time out after ``collective_timeout_s``, and the whole job after ``job_timeout_s``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from ray import tune
+
+from workers.training import RunDirectory, RunOptions, checkpoint
+from workers.training.rundir import STATUS_SUCCEEDED
+from workers.worker.plan import JobPaths, JobPlan
+
+TRIAL_ACTOR_CPUS = 0.01
+"""What the Tune trial (the Train driver) reserves; its ranks reserve the real CPUs. Zero is refused by Tune."""
+
+
+class ClusterTooSmallError(RuntimeError):
+    """A trial needs more of a resource than the whole Ray cluster has."""
+
+
+@dataclass(frozen=True)
+class RaySettings:
+    """How this worker reaches Ray and bounds its runs."""
+
+    address: str = "local"
+    num_cpus: int | None = None
+    object_store_bytes: int = 256 * 2**20
+    worker_start_timeout_s: float = 120.0
+    collective_timeout_s: float = 300.0
+    health_check_timeout_s: float = 120.0
+    job_timeout_s: float | None = None
+
+    def local_cpus(self) -> int:
+        """A local Ray's CPU count: at least 4, because Ray does not start a 2-worker trial next to its driver
+        on 2 declared CPUs, while the work itself is CPU-bound and gains nothing from exactness here."""
+        return self.num_cpus or max(os.cpu_count() or 1, 4)
+
+    def env_vars(self) -> dict[str, str]:
+        return {
+            "RAY_TRAIN_V2_ENABLED": "1",
+            "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": str(self.worker_start_timeout_s),
+            "RAY_TRAIN_WORKER_HEALTH_CHECK_TIMEOUT_S": str(self.health_check_timeout_s),
+            "RAY_TRAIN_COLLECTIVE_TIMEOUT_S": str(self.collective_timeout_s),
+            "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "1.0",
+            "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
+            "RAY_TRAIN_ENABLE_STATE_ACTOR_RECONCILIATION": "0",
+            "RAY_AIR_NEW_OUTPUT": "0",
+            "RAY_DEDUP_LOGS": "0",
+        }
+
+
+def ensure_ray(settings: RaySettings) -> None:
+    """Connect to (or start) Ray once per process, with the timeouts in every Ray process's environment."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    env = settings.env_vars()
+    os.environ.update(env)  # this process runs Tune's driver and reads some of them itself
+    kwargs: dict[str, Any] = {"runtime_env": {"env_vars": env}, "log_to_driver": False, "include_dashboard": False}
+    if settings.address == "local":
+        kwargs.update(num_cpus=settings.local_cpus(), object_store_memory=settings.object_store_bytes)
+    else:
+        kwargs["address"] = settings.address
+    ray.init(**kwargs)
+
+
+class TrialSink(Protocol):
+    """Where the driver sends what the trials do (the worker writes it to the database)."""
+
+    def trial_started(self, index: int) -> None: ...
+
+    def trial_result(self, index: int, result: dict[str, Any]) -> None: ...
+
+    def trial_ended(self, index: int, error: str | None) -> None: ...
+
+    def should_stop(self) -> bool: ...
+
+
+def prepare_run(run: RunDirectory, spec: Any, options: RunOptions) -> bool:
+    """Create the run directory, or trim it to its checkpoint; True when a checkpoint is there to resume.
+
+    The same preparation ``workers.training.train`` makes, done once by the trial rather than by every rank.
+    """
+    resuming = run.latest.exists()
+    run.create()
+    if resuming:
+        run.keep_until(step=checkpoint.load(run.latest)["position"]["step"])
+    else:
+        run.write_lines(run.step_metrics, [])
+        run.write_lines(run.epoch_metrics, [])
+    run.summary.unlink(missing_ok=True)  # a previous attempt's STOPPED or FAILED no longer describes the run
+    run.write_json(run.config, spec.model_dump(mode="json"))
+    run.write_json(run.options, options.as_dict())
+    return resuming
+
+
+def finished_summary(run: RunDirectory) -> dict[str, Any] | None:
+    """The run's summary when it ended SUCCEEDED, else None."""
+    if not run.summary.exists():
+        return None
+    summary = run.read_json(run.summary)
+    return summary if summary.get("status") == STATUS_SUCCEEDED else None
+
+
+def run_trial(config: dict[str, Any], payload: dict[str, Any]) -> None:
+    """A Tune function trial: one TorchTrainer run of trial ``config["trial_index"]`` (runs in a Ray actor)."""
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from workers.worker.ranks import rank_main, task_means
+
+    index = config["trial_index"]
+    trial = payload["trials"][index]
+    options = RunOptions(**payload["options"])
+    run = RunDirectory(Path(trial["run_dir"]))
+    if finished_summary(run) is not None:  # trained by an earlier attempt: replay its epochs for the scheduler
+        for record in run.read_lines(run.epoch_metrics):
+            tune.report({**record, **task_means(record)})
+        return
+    resume = prepare_run(run, trial["spec"], options)
+    gpus = payload["gpus"]
+    trainer = TorchTrainer(
+        rank_main,
+        train_loop_config={
+            "spec": trial["spec"],
+            "run_dir": str(run.root),
+            "options": payload["options"],
+            "resume": resume,
+        },
+        torch_config=TorchConfig(
+            backend="nccl" if gpus > 0 else "gloo", timeout_s=int(payload["collective_timeout_s"])
+        ),
+        scaling_config=ScalingConfig(
+            num_workers=trial["spec"].processes,
+            use_gpu=gpus > 0,
+            resources_per_worker={"CPU": payload["cpus"], **({"GPU": gpus} if gpus > 0 else {})},
+        ),
+        run_config=RunConfig(
+            name=f"trial-{index:03d}-attempt-{payload['attempt']}",
+            storage_path=payload["storage"],
+            callbacks=[TuneReportCallback()],
+            failure_config=FailureConfig(max_failures=0),
+        ),
+    )
+    trainer.fit()
+
+
+class _SinkHolder:
+    """Tune pickles its callbacks and stopper into its experiment state; the sink (a database, locks) stays out
+    of that copy, which is never run: this process keeps the live objects."""
+
+    def __init__(self, sink: TrialSink) -> None:
+        self.sink = sink
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.sink = None  # type: ignore[assignment]
+
+
+class _Bridge(_SinkHolder, tune.Callback):
+    """Tune's trial events, in the driver, to the sink."""
+
+    def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        self.sink.trial_started(trial.config["trial_index"])
+
+    def on_trial_result(self, iteration: int, trials: list[Any], trial: Any, result: dict, **info: Any) -> None:
+        self.sink.trial_result(trial.config["trial_index"], result)
+
+    def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        self.sink.trial_ended(trial.config["trial_index"], None)
+
+    def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        error = trial.get_error()
+        self.sink.trial_ended(trial.config["trial_index"], str(error) if error is not None else "the trial failed")
+
+
+class _StopWhenAsked(_SinkHolder, tune.Stopper):
+    def __call__(self, trial_id: str, result: dict) -> bool:
+        return False
+
+    def stop_all(self) -> bool:
+        return self.sink.should_stop()
+
+
+def _scheduler(plan: JobPlan) -> Any:
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    sweep = plan.sweep
+    if sweep is None or sweep.scheduler.name == "fifo":
+        return FIFOScheduler()
+    if sweep.scheduler.name == "asha":
+        epochs = max(trial.spec.epochs for trial in plan.trials)
+        return ASHAScheduler(
+            time_attr="training_iteration",
+            max_t=epochs,
+            grace_period=min(sweep.scheduler.grace_period, epochs),
+            reduction_factor=sweep.scheduler.reduction_factor,
+        )
+    raise ValueError(f"scheduler {sweep.scheduler.name!r} is not supported by this worker; allowed: fifo, asha")
+
+
+def check_fits(plan: JobPlan, resources: dict[str, float]) -> int:
+    """How many trials may run at once; ClusterTooSmallError when not even one fits the cluster."""
+    cpus = plan.cpus_per_trial() + TRIAL_ACTOR_CPUS
+    gpus = plan.processes * plan.resources["gpus"]
+    have_cpus, have_gpus = resources.get("CPU", 0.0), resources.get("GPU", 0.0)
+    if cpus > have_cpus or gpus > have_gpus:
+        raise ClusterTooSmallError(
+            f"a trial needs {plan.processes} processes x {plan.resources['cpus']:g} CPUs"
+            + (f" and {gpus:g} GPUs" if gpus else "")
+            + f"; the Ray cluster has {have_cpus:g} CPUs and {have_gpus:g} GPUs"
+        )
+    fit = math.floor(have_cpus / cpus)
+    if gpus > 0:
+        fit = min(fit, math.floor(have_gpus / gpus))
+    wanted = plan.sweep.max_concurrent_trials if plan.sweep and plan.sweep.max_concurrent_trials else fit
+    return max(1, min(wanted, fit))
+
+
+def run_plan(
+    plan: JobPlan,
+    sink: TrialSink,
+    settings: RaySettings,
+    *,
+    paths: JobPaths,
+    attempt: int,
+    options: RunOptions,
+    indices: list[int],
+) -> None:
+    """Run the trials ``indices`` of ``plan`` to their end (or until the sink asks to stop)."""
+    import ray
+
+    ensure_ray(settings)
+    concurrent = check_fits(plan, ray.cluster_resources())
+    scheduler = _scheduler(plan)
+    payload = {
+        "trials": {
+            trial.index: {"spec": trial.spec, "run_dir": str(trial.run_dir)}
+            for trial in plan.trials
+            if trial.index in indices
+        },
+        "options": options.as_dict(),
+        "cpus": plan.resources["cpus"],
+        "gpus": plan.resources["gpus"],
+        "attempt": attempt,
+        "storage": str(paths.ray / "train"),
+        "collective_timeout_s": settings.collective_timeout_s,
+    }
+    sweep = plan.sweep
+    trainable = tune.with_resources(tune.with_parameters(run_trial, payload=payload), {"cpu": TRIAL_ACTOR_CPUS})
+    tuner = tune.Tuner(
+        trainable,
+        param_space={"trial_index": tune.grid_search(indices)},
+        tune_config=tune.TuneConfig(
+            metric=sweep.metric if sweep else None,
+            mode=sweep.mode if sweep else None,
+            scheduler=scheduler,
+            max_concurrent_trials=concurrent,
+            time_budget_s=settings.job_timeout_s,
+            reuse_actors=False,
+        ),
+        run_config=tune.RunConfig(
+            name=f"tune-attempt-{attempt}",
+            storage_path=str(paths.ray),
+            stop=_StopWhenAsked(sink),
+            callbacks=[_Bridge(sink)],
+            failure_config=tune.FailureConfig(max_failures=0),
+            verbose=0,
+        ),
+    )
+    tuner.fit()
