@@ -22,7 +22,7 @@ from service import queue
 from service.db import Database
 from service.errors import LeaseLostError
 from service.models import Metric, Trial
-from workers.training import RunDirectory
+from workers.training import RunDirectory, checkpoint
 from workers.training.rundir import STATUS_SUCCEEDED
 from workers.worker.plan import JobPaths, JobPlan, TrialPlan
 from workers.worker.points import epoch_record, result_points
@@ -72,9 +72,22 @@ class JobRun:
                 trial.state, trial.best = row.state, row.best_metric
             if self.plan.kind == "train" or trial.state not in FINAL_TRIAL_STATES:
                 todo.append(index)
+                self._log_checkpoint(trial.plan)
             if self.plan.kind == "sweep" and row is None:
                 self._write_trial(trial)
         return todo
+
+    def _log_checkpoint(self, trial: TrialPlan) -> None:
+        run = RunDirectory(trial.run_dir)
+        if run.latest.exists():
+            position = checkpoint.load(run.latest)["position"]
+            self.log.info(
+                "trial %d resumes from its checkpoint at epoch %d, batch %d (step %d)",
+                trial.index,
+                position["epoch"],
+                position["batch"],
+                position["step"],
+            )
 
     # ---- the runner's sink -------------------------------------------------------------------------------
     def should_stop(self) -> bool:

@@ -63,7 +63,7 @@ def telemetry_points(step: int, record: dict[str, float], payload: dict[str, Any
     else:
         norms = [math.nan] * num_tasks
         cosines = magnitudes = [[math.nan] * num_tasks for _ in tasks]
-        conflict = math.nan
+        conflict = record.get("train/conflict_ratio", math.nan)
     return telemetry.training_points(
         step,
         tasks=tasks,
