@@ -1,0 +1,80 @@
+"""``flatmtl reproduce --quick`` end to end into a temporary folder: every claim section, table and figure is
+written, and every verdict in the report is the one the rule gives for the checks' numbers."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from workers.reproduce.cli import reproduce_command
+from workers.reproduce.pipeline import CLAIMS
+from workers.reproduce.verdict import VERDICTS, Check, verdict
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("reproduce")
+    args = ["--quick", "--out", str(root / "docs"), "--runs-dir", str(root / "runs"), "--workers", "2"]
+    result = CliRunner().invoke(reproduce_command, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return root / "docs"
+
+
+def test_every_claim_has_a_section_tables_figures_and_a_verdict(quick: Path) -> None:
+    report = (quick / "results.md").read_text()
+    document = json.loads((quick / "results" / "results.json").read_text())
+    assert [claim["number"] for claim in document["claims"]] == list(range(1, len(CLAIMS) + 1)) == list(range(1, 10))
+    for claim in document["claims"]:
+        section = report.split(f"## Claim {claim['number']}: ")[1].split("\n## ")[0]
+        assert f"**Verdict: {claim['verdict']}**" in section
+        assert claim["verdict"] in VERDICTS and claim["checks"]
+        assert (
+            len(re.findall(r"^\| --- ", section, flags=re.MULTILINE)) >= 2
+        )  # the checks and at least one result table
+        assert claim["figures"]
+        for name in claim["figures"]:
+            assert f"](results/{name})" in section
+            assert (quick / "results" / name).read_bytes().startswith(PNG_MAGIC)
+    for heading in ("## Machine and time", "## What was reduced", "## Verdicts"):
+        assert heading in report
+
+
+def test_verdicts_follow_from_the_checks_and_the_checks_from_the_numbers(quick: Path) -> None:
+    claims = {c["number"]: c for c in json.loads((quick / "results" / "results.json").read_text())["claims"]}
+    for claim in claims.values():
+        assert claim["verdict"] == verdict([Check(**check) for check in claim["checks"]])
+    first = claims[1]
+    erm_last = first["numbers"]["last_window"]["ERM"]["mean"]
+    assert first["checks"][0]["holds"] == (erm_last > 0.5)
+    fmtl_last = first["numbers"]["last_window"]["F-MTL"]["mean"]
+    assert first["checks"][4]["holds"] == (fmtl_last < erm_last)
+    second = claims[2]
+    for check in second["checks"]:
+        label = check["statement"].split(" has a higher")[0]
+        assert check["holds"] == (second["numbers"][label]["gain_over_base"]["mean"] > 0)
+
+
+def test_step_pass_counts_match_the_papers_accounting(quick: Path) -> None:
+    """Counting passes does not depend on timing noise: these checks must hold on any machine."""
+    cost = json.loads((quick / "results" / "results.json").read_text())["claims"][2]
+    counts = [check for check in cost["checks"] if "counts match" in check["statement"]]
+    assert len(counts) == 2 and all(check["holds"] for check in counts)
+
+
+def test_configs_record_every_run_its_seed_and_the_machine(quick: Path) -> None:
+    configs = json.loads((quick / "results" / "configs.json").read_text())
+    assert configs["scale"]["name"] == "quick" and configs["scale"]["seeds"] == [0]
+    assert configs["machine"]["torch"] and configs["machine"]["cores"] >= 1
+    assert configs["timing"]["wall_seconds"] > 0
+    runs = configs["runs"]
+    assert runs and all(run["status"] == "SUCCEEDED" for run in runs)
+    assert all(run["seed"] == run["spec"]["seed"] == 0 for run in runs)
+    assert len({run["key"] for run in runs}) == len(runs)
+    report = (quick / "results.md").read_text()
+    assert f"| training runs | {len(runs)} |" in report

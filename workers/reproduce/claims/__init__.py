@@ -1,0 +1,1 @@
+"""One module per claim of issue 6: ``requests(context)`` names its training runs, ``analyze`` measures."""

@@ -1,0 +1,130 @@
+"""``flatmtl reproduce``: train what the nine claims need, analyze each, write the report.
+
+Output, under ``out`` (``docs/`` by default): ``results.md`` (the report), ``results/*.png`` (figures),
+``results/results.json`` (every number, check and verdict) and ``results/configs.json`` (the scale, the
+machine, the wall time and every run's exact TrainSpec with its seed and status).
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from workers.reproduce import machine, runs
+from workers.reproduce.claims import (
+    calibration,
+    conflict,
+    cost,
+    flat_methods,
+    optimizers,
+    random_weighting,
+    sensitivity,
+    stl_mtl,
+    toy,
+)
+from workers.reproduce.claims.base import ClaimResult, Context
+from workers.reproduce.report import write_markdown
+from workers.reproduce.scale import Scale
+
+CLAIMS: tuple[ModuleType, ...] = (
+    conflict,
+    flat_methods,
+    cost,
+    random_weighting,
+    optimizers,
+    stl_mtl,
+    toy,
+    calibration,
+    sensitivity,
+)
+FIGURES = "results"
+
+
+@dataclass(frozen=True)
+class Report:
+    markdown: Path
+    results: Path
+    configs: Path
+    claims: list[ClaimResult]
+    wall_seconds: float
+
+
+def reproduce(
+    scale: Scale,
+    out: Path,
+    runs_dir: Path,
+    *,
+    mnist_dir: Path | None,
+    echo: Callable[[str], None] = print,
+) -> Report:
+    started = time.perf_counter()
+    figures = out / FIGURES
+    figures.mkdir(parents=True, exist_ok=True)
+    host = machine.describe()
+    context = Context(scale=scale, figures=figures, mnist_dir=mnist_dir, echo=echo)
+    requests = [request for claim in CLAIMS for request in claim.requests(context)]
+    echo(f"reproduce ({scale.name}): {len(runs.merge(requests))} training runs on {scale.workers} worker(s)")
+    records = runs.execute(requests, runs_dir, workers=scale.workers, eval_batch_size=scale.eval_batch_size, echo=echo)
+    training_seconds = time.perf_counter() - started
+    results = runs.Results(records)
+    claims = []
+    for claim in CLAIMS:
+        echo(f"claim {claim.NUMBER}: {claim.TITLE}")
+        claims.append(claim.analyze(context, results))
+    wall = time.perf_counter() - started
+    timing = {"wall_seconds": wall, "training_seconds": training_seconds, "analysis_seconds": wall - training_seconds}
+    generated = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    configs = write_configs(figures / "configs.json", scale, host, timing, records, mnist_dir)
+    results_path = figures / "results.json"
+    results_path.write_text(
+        json.dumps(
+            runs_ready({"scale": scale.name, "generated": generated, "claims": [c.as_dict() for c in claims]}),
+            indent=1,
+        )
+        + "\n"
+    )
+    markdown = write_markdown(out / "results.md", scale, host, timing, generated, claims, len(records), FIGURES)
+    echo(f"wrote {markdown}, {results_path}, {configs} and {sum(len(c.figures) for c in claims)} figures")
+    return Report(markdown, results_path, configs, claims, wall)
+
+
+def runs_ready(value: Any) -> Any:
+    """Strict JSON (NaN becomes null), as the run files are written."""
+    from workers.training.rundir import json_ready
+
+    return json_ready(value)
+
+
+def write_configs(
+    path: Path,
+    scale: Scale,
+    host: dict[str, Any],
+    timing: dict[str, float],
+    records: dict[str, runs.RunRecord],
+    mnist_dir: Path | None,
+) -> Path:
+    document = {
+        "scale": scale.as_dict(),
+        "machine": host,
+        "timing": timing,
+        "mnist_dir": None if mnist_dir is None else str(mnist_dir),
+        "runs": [
+            {
+                "key": key,
+                "directory": record.directory.name,
+                "status": record.status,
+                "seed": record.spec["seed"],
+                "wall_seconds": record.wall_seconds,
+                "spec": record.spec,
+            }
+            for key, record in sorted(records.items(), key=lambda item: item[1].directory.name)
+        ],
+    }
+    path.write_text(json.dumps(runs_ready(document), indent=1) + "\n")
+    return path
