@@ -84,7 +84,7 @@ def reproduce(
     results_path = figures / "results.json"
     results_path.write_text(
         json.dumps(
-            runs_ready({"scale": scale.name, "generated": generated, "claims": [c.as_dict() for c in claims]}),
+            strict_json({"scale": scale.name, "generated": generated, "claims": [c.as_dict() for c in claims]}),
             indent=1,
         )
         + "\n"
@@ -94,7 +94,7 @@ def reproduce(
     return Report(markdown, results_path, configs, claims, wall)
 
 
-def runs_ready(value: Any) -> Any:
+def strict_json(value: Any) -> Any:
     """Strict JSON (NaN becomes null), as the run files are written."""
     from workers.training.rundir import json_ready
 
@@ -126,5 +126,5 @@ def write_configs(
             for key, record in sorted(records.items(), key=lambda item: item[1].directory.name)
         ],
     }
-    path.write_text(json.dumps(runs_ready(document), indent=1) + "\n")
+    path.write_text(json.dumps(strict_json(document), indent=1) + "\n")
     return path

@@ -92,7 +92,7 @@ QUICK = Scale(
 FULL = Scale(
     name="full",
     seeds=(0, 1, 2),
-    train_size=3200,
+    train_size=2560,
     test_size=1000,
     batch_size=128,
     epochs=6,
@@ -101,8 +101,8 @@ FULL = Scale(
     aggregators=("mgda", "pcgrad", "cagrad", "imtl_g", "fairgrad"),
     distributions=("normal", "uniform", "dirichlet", "bernoulli", "constrained_bernoulli"),
     optimizer_methods=("ew", "uw", "rlw", "pcgrad", "cagrad"),
-    adam_lrs=(1e-3, 3e-3),
-    sgd_lrs=(0.01, 0.1),
+    adam_lrs=(1e-3,),
+    sgd_lrs=(0.03, 0.1),
     sgd_momentum=0.9,
     fmtl_rhos=(0.01, 0.05, 0.2, 0.5),
     samo_rhos=(1e-4, 1e-3, 1e-2, 5e-2),
@@ -118,6 +118,6 @@ FULL = Scale(
     toy_rhos=(0.3, 0.6, 1.0, 1.5, 2.0),
 )
 
-REDUCED = replace(FULL, name="reduced", train_size=1600, test_size=600, epochs=4, conflict_epochs=6, cost_repeats=9)
+REDUCED = replace(FULL, name="reduced", train_size=1920, epochs=5, conflict_epochs=8, cost_repeats=9)
 
 SCALES = {scale.name: scale for scale in (QUICK, REDUCED, FULL)}
