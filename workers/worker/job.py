@@ -21,7 +21,7 @@ from sqlalchemy import func, select
 from service import queue
 from service.db import Database
 from service.errors import LeaseLostError
-from service.models import Metric, Trial
+from service.models import Job, Metric, Trial
 from workers.training import RunDirectory, checkpoint
 from workers.training.rundir import STATUS_SUCCEEDED
 from workers.worker.plan import JobPaths, JobPlan, TrialPlan
@@ -107,7 +107,13 @@ class JobRun:
         try:
             write(self.db, self.lease, *args, **kwargs)
         except LeaseLostError:
-            self.stop("lost")
+            self.stop(self._why_lost())
+
+    def _why_lost(self) -> str:
+        """``cancelled`` when a user cancelled the job, else ``lost`` (requeued by a reaper, or gone)."""
+        with self.db.read() as session:
+            state = session.scalar(select(Job.state).where(Job.id == self.lease.job_id))
+        return "cancelled" if state == "cancelled" else "lost"
 
     def _write_trial(self, trial: TrialState) -> None:
         if self.plan.kind != "sweep":
