@@ -3,6 +3,7 @@
 - ``plan``: a job's trials (a training job is one), with stable indices, configs and run directories.
 - ``ranks``: one Ray Train worker's training (the training package's Trainer in Ray's process group).
 - ``runner``: Ray Tune over function trials that each run a TorchTrainer; timeouts; cluster-size checks.
+- ``callbacks``: the Tune callback and stopper between a running sweep and the worker.
 - ``points``: epoch reports as stored metric and telemetry points.
 - ``job``: one claimed job's sink (metrics, trials, outcome), fenced by its lease.
 - ``loop``: the claim / heartbeat / reap loop.

@@ -19,8 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from ray import tune
-
 from workers.training import RunDirectory, RunOptions, checkpoint
 from workers.training.rundir import STATUS_SUCCEEDED
 from workers.worker.plan import JobPaths, JobPlan
@@ -120,6 +118,7 @@ def finished_summary(run: RunDirectory) -> dict[str, Any] | None:
 
 def run_trial(config: dict[str, Any], payload: dict[str, Any]) -> None:
     """A Tune function trial: one TorchTrainer run of trial ``config["trial_index"]`` (runs in a Ray actor)."""
+    from ray import tune
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
@@ -160,45 +159,6 @@ def run_trial(config: dict[str, Any], payload: dict[str, Any]) -> None:
         ),
     )
     trainer.fit()
-
-
-class _SinkHolder:
-    """Tune pickles its callbacks and stopper into its experiment state; the sink (a database, locks) stays out
-    of that copy, which is never run: this process keeps the live objects."""
-
-    def __init__(self, sink: TrialSink) -> None:
-        self.sink = sink
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.sink = None  # type: ignore[assignment]
-
-
-class _Bridge(_SinkHolder, tune.Callback):
-    """Tune's trial events, in the driver, to the sink."""
-
-    def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
-        self.sink.trial_started(trial.config["trial_index"])
-
-    def on_trial_result(self, iteration: int, trials: list[Any], trial: Any, result: dict, **info: Any) -> None:
-        self.sink.trial_result(trial.config["trial_index"], result)
-
-    def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
-        self.sink.trial_ended(trial.config["trial_index"], None)
-
-    def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
-        error = trial.get_error()
-        self.sink.trial_ended(trial.config["trial_index"], str(error) if error is not None else "the trial failed")
-
-
-class _StopWhenAsked(_SinkHolder, tune.Stopper):
-    def __call__(self, trial_id: str, result: dict) -> bool:
-        return False
-
-    def stop_all(self) -> bool:
-        return self.sink.should_stop()
 
 
 def _scheduler(plan: JobPlan) -> Any:
@@ -248,6 +208,9 @@ def run_plan(
 ) -> None:
     """Run the trials ``indices`` of ``plan`` to their end (or until the sink asks to stop)."""
     import ray
+    from ray import tune
+
+    from workers.worker.callbacks import Bridge, StopWhenAsked
 
     ensure_ray(settings)
     concurrent = check_fits(plan, ray.cluster_resources())
@@ -281,8 +244,8 @@ def run_plan(
         run_config=tune.RunConfig(
             name=f"tune-attempt-{attempt}",
             storage_path=str(paths.ray),
-            stop=_StopWhenAsked(sink),
-            callbacks=[_Bridge(sink)],
+            stop=StopWhenAsked(sink),
+            callbacks=[Bridge(sink)],
             failure_config=tune.FailureConfig(max_failures=0),
             verbose=0,
         ),

@@ -1,0 +1,179 @@
+"""The worker's side of the queue without Ray: the keeper's heartbeats, a job that cannot run, and the sink
+that stores what the trials report (metrics, trial rows, the sweep's best trial), fenced by the lease."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from service import queue
+from service.db import Database
+from service.jobs import get_job, list_trials, metric_history
+from service.models import utcnow
+from service.settings import Settings
+from service.specs import SweepSpec, TrainSpec
+from workers.training import RunDirectory
+from workers.worker.job import JobRun
+from workers.worker.loop import Keeper, Worker, WorkerOptions
+from workers.worker.plan import JobPaths, plan_job
+from workers.worker.runner import RaySettings
+
+BASE: dict[str, Any] = {"problem": "multi_digits", "model": "mlp", "epochs": 2, "method": {"wrapper": "samo"}}
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Iterator[Database]:
+    database = Database(f"sqlite:///{tmp_path / 'flatmtl.db'}")
+    database.migrate()
+    yield database
+    database.dispose()
+
+
+def claimed(db: Database, spec: TrainSpec | SweepSpec) -> queue.Lease:
+    queue.submit(db, spec)
+    lease = queue.claim(db, "tester", 60)
+    assert lease is not None
+    return lease
+
+
+def keep(db: Database, lease: queue.Lease, lease_seconds: float) -> tuple[Keeper, list[str], threading.Event]:
+    reasons: list[str] = []
+    told = threading.Event()
+
+    def on_stop(reason: str) -> None:
+        reasons.append(reason)
+        told.set()
+
+    keeper = Keeper(db, lease, lease_seconds, progress=lambda: 0.5, on_stop=on_stop, reap=lambda: None)
+    keeper.start()
+    return keeper, reasons, told
+
+
+def test_the_keeper_extends_the_lease_and_reports_a_cancellation(db: Database) -> None:
+    lease = claimed(db, TrainSpec.model_validate(BASE))
+    keeper, reasons, told = keep(db, lease, 0.4)  # a heartbeat every 0.1 s
+    threading.Event().wait(0.5)
+    with db.read() as session:
+        job = get_job(session, lease.job_id)
+        assert job.progress == 0.5 and job.lease_expires_at is not None and job.lease_expires_at > utcnow()
+    assert not told.is_set()
+    queue.cancel(db, lease.job_id, user="someone")
+    assert told.wait(2.0) and reasons == ["cancelled"]
+    keeper.finish()
+
+
+def test_the_keeper_reports_a_lease_taken_by_the_reaper_as_lost(db: Database) -> None:
+    lease = claimed(db, TrainSpec.model_validate(BASE))
+    assert queue.reap(db, now=utcnow() + timedelta(seconds=120)) == {lease.job_id: "queued"}
+    keeper, reasons, told = keep(db, lease, 0.4)
+    assert told.wait(2.0) and reasons == ["lost"]
+    keeper.finish()
+
+
+def test_a_job_whose_data_is_missing_fails_before_ray_with_the_field(db: Database, tmp_path: Path) -> None:
+    lease = claimed(db, TrainSpec.model_validate({**BASE, "problem": "multi_mnist", "problem_options": {}}))
+    settings = Settings(data_dir=tmp_path, database_url=str(db.url))
+    worker = Worker(settings, RaySettings(address="ray://nowhere:1"), WorkerOptions(owner="tester"))
+    worker.run_job(lease)  # never reaches Ray: the address above would fail
+    with db.read() as session:
+        job = get_job(session, lease.job_id)
+    assert job.state == "failed"
+    assert "problem_options" in job.error and "data_dir" in job.error
+    assert "the job cannot run" in JobPaths(settings.artifacts, lease.job_id).log.read_text()
+    worker.db.dispose()
+
+
+def sweep_run(db: Database, tmp_path: Path, mode: str) -> JobRun:
+    sweep = SweepSpec.model_validate(
+        {
+            "kind": "sweep",
+            "base": BASE,
+            "space": {"wrapper.rho": {"type": "grid", "values": [0.01, 0.1, 0.2]}},
+            "metric": "test/mean/accuracy",
+            "mode": mode,
+        }
+    )
+    lease = claimed(db, sweep)
+    plan = plan_job(lease.job_id, lease.spec, tmp_path)
+    return JobRun(db, lease, plan, JobPaths(tmp_path, lease.job_id), logging.getLogger("test"))
+
+
+def report(run: JobRun, index: int, epoch: int, accuracy: float) -> None:
+    run.trial_result(index, {"epoch": epoch, "step": 10 * epoch, "test/mean/accuracy": accuracy, "train/loss": 1.0})
+
+
+def finish(run: JobRun, index: int, status: str) -> None:
+    rundir = RunDirectory(run.plan.trials[index].run_dir)
+    rundir.create()
+    rundir.write_json(rundir.summary, {"status": status, "final": {}})
+    run.trial_ended(index, None)
+
+
+@pytest.mark.parametrize("mode", ["max", "min"])
+def test_the_sweep_outcome_is_the_trial_with_the_best_value_of_the_metric(
+    db: Database, tmp_path: Path, mode: str
+) -> None:
+    run = sweep_run(db, tmp_path, mode)
+    assert run.load_previous() == [0, 1, 2]
+    curves = {0: [0.5, 0.7], 1: [0.6, 0.4], 2: [0.2, 0.3]}
+    for index, values in curves.items():
+        run.trial_started(index)
+        for epoch, value in enumerate(values, start=1):
+            report(run, index, epoch, value)
+    finish(run, 0, "SUCCEEDED")
+    finish(run, 1, "STOPPED")  # ended early by the scheduler
+    run.trial_ended(2, "RayTaskError: boom")
+    outcome, result, error = run.outcome()
+
+    pick = max if mode == "max" else min
+    best = {index: pick(values) for index, values in curves.items()}
+    winner = pick(best, key=lambda i: best[i])
+    assert outcome == "succeeded" and error is None and result is not None
+    assert (result["best_trial"], result["best_metric"]) == (winner, best[winner])
+    assert result["best_config"] == {"method.wrapper.hparams.rho": [0.01, 0.1, 0.2][winner]}
+    assert result["trials"] == {"succeeded": 1, "stopped": 1, "failed": 1}
+    with db.read() as session:
+        rows = {t.trial_index: t for t in list_trials(session, run.lease.job_id)}
+        history = metric_history(session, run.lease.job_id, names=["test/mean/accuracy"])
+    assert {i: rows[i].best_metric for i in rows} == best
+    assert [rows[i].state for i in range(3)] == ["succeeded", "stopped", "failed"]
+    assert rows[2].result is not None and "boom" in rows[2].result["error"]
+    assert [(p.trial_index, p.step, p.value) for p in history] == [
+        (index, 10 * epoch, value) for index, values in curves.items() for epoch, value in enumerate(values, 1)
+    ]
+
+
+def test_a_resumed_attempt_keeps_finished_trials_and_stores_replayed_epochs_once(db: Database, tmp_path: Path) -> None:
+    run = sweep_run(db, tmp_path, "max")
+    run.load_previous()
+    run.trial_started(0)
+    report(run, 0, 1, 0.5)
+    finish(run, 0, "SUCCEEDED")
+    run.trial_started(1)
+    report(run, 1, 1, 0.6)  # then the worker dies
+
+    again = JobRun(db, run.lease, run.plan, run.paths, run.log)
+    assert again.load_previous() == [1, 2]
+    report(again, 1, 1, 0.6)  # the resumed trial replays its history
+    report(again, 1, 2, 0.8)
+    with db.read() as session:
+        history = metric_history(session, run.lease.job_id, names=["test/mean/accuracy"], trial_index=1)
+    assert [(p.step, p.value) for p in history] == [(10, 0.6), (20, 0.8)]
+
+
+def test_nothing_is_written_for_a_job_cancelled_under_the_worker(db: Database, tmp_path: Path) -> None:
+    run = sweep_run(db, tmp_path, "max")
+    run.load_previous()
+    queue.cancel(db, run.lease.job_id, user="someone")
+    report(run, 0, 1, 0.5)  # the fenced write is refused: the run learns why
+    assert run.should_stop() and run.stop_reason == "cancelled"
+    report(run, 0, 2, 0.9)
+    with db.read() as session:
+        assert metric_history(session, run.lease.job_id) == []
+        assert get_job(session, run.lease.job_id).state == "cancelled"

@@ -1,0 +1,50 @@
+"""The Tune callback and stopper that connect a running sweep to the worker's sink (Ray imported here only)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ray import tune
+
+from workers.worker.runner import TrialSink
+
+
+class _SinkHolder:
+    """Tune pickles its callbacks and stopper into its experiment state; the sink (a database, locks) stays out
+    of that copy, which is never run: this process keeps the live objects."""
+
+    def __init__(self, sink: TrialSink) -> None:
+        self.sink = sink
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.sink = None  # type: ignore[assignment]
+
+
+class Bridge(_SinkHolder, tune.Callback):
+    """Tune's trial events, in the driver, to the sink."""
+
+    def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        self.sink.trial_started(trial.config["trial_index"])
+
+    def on_trial_result(self, iteration: int, trials: list[Any], trial: Any, result: dict, **info: Any) -> None:
+        self.sink.trial_result(trial.config["trial_index"], result)
+
+    def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        self.sink.trial_ended(trial.config["trial_index"], None)
+
+    def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        error = trial.get_error()
+        self.sink.trial_ended(trial.config["trial_index"], str(error) if error is not None else "the trial failed")
+
+
+class StopWhenAsked(_SinkHolder, tune.Stopper):
+    """Ends every trial once the sink asks (a cancellation, a lost lease, a worker shutting down)."""
+
+    def __call__(self, trial_id: str, result: dict) -> bool:
+        return False
+
+    def stop_all(self) -> bool:
+        return self.sink.should_stop()
