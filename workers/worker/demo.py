@@ -94,14 +94,15 @@ def process(command: list[str], env: dict[str, str], log_path: Path) -> Iterator
 
 
 def service_env(out: Path, **extra: str) -> dict[str, str]:
-    """The environment of the API and the worker: settings pointing both at ``out``'s SQLite database."""
+    """The environment of the API and the worker: settings pointing both at ``out`` (its SQLite database unless
+    ``extra`` names another), nothing inherited from the caller's ``FLATMTL_*`` variables."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLATMTL_")}
     env.update(
         FLATMTL_DATA_DIR=str(out.resolve()),
         FLATMTL_DATABASE_URL=f"sqlite:///{(out / 'flatmtl.db').resolve()}",
         PYTHONUNBUFFERED="1",
-        **extra,
     )
+    env.update(extra)
     return env
 
 
