@@ -39,7 +39,7 @@ def methods_command(kind: str | None, as_json: bool) -> None:
 
 @main.group("demo")
 def demo_group() -> None:
-    """Demos that run the MTL core end to end."""
+    """Demos: the MTL core on toy problems, and the whole service end to end."""
 
 
 @demo_group.command("toy")
@@ -115,10 +115,15 @@ def demo_toy_command(
 def _add_commands() -> None:
     """Subcommands of the other parts of the product; each imports its heavy dependencies lazily."""
     from service.cli import commands as control_plane_commands
+    from workers.reproduce.cli import commands as reproduce_commands
     from workers.training.cli import commands as training_commands
+    from workers.worker.cli import commands as worker_commands
+    from workers.worker.cli import demo_commands
 
-    for command in [*control_plane_commands, *training_commands]:
+    for command in [*control_plane_commands, *training_commands, *worker_commands, *reproduce_commands]:
         main.add_command(command)
+    for command in demo_commands:
+        demo_group.add_command(command)
 
 
 _add_commands()
