@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from ray import tune
@@ -24,7 +25,18 @@ class _SinkHolder:
 
 
 class Bridge(_SinkHolder, tune.Callback):
-    """Tune's trial events, in the driver, to the sink."""
+    """Tune's trial events, in the driver, to the sink; an ended trial's leftover Ray resources released."""
+
+    def __init__(self, sink: TrialSink, release: Callable[[int], None]) -> None:
+        super().__init__(sink)
+        self.release = release
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.sink = None  # type: ignore[assignment]
+        self.release = lambda index: None
 
     def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         self.sink.trial_started(trial.config["trial_index"])
@@ -33,9 +45,11 @@ class Bridge(_SinkHolder, tune.Callback):
         self.sink.trial_result(trial.config["trial_index"], result)
 
     def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        self.release(trial.config["trial_index"])
         self.sink.trial_ended(trial.config["trial_index"], None)
 
     def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        self.release(trial.config["trial_index"])
         error = trial.get_error()
         self.sink.trial_ended(trial.config["trial_index"], str(error) if error is not None else "the trial failed")
 

@@ -103,9 +103,15 @@ def rank_main(config: dict[str, Any]) -> None:
     """Ray Train's per-worker function: train ``config["spec"]`` into ``config["run_dir"]`` as this rank."""
     import ray.train
     import ray.train.torch
+    from ray.util import get_current_placement_group
+
+    from workers.worker.runner import PLACEMENT_GROUP_FILE
 
     context = ray.train.get_context()
     rank, world_size = context.get_world_rank(), context.get_world_size()
+    group = get_current_placement_group()
+    if rank == 0 and group is not None:  # so the driver can release it if Tune ends the trial early
+        (Path(config["run_dir"]) / PLACEMENT_GROUP_FILE).write_text(group.id.hex())
     options = RunOptions(**config["options"])
     torch.set_num_threads(options.threads or 1)
     device = ray.train.torch.get_device() if options.device == "cuda" else torch.device("cpu")

@@ -108,6 +108,35 @@ def prepare_run(run: RunDirectory, spec: Any, options: RunOptions) -> bool:
     return resuming
 
 
+PLACEMENT_GROUP_FILE = ".ray_placement_group"
+"""Written by rank 0 into the run directory: the id of the placement group holding the trial's Train workers."""
+
+
+def release_placement_group(run_dir: Path) -> None:
+    """Remove the trial's Train placement group if it is still there.
+
+    Ray Train removes it when a run ends normally. When Tune ends a trial early (a scheduler's stop, a
+    cancellation) it kills the trial's actor, and the Train controller dies with it; the cleaner Ray Train
+    leaves behind needs the dashboard's State API, which a minimal Ray lacks, so the group would keep its
+    CPUs reserved until this process exits and later trials would never start.
+    """
+    from ray.util.placement_group import PlacementGroup, placement_group_table, remove_placement_group
+
+    marker = run_dir / PLACEMENT_GROUP_FILE
+    if not marker.exists():
+        return
+    group = PlacementGroup(ray_pg_id(marker.read_text().strip()))
+    if placement_group_table(group).get("state") not in (None, "REMOVED"):
+        remove_placement_group(group)
+    marker.unlink(missing_ok=True)
+
+
+def ray_pg_id(hex_id: str) -> Any:
+    from ray._raylet import PlacementGroupID
+
+    return PlacementGroupID.from_hex(hex_id)
+
+
 def finished_summary(run: RunDirectory) -> dict[str, Any] | None:
     """The run's summary when it ended SUCCEEDED, else None."""
     if not run.summary.exists():
@@ -155,7 +184,7 @@ def run_trial(config: dict[str, Any], payload: dict[str, Any]) -> None:
             name=f"trial-{index:03d}-attempt-{payload['attempt']}",
             storage_path=payload["storage"],
             callbacks=[TuneReportCallback()],
-            failure_config=FailureConfig(max_failures=0),
+            failure_config=FailureConfig(max_failures=0, controller_failure_limit=0),
         ),
     )
     trainer.fit()
@@ -245,9 +274,13 @@ def run_plan(
             name=f"tune-attempt-{attempt}",
             storage_path=str(paths.ray),
             stop=StopWhenAsked(sink),
-            callbacks=[Bridge(sink)],
+            callbacks=[Bridge(sink, lambda index: release_placement_group(plan.trials[index].run_dir))],
             failure_config=tune.FailureConfig(max_failures=0),
             verbose=0,
         ),
     )
-    tuner.fit()
+    try:
+        tuner.fit()
+    finally:
+        for index in indices:
+            release_placement_group(plan.trials[index].run_dir)
