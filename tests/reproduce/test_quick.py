@@ -71,7 +71,8 @@ def test_configs_record_every_run_its_seed_and_the_machine(quick: Path) -> None:
     configs = json.loads((quick / "results" / "configs.json").read_text())
     assert configs["scale"]["name"] == "quick" and configs["scale"]["seeds"] == [0]
     assert configs["machine"]["torch"] and configs["machine"]["cores"] >= 1
-    assert configs["timing"]["wall_seconds"] > 0
+    timing = configs["timing"]
+    assert timing["wall_seconds"] > 0 and timing["runs_reused"] == 0 and timing["training_invocations"] == 1
     runs = configs["runs"]
     assert runs and all(run["status"] == "SUCCEEDED" for run in runs)
     assert all(run["seed"] == run["spec"]["seed"] == 0 for run in runs)

@@ -90,8 +90,15 @@ def write_markdown(
                 ["torch", host["torch"]],
                 ["python / platform", f"{host['python']} / {host['platform']}"],
                 ["training runs", str(run_count)],
+                ["runs reused from an earlier invocation", str(timing["runs_reused"])],
                 [
-                    "wall time",
+                    "training wall time",
+                    f"{timing['training_seconds_all_invocations'] / 60:.1f} min over "
+                    f"{timing['training_invocations']} invocation(s) (the runs' own times sum to "
+                    f"{timing['run_seconds_sum'] / 60:.1f} min, {scale.workers} at a time)",
+                ],
+                [
+                    "wall time of this invocation",
                     f"{timing['wall_seconds'] / 60:.1f} min (training {timing['training_seconds'] / 60:.1f}, "
                     f"measurements and analysis {timing['analysis_seconds'] / 60:.1f})",
                 ],

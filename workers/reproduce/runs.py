@@ -135,8 +135,11 @@ def _status(directory: Path) -> str | None:
     return json.loads(summary.read_text())["status"] if summary.exists() else None
 
 
-def execute_one(spec: dict[str, Any], directory: str, keep_epoch_checkpoints: bool, eval_batch_size: int) -> str:
-    """Train one run in this process (one torch thread); returns its final status. Module level for spawn."""
+def execute_one(
+    spec: dict[str, Any], directory: str, keep_epoch_checkpoints: bool, eval_batch_size: int
+) -> tuple[str, bool]:
+    """Train one run in this process (one torch thread); returns its final status and whether a finished run was
+    reused instead. Module level for spawn."""
     import torch
 
     from workers.training import RunOptions, train
@@ -148,7 +151,7 @@ def execute_one(spec: dict[str, Any], directory: str, keep_epoch_checkpoints: bo
         shutil.rmtree(path)
     status = _status(path) if path.exists() else None
     if status in ("SUCCEEDED", "FAILED"):
-        return status
+        return status, True
     options = RunOptions(
         device="cpu",
         threads=1,
@@ -157,9 +160,9 @@ def execute_one(spec: dict[str, Any], directory: str, keep_epoch_checkpoints: bo
         eval_batch_size=eval_batch_size,
     )
     try:
-        return train(spec, path, resume=True, options=options).status
+        return train(spec, path, resume=True, options=options).status, False
     except TrainingFailedError:
-        return "FAILED"
+        return "FAILED", False
 
 
 def execute(
@@ -169,15 +172,21 @@ def execute(
     workers: int,
     eval_batch_size: int,
     echo: Callable[[str], None] = print,
-) -> dict[str, RunRecord]:
-    """Run every request (longest first) and return the records by key."""
+) -> tuple[dict[str, RunRecord], int]:
+    """Run every request (longest first); the records by key, and how many were reused from earlier runs."""
     runs_dir.mkdir(parents=True, exist_ok=True)
     ordered = sorted(merge(requests), key=lambda r: -r.estimated_cost())
     started = time.perf_counter()
 
-    def report(done: int, request: RunRequest, status: str) -> None:
+    reused = 0
+
+    def report(done: int, request: RunRequest, outcome: tuple[str, bool]) -> None:
+        nonlocal reused
+        status, was_reused = outcome
+        reused += was_reused
         elapsed = time.perf_counter() - started
-        echo(f"[{done}/{len(ordered)}] {status:<9} {request.directory_name} ({elapsed:.0f}s)")
+        shown = f"{status} (reused)" if was_reused else status
+        echo(f"[{done}/{len(ordered)}] {shown:<9} {request.directory_name} ({elapsed:.0f}s)")
 
     arguments = [
         (request.spec, str(runs_dir / request.directory_name), request.keep_epoch_checkpoints, eval_batch_size)
@@ -194,7 +203,7 @@ def execute(
             }
             for done, future in enumerate(as_completed(futures), start=1):
                 report(done, futures[future], future.result())
-    return {request.key: load(runs_dir / request.directory_name, request.key) for request in ordered}
+    return {request.key: load(runs_dir / request.directory_name, request.key) for request in ordered}, reused
 
 
 def load(directory: Path, key: str) -> RunRecord:
