@@ -21,6 +21,7 @@ import pytest
 
 from tests.worker.cluster import TASKS, line_count, require_ray, start_worker, steps_per_epoch, stop, tiny, wait_until
 from workers.worker.demo import api_call, create_demo_token, free_port, process, service_env, wait_healthy
+from workers.worker.runner import PLACEMENT_GROUP_FILE
 
 LEASE_SECONDS = 6
 TERMINAL = ("succeeded", "failed", "cancelled")
@@ -130,6 +131,7 @@ def test_cancellation_stops_the_running_ranks_within_seconds(service: Service) -
     job_id = service.submit(tiny(epochs=1000))
     steps_file = service.job_dir(job_id) / "run" / "metrics_steps.jsonl"
     wait_until(lambda: line_count(steps_file) >= 3, 180, "training to be under way")
+    assert (steps_file.parent / PLACEMENT_GROUP_FILE).exists()
     cancelled_at = time.monotonic()
     assert api_call(service.client, "POST", f"/v1/jobs/{job_id}/cancel")["state"] == "cancelled"
 
@@ -150,4 +152,6 @@ def test_cancellation_stops_the_running_ranks_within_seconds(service: Service) -
     )
     job = service.job(job_id)
     assert job["state"] == "cancelled" and job["error"] is None
+    # the killed trial's Train placement group was released, so its CPUs serve the next job
+    assert not (steps_file.parent / PLACEMENT_GROUP_FILE).exists()
     assert line_count(steps_file) < 1000 * steps_per_epoch()
