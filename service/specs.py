@@ -146,7 +146,7 @@ class OptimizerConfig(SpecModel):
                         value=getattr(self, key),
                         allowed="sgd",
                     )
-        elif "betas" in given:
+        elif "betas" in given and self.betas != type(self).model_fields["betas"].default:
             raise field_error("betas apply to adam and adamw only", subloc=("betas",), value=list(self.betas))
         if self.nesterov and self.momentum == 0:
             raise field_error("nesterov needs momentum > 0", subloc=("momentum",), value=0.0, allowed="(0, 1)")

@@ -208,3 +208,11 @@ def test_submission_selects_the_spec_by_kind_and_reports_paths_inside_it() -> No
     )
     assert (problem.field, problem.value) == ("spec.mode", "up")
     assert refusal(JobSubmission, {"spec": {"kind": "eval"}}).field == "spec.kind"
+
+
+def test_a_dumped_sgd_spec_validates_again() -> None:
+    """A stored spec is the model's full dump, Adam's default betas included; it must read back unchanged."""
+    spec = TrainSpec.model_validate(
+        {"problem": "multi_digits", "optimizer": {"name": "sgd", "lr": 0.1, "momentum": 0.9}}
+    )
+    assert TrainSpec.model_validate(spec.model_dump()) == spec
