@@ -131,9 +131,10 @@ class MultiMNIST(CanvasProblem):
         return pool, pool
 
 
-class MultiFashion(CanvasProblem):
+class MultiFashion(MultiMNIST):
+    """Multi-MNIST's construction on Fashion-MNIST, read from Debian's dataset-fashion-mnist by default."""
+
     name = "multi_fashion"
-    canvas_size = 36
 
     def __init__(
         self,
@@ -143,12 +144,7 @@ class MultiFashion(CanvasProblem):
         train_size: int = 120_000,
         test_size: int = 20_000,
     ) -> None:
-        super().__init__(seed=seed, train_size=train_size, test_size=test_size)
-        self.data_dir = _check_mnist_dir(self.name, "data_dir", data_dir)
-
-    def pools(self, split: str) -> tuple[Pool, Pool]:
-        pool = _idx_pool(self.data_dir, split)
-        return pool, pool
+        super().__init__(data_dir=data_dir, seed=seed, train_size=train_size, test_size=test_size)
 
 
 class MultiFashionMNIST(CanvasProblem):
