@@ -3,20 +3,25 @@
 The core's wrappers handle shared-parameter vectors through ``oracle.shared``; with this view those
 vectors are this rank's [S] slots, so aggregation, SAM ascents and SPSA perturbations all run on
 shards, while ``params``/``flatten``/``flatten_batched`` still address the full local tensors the
-backward pass produces (before the reduce-scatter). Parameters stay replicated (as in ZeRO-1/2):
-moving them gathers the shard offsets (S numbers per rank), which keeps every rank's copy identical
-and lets the perturbed forward run unchanged.
+backward pass produces (before the reduce-scatter). Inside a step the full tensors exist on every
+rank (replicated in ZeRO-1/2, gathered for the step in ZeRO-3): moving them gathers the shard
+offsets (S numbers per rank), which keeps every rank's copy identical and lets the perturbed forward
+run unchanged.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
 from workers.engine.comm import ShardedComm
 from workers.mtl.flat import FlatParams
+
+if TYPE_CHECKING:
+    from workers.engine.partition import PartitionedParameters
 
 
 class ShardedFlatParams(FlatParams):
@@ -68,8 +73,9 @@ class ShardedOptimizer:
     """ZeRO-style optimizer: the shared parameters' state lives only for this rank's shard.
 
     The shard is a flat [S] master copy given to any element-wise torch optimizer (SGD, Adam, AdamW)
-    together with the replicated head (and weighting) parameters; after each step the updated
-    shards are all-gathered into every rank's parameters.
+    together with the replicated head (and weighting) parameters. ZeRO-1/2: after each step the
+    updated shards are all-gathered into every rank's parameters. ZeRO-3 (``partition``): the master
+    is the partition's persistent shard, updated in place; the next step's gather reads it.
     """
 
     def __init__(
@@ -77,10 +83,13 @@ class ShardedOptimizer:
         shared: ShardedFlatParams,
         replicated: Sequence[Tensor],
         factory: type[torch.optim.Optimizer],
+        *,
+        partition: PartitionedParameters | None = None,
         **options: float,
     ) -> None:
         self.shared = shared
-        self.master = torch.nn.Parameter(shared.values())
+        self.partition = partition
+        self.master = partition.shard if partition is not None else torch.nn.Parameter(shared.values())
         self.optimizer = factory([self.master, *replicated], **options)
 
     def step(self) -> None:
@@ -88,7 +97,8 @@ class ShardedOptimizer:
             raise RuntimeError("no shard update: run the step (which writes it) before optimizer.step()")
         self.master.grad = self.shared.grad_shard
         self.optimizer.step()
-        self.shared.copy_(self.master.detach())
+        if self.partition is None:
+            self.shared.copy_(self.master.detach())
 
     def zero_grad(self) -> None:
         self.optimizer.zero_grad(set_to_none=True)

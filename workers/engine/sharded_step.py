@@ -12,6 +12,7 @@ scheme could skip to the slice, but torch's CPU generator cannot jump ahead.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import torch
@@ -20,11 +21,12 @@ from torch import Tensor
 from workers.engine.collectives import Collectives
 from workers.engine.comm import ShardedComm
 from workers.engine.layout import ShardLayout
+from workers.engine.partition import PartitionedParameters
 from workers.engine.shard import ShardedFlatParams
 from workers.mtl import registry
 from workers.mtl.errors import MethodError
 from workers.mtl.flat import FlatParams
-from workers.mtl.oracle import GradientOracle
+from workers.mtl.oracle import GradientOracle, LossClosure, StepRecord
 from workers.mtl.step import MTLStep, ParameterSplit
 
 
@@ -65,11 +67,20 @@ def sharded_comm(params: Sequence[Tensor], collectives: Collectives) -> ShardedC
 
 
 class ShardedMTLStep(MTLStep):
-    """``MTLStep`` whose shared parameters are this rank's shard; pair it with a ``ShardedOptimizer``."""
+    """``MTLStep`` whose shared parameters are this rank's shard; pair it with a ``ShardedOptimizer``.
+
+    ``partition_parameters`` (ZeRO-3) also partitions the shared parameters themselves: from here on
+    a rank keeps only its shard (``self.partition``), and each call gathers the full tensors for the
+    step and frees them when the step's last backward is done. Pass ``partition=step.partition`` to
+    the optimizer, and wrap anything else that runs the model (evaluation, saving) in
+    ``step.full_parameters()``.
+    """
 
     oracle_class = ShardedOracle
 
-    def __init__(self, split: ParameterSplit, *, comm: ShardedComm, **kwargs: Any) -> None:
+    def __init__(
+        self, split: ParameterSplit, *, comm: ShardedComm, partition_parameters: bool = False, **kwargs: Any
+    ) -> None:
         check_shardable(
             _name(kwargs.get("weighting"), "ew"),
             _name(kwargs.get("aggregator"), "mean"),
@@ -78,3 +89,12 @@ class ShardedMTLStep(MTLStep):
         super().__init__(split, comm=comm, **kwargs)
         self.comm: ShardedComm = comm
         self.shared: ShardedFlatParams = ShardedFlatParams(split.shared, comm)
+        self.partition = PartitionedParameters(self.shared) if partition_parameters else None
+
+    def __call__(self, closure: LossClosure) -> StepRecord:
+        with self.full_parameters():
+            return super().__call__(closure)
+
+    def full_parameters(self) -> AbstractContextManager[None]:
+        """The full shared parameters inside the block (a collective under ZeRO-3, a no-op otherwise)."""
+        return nullcontext() if self.partition is None else self.partition.gathered()
