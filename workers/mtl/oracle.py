@@ -10,8 +10,9 @@ are restored after perturbed passes, so they never move there.
 from __future__ import annotations
 
 import time
+import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 
 import torch
@@ -23,6 +24,7 @@ from workers.mtl.comm import Communicator
 from workers.mtl.errors import MethodError
 from workers.mtl.flat import FlatParams
 from workers.mtl.task_gradients import TaskGradientEngine
+from workers.mtl.trunk import TrunkCut
 
 LossClosure = Callable[[], Tensor | tuple[Tensor, Tensor]]
 """Runs the forward pass at the current parameters and returns the K per-task losses (this rank's
@@ -64,6 +66,7 @@ class GradientOracle:
         generator: torch.Generator,
         gradient_engine: TaskGradientEngine,
         buffers: Sequence[Tensor] = (),
+        trunk: TrunkCut | None = None,
     ) -> None:
         self.closure = closure
         self.shared = shared
@@ -76,13 +79,16 @@ class GradientOracle:
         self.gradient_engine = gradient_engine
         self.buffers = list(buffers)
         self.record = StepRecord()
+        self.trunk = trunk
         self._representation: Tensor | None = None
+        self._cut_losses: weakref.ref[Tensor] | None = None
 
     # ---- forward -------------------------------------------------------------------------------
     def losses(self) -> Tensor:
         """Forward pass: the K weighted losses (with graph). The first call of a step also starts the
         weighting's step and fills the gradients of its learnable parameters."""
-        out = self.closure()
+        with self.trunk.recording() if self.trunk else nullcontext():
+            out = self.closure()
         raw, self._representation = out if isinstance(out, tuple) else (out, None)
         if raw.dim() != 1 or raw.shape[0] != self.num_tasks:
             raise MethodError(
@@ -96,6 +102,7 @@ class GradientOracle:
             self.record.losses = detached
             self.weighting.begin_step(detached, self.generator)
         weighted = self.weighting.weigh(raw)
+        self._cut_losses = weakref.ref(weighted) if self.trunk and self.trunk.active else None
         learnable = self.weighting.parameters()
         if first and learnable:
             grads = torch.autograd.grad(weighted.sum(), learnable, retain_graph=True)
@@ -118,6 +125,8 @@ class GradientOracle:
         Heads are disjoint (task k's head only moves loss k), so one backward of the summed losses
         gives every head its own task's gradient; only the shared parameters need K gradients each.
         """
+        if self._through_trunk(weighted):
+            return self._task_gradients_through_trunk(weighted, retain_graph)
         representation = None
         if self.aggregator.uses_representation and self._representation is not None:
             rep_grads = self.gradient_engine(weighted, [self._representation], retain_graph=True)[0]
@@ -131,20 +140,30 @@ class GradientOracle:
     def task_gradient(self, weighted: Tensor, task: int) -> tuple[Tensor, Tensor]:
         """Gradient of one task's weighted loss: (shared [P], its head [P_task]), reduced."""
         head = self.heads[task]
-        grads = torch.autograd.grad(weighted[task], [*self.shared.params, *head.params], allow_unused=True)
         self.record.backward_passes += 1
-        shared = self.shared.flatten(grads[: len(self.shared.params)])
-        own = head.flatten(grads[len(self.shared.params) :])
+        if self._through_trunk(weighted):
+            leaf_grads, head_grads = self._backward_to_trunk(weighted[task], [head], retain_graph=False)
+            shared = self._trunk_gradient(leaf_grads, retain_graph=False)
+            own = head_grads[0]
+        else:
+            grads = torch.autograd.grad(weighted[task], [*self.shared.params, *head.params], allow_unused=True)
+            shared = self.shared.flatten(grads[: len(self.shared.params)])
+            own = head.flatten(grads[len(self.shared.params) :])
         shared = self.comm.reduce_task_gradients(shared.unsqueeze(0))[0]
         return shared, self.comm.mean(own)
 
     def mean_gradient(self, weighted: Tensor, *, retain_graph: bool = False) -> tuple[Tensor, list[Tensor]]:
         """Gradient of the mean weighted loss in one backward: (shared [P], per-task heads)."""
         objective = weighted.mean()
-        heads = self._head_gradients(objective, retain_graph=True)
-        grads = torch.autograd.grad(objective, self.shared.params, retain_graph=retain_graph, allow_unused=True)
         self.record.backward_passes += 1
-        shared = self.comm.reduce_task_gradients(self.shared.flatten(grads).unsqueeze(0))[0]
+        if self._through_trunk(weighted):
+            leaf_grads, heads = self._backward_to_trunk(objective, self.heads, retain_graph=retain_graph)
+            shared = self._trunk_gradient(leaf_grads, retain_graph=retain_graph)
+        else:
+            heads = self._head_gradients(objective, retain_graph=True)
+            grads = torch.autograd.grad(objective, self.shared.params, retain_graph=retain_graph, allow_unused=True)
+            shared = self.shared.flatten(grads)
+        shared = self.comm.reduce_task_gradients(shared.unsqueeze(0))[0]
         return shared, self._reduce_heads(heads)
 
     def _head_gradients(self, objective: Tensor, *, retain_graph: bool) -> list[Tensor]:
@@ -153,11 +172,58 @@ class GradientOracle:
         if not head_params:
             return [head.flatten([]) for head in self.heads]
         grads = torch.autograd.grad(objective, head_params, retain_graph=retain_graph, allow_unused=True)
-        heads, offset = [], 0
-        for head in self.heads:
-            heads.append(head.flatten(grads[offset : offset + len(head.params)]))
+        return self._split_heads(self.heads, grads)
+
+    @staticmethod
+    def _split_heads(heads: Sequence[FlatParams], grads: Sequence[Tensor | None]) -> list[Tensor]:
+        flat, offset = [], 0
+        for head in heads:
+            flat.append(head.flatten(grads[offset : offset + len(head.params)]))
             offset += len(head.params)
-        return heads
+        return flat
+
+    # ---- gradients through the trunk cut (models that declare their task heads) ----------------
+    def _through_trunk(self, weighted: Tensor) -> bool:
+        """Whether ``weighted`` came from the latest forward and that forward cut the graph at the heads."""
+        return self._cut_losses is not None and self._cut_losses() is weighted
+
+    def _backward_to_trunk(
+        self, objective: Tensor, heads: Sequence[FlatParams], *, retain_graph: bool
+    ) -> tuple[list[Tensor | None], list[Tensor]]:
+        """One backward through the heads only: the heads' inputs' gradients and the heads' own."""
+        assert self.trunk is not None
+        leaves = self.trunk.leaves
+        head_params = [p for head in heads for p in head.params]
+        grads = torch.autograd.grad(objective, [*leaves, *head_params], retain_graph=retain_graph, allow_unused=True)
+        return list(grads[: len(leaves)]), self._split_heads(heads, grads[len(leaves) :])
+
+    def _trunk_gradient(self, leaf_grads: Sequence[Tensor | None], *, retain_graph: bool) -> Tensor:
+        """The shared parameters' flat gradient [P] for one objective, from its heads' input gradients."""
+        assert self.trunk is not None
+        sources, rows = self.trunk.trunk_rows(leaf_grads, None)
+        if not sources:
+            return self.shared.flatten([None] * len(self.shared.params))
+        grads = torch.autograd.grad(sources, self.shared.params, rows, retain_graph=retain_graph, allow_unused=True)
+        return self.shared.flatten(grads)
+
+    def _task_gradients_through_trunk(self, weighted: Tensor, retain_graph: bool) -> TaskGradients:
+        assert self.trunk is not None
+        leaf_grads, heads = self._backward_to_trunk(weighted.sum(), self.heads, retain_graph=retain_graph)
+        sources, rows = self.trunk.trunk_rows(leaf_grads, self.num_tasks)
+        representation = None
+        if self.aggregator.uses_representation and self._representation is not None:
+            if len(sources) == 1 and sources[0] is self._representation:
+                rep_grads = rows[0]
+            else:
+                rep_grads = self.gradient_engine.backward(sources, rows, [self._representation], retain_graph=True)[0]
+            representation = rep_grads.reshape(self.num_tasks, -1)
+        if sources:
+            grads = self.gradient_engine.backward(sources, rows, self.shared.params, retain_graph=retain_graph)
+        else:
+            grads = [None] * len(self.shared.params)
+        self.record.backward_passes += self.num_tasks
+        shared = self.shared.flatten_batched(grads, self.num_tasks)
+        return TaskGradients(self.comm.reduce_task_gradients(shared), self._reduce_heads(heads), representation)
 
     def _reduce_heads(self, heads: list[Tensor]) -> list[Tensor]:
         if not heads or self.comm.world_size == 1:

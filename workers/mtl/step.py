@@ -26,6 +26,7 @@ from workers.mtl.errors import MethodError
 from workers.mtl.flat import FlatParams
 from workers.mtl.oracle import GradientOracle, LossClosure, StepRecord, model_buffers
 from workers.mtl.task_gradients import GradientMode, TaskGradientEngine
+from workers.mtl.trunk import TrunkCut
 
 
 class MultiTaskModel(Protocol):
@@ -36,14 +37,26 @@ class MultiTaskModel(Protocol):
 
 @dataclass
 class ParameterSplit:
-    """Shared parameters and, per task, that task's own parameters (its head)."""
+    """Shared parameters and, per task, that task's own parameters (its head).
+
+    ``task_heads``, where given, are the modules (one per task) whose inputs carry every dependence of
+    that task's loss on the shared parameters; per-task gradients then take the two-stage path of
+    ``workers.mtl.trunk``. A model declares them with a ``task_heads()`` method returning them or None.
+    """
 
     shared: list[nn.Parameter]
     heads: list[list[nn.Parameter]]
+    task_heads: list[nn.Module] | None = None
 
     @classmethod
     def from_model(cls, model: MultiTaskModel) -> ParameterSplit:
-        split = cls(list(model.shared_parameters()), [list(h) for h in model.task_parameters()])
+        declared = getattr(model, "task_heads", None)
+        task_heads = declared() if callable(declared) else None
+        split = cls(
+            list(model.shared_parameters()),
+            [list(h) for h in model.task_parameters()],
+            None if task_heads is None else list(task_heads),
+        )
         split.check()
         return split
 
@@ -57,6 +70,8 @@ class ParameterSplit:
             if id(param) in seen:
                 raise MethodError("a parameter is declared twice (shared and task-specific, or in two heads)")
             seen.add(id(param))
+        if self.task_heads is not None and len(self.task_heads) != len(self.heads):
+            raise MethodError(f"the model declares {len(self.task_heads)} task heads for {len(self.heads)} tasks")
 
 
 def _build(kind: registry.Kind, method: str | Any, hparams: dict[str, Any] | None) -> Any:
@@ -103,6 +118,7 @@ class MTLStep:
         self.generator = torch.Generator(device=split.shared[0].device).manual_seed(seed)
         self.buffers = list(buffers)
         self.gradient_engine = TaskGradientEngine(gradient_mode)
+        self.trunk = None if split.task_heads is None else TrunkCut(split.task_heads)
 
     @classmethod
     def from_model(cls, model: nn.Module, **kwargs: Any) -> MTLStep:
@@ -115,7 +131,15 @@ class MTLStep:
         return self.weighting.parameters()
 
     def __call__(self, closure: LossClosure) -> StepRecord:
-        oracle = self.oracle_class(
+        oracle = self.oracle(closure)
+        started = time.perf_counter()
+        self.wrapper.step(oracle)
+        oracle.record.seconds_total = time.perf_counter() - started
+        return oracle.record
+
+    def oracle(self, closure: LossClosure) -> GradientOracle:
+        """The primitives one step is composed from, for this closure (a wrapper's view of the step)."""
+        return self.oracle_class(
             closure,
             self.shared,
             self.heads,
@@ -125,11 +149,8 @@ class MTLStep:
             self.generator,
             self.gradient_engine,
             self.buffers,
+            self.trunk,
         )
-        started = time.perf_counter()
-        self.wrapper.step(oracle)
-        oracle.record.seconds_total = time.perf_counter() - started
-        return oracle.record
 
     def end_epoch(self) -> None:
         self.weighting.end_epoch()

@@ -1,4 +1,5 @@
-"""Per-task gradients: one vmapped backward over the K losses, or K sequential backwards.
+"""Per-task gradients: one vmapped backward over the K losses (or over the trunk, see ``trunk``), or K
+sequential backwards.
 
 The batched path (``is_grads_batched``) pushes K one-hot output gradients through the graph at
 once, sharing the kernel launches and Python overhead of K separate passes. Some operators have
@@ -29,12 +30,18 @@ class TaskGradientEngine:
         self.mode: GradientMode = mode
 
     def __call__(self, losses: Tensor, params: Sequence[Tensor], *, retain_graph: bool = False) -> list[Tensor]:
+        return self.backward([losses], [_basis(losses)], params, retain_graph=retain_graph)
+
+    def backward(
+        self, outputs: Sequence[Tensor], rows: Sequence[Tensor], params: Sequence[Tensor], *, retain_graph: bool = False
+    ) -> list[Tensor]:
+        """Row r of the result is the gradient of ``sum_j <outputs[j], rows[j][r]>`` w.r.t. each parameter."""
         if self.mode == "sequential":
-            return sequential_task_gradients(losses, params, retain_graph=retain_graph)
+            return sequential_backward(outputs, rows, params, retain_graph=retain_graph)
         if self.mode == "batched":
-            return batched_task_gradients(losses, params, retain_graph=retain_graph)
+            return batched_backward(outputs, rows, params, retain_graph=retain_graph)
         try:
-            grads = batched_task_gradients(losses, params, retain_graph=True)
+            grads = batched_backward(outputs, rows, params, retain_graph=True)
         except (RuntimeError, NotImplementedError) as error:
             warnings.warn(
                 f"batched per-task gradients unavailable for this model ({error}); using K sequential backwards",
@@ -42,32 +49,56 @@ class TaskGradientEngine:
                 stacklevel=2,
             )
             self.mode = "sequential"
-            return sequential_task_gradients(losses, params, retain_graph=retain_graph)
+            return sequential_backward(outputs, rows, params, retain_graph=retain_graph)
         self.mode = "batched"
         return grads
 
 
 def batched_task_gradients(losses: Tensor, params: Sequence[Tensor], *, retain_graph: bool) -> list[Tensor]:
-    num_tasks = losses.shape[0]
-    basis = torch.eye(num_tasks, dtype=losses.dtype, device=losses.device)
-    grads = torch.autograd.grad(
-        losses, list(params), grad_outputs=basis, is_grads_batched=True, retain_graph=retain_graph, allow_unused=True
-    )
-    return [_zeros_if_none(g, p, num_tasks) for g, p in zip(grads, params, strict=True)]
+    """One vmapped backward of the K one-hot output gradients through the whole graph."""
+    return batched_backward([losses], [_basis(losses)], params, retain_graph=retain_graph)
 
 
 def sequential_task_gradients(losses: Tensor, params: Sequence[Tensor], *, retain_graph: bool) -> list[Tensor]:
-    num_tasks = losses.shape[0]
-    rows: list[list[Tensor]] = [[] for _ in params]
-    for task in range(num_tasks):
-        keep = retain_graph or task < num_tasks - 1
-        grads = torch.autograd.grad(losses[task], list(params), retain_graph=keep, allow_unused=True)
+    """K backward passes, one per loss: the reference every faster path is measured against."""
+    return sequential_backward([losses], [_basis(losses)], params, retain_graph=retain_graph)
+
+
+def batched_backward(
+    outputs: Sequence[Tensor], rows: Sequence[Tensor], params: Sequence[Tensor], *, retain_graph: bool
+) -> list[Tensor]:
+    num_rows = rows[0].shape[0]
+    grads = torch.autograd.grad(
+        list(outputs),
+        list(params),
+        grad_outputs=list(rows),
+        is_grads_batched=True,
+        retain_graph=retain_graph,
+        allow_unused=True,
+    )
+    return [_zeros_if_none(g, p, num_rows) for g, p in zip(grads, params, strict=True)]
+
+
+def sequential_backward(
+    outputs: Sequence[Tensor], rows: Sequence[Tensor], params: Sequence[Tensor], *, retain_graph: bool
+) -> list[Tensor]:
+    num_rows = rows[0].shape[0]
+    columns: list[list[Tensor]] = [[] for _ in params]
+    for row in range(num_rows):
+        keep = retain_graph or row < num_rows - 1
+        grads = torch.autograd.grad(
+            list(outputs), list(params), grad_outputs=[r[row] for r in rows], retain_graph=keep, allow_unused=True
+        )
         for column, (grad, param) in enumerate(zip(grads, params, strict=True)):
-            rows[column].append(torch.zeros_like(param) if grad is None else grad)
-    return [torch.stack(column) for column in rows]
+            columns[column].append(torch.zeros_like(param) if grad is None else grad)
+    return [torch.stack(column) for column in columns]
 
 
-def _zeros_if_none(grad: Tensor | None, param: Tensor, num_tasks: int) -> Tensor:
+def _basis(losses: Tensor) -> Tensor:
+    return torch.eye(losses.shape[0], dtype=losses.dtype, device=losses.device)
+
+
+def _zeros_if_none(grad: Tensor | None, param: Tensor, num_rows: int) -> Tensor:
     if grad is None:
-        return torch.zeros(num_tasks, *param.shape, dtype=param.dtype, device=param.device)
+        return torch.zeros(num_rows, *param.shape, dtype=param.dtype, device=param.device)
     return grad

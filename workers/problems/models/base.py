@@ -21,6 +21,11 @@ class MultiTaskNet(nn.Module):
     def task_parameters(self) -> list[list[nn.Parameter]]:
         raise NotImplementedError
 
+    def task_heads(self) -> list[nn.Module] | None:
+        """The per-task modules whose inputs carry all of a task's dependence on the shared parameters,
+        or None where no such modules exist (MMoE's gates, MTAN's attention read the trunk elsewhere)."""
+        return None
+
     def forward_with_representation(self, x: Tensor | list[Tensor]) -> tuple[list[Tensor], Tensor]:
         """The K outputs and the shared representation they are computed from (on the autograd graph)."""
         raise NotImplementedError

@@ -31,6 +31,9 @@ class HardSharing(MultiTaskNet):
     def task_parameters(self) -> list[list[nn.Parameter]]:
         return [list(head.parameters()) for head in self.heads]
 
+    def task_heads(self) -> list[nn.Module]:
+        return list(self.heads)
+
     def forward_with_representation(self, x: Tensor | list[Tensor]) -> tuple[list[Tensor], Tensor]:
         if not self.multi_input:
             if not isinstance(x, Tensor):

@@ -1,0 +1,101 @@
+"""Per-task gradients in two stages: the task heads, then one batched backward of the shared trunk.
+
+A vmapped backward over the whole graph pushes all K one-hot gradients through every head, although
+head k only ever carries task k's: K x K head passes and, where the heads meet the trunk, K dense
+[K, batch, features] sums. When a model declares its task heads (modules whose inputs carry every
+dependence of a task's loss on the shared parameters), the forward hands each head a detached copy
+of its input (a leaf). One backward of the summed losses then gives each head its own gradient and
+each leaf ``d loss_k / d input_k``; the trunk is left for one backward from the heads' inputs with
+those gradients stacked per task (or summed, for a single objective). Same numbers, about half the work
+at K=14 on an MLP.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
+
+
+@dataclass
+class HeadInput:
+    """One tensor a head read from the trunk, and the leaf the head saw instead."""
+
+    task: int
+    source: Tensor
+    leaf: Tensor
+
+
+class TrunkCut:
+    """Cuts the graph at the task heads' inputs during a recorded forward and joins it back in backward."""
+
+    def __init__(self, heads: Sequence[nn.Module]) -> None:
+        self.heads = list(heads)
+        self.inputs: list[HeadInput] = []
+
+    @property
+    def active(self) -> bool:
+        """Whether the last recorded forward reached the heads through the trunk's graph."""
+        return bool(self.inputs)
+
+    @property
+    def leaves(self) -> list[Tensor]:
+        return [entry.leaf for entry in self.inputs]
+
+    @contextmanager
+    def recording(self) -> Iterator[None]:
+        """Forward pass with every head reading a leaf copy of each trunk tensor it takes."""
+        self.inputs = []
+        handles: list[RemovableHandle] = [
+            head.register_forward_pre_hook(self._hook(task)) for task, head in enumerate(self.heads)
+        ]
+        try:
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    def _hook(self, task: int) -> Callable[[nn.Module, tuple[object, ...]], tuple[object, ...]]:
+        def cut(_module: nn.Module, args: tuple[object, ...]) -> tuple[object, ...]:
+            replaced = []
+            for arg in args:
+                if isinstance(arg, Tensor) and arg.requires_grad:
+                    leaf = arg.detach().requires_grad_()
+                    self.inputs.append(HeadInput(task, arg, leaf))
+                    arg = leaf
+                replaced.append(arg)
+            return tuple(replaced)
+
+        return cut
+
+    def trunk_rows(
+        self, leaf_grads: Sequence[Tensor | None], num_tasks: int | None
+    ) -> tuple[list[Tensor], list[Tensor]]:
+        """The trunk's outputs and their output gradients from the leaves' gradients.
+
+        ``num_tasks`` given: one row per task (task k's row holds the gradients of the leaves its head
+        owns), for a batched backward. ``None``: the leaves' gradients summed, for one plain backward.
+        Heads reading the same trunk tensor share one output.
+        """
+        sources: list[Tensor] = []
+        rows: list[Tensor] = []
+        index: dict[int, int] = {}
+        for entry, grad in zip(self.inputs, leaf_grads, strict=True):
+            if grad is None:
+                continue
+            key = id(entry.source)
+            if key not in index:
+                index[key] = len(sources)
+                sources.append(entry.source)
+                shape = (num_tasks, *grad.shape) if num_tasks is not None else grad.shape
+                rows.append(torch.zeros(shape, dtype=grad.dtype, device=grad.device))
+            target = rows[index[key]]
+            if num_tasks is None:
+                target.add_(grad)
+            else:
+                target[entry.task].add_(grad)
+        return sources, rows
