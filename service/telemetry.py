@@ -6,7 +6,10 @@ Workers already write their step metrics into the database's ``metrics`` table t
 lease-fenced queue, so the API reads the latest values of RUNNING jobs from there at scrape time
 (:class:`SnapshotCollector`, through an injected :data:`SnapshotSource`). A job's series exist
 exactly while it runs: the collector yields only running jobs, so nothing needs removing.
-Request latency is the one thing measured in the API process itself.
+A sweep's running trials are exported the same way with a ``trial`` label (its index; empty, that
+is absent in Prometheus, for a training job): the label is bounded by how many trials Ray Tune runs at
+once, and a trial's series end with the trial. Request latency is the one thing measured in the API
+process itself.
 
 Workers name their points with :func:`training_points`, so writer and reader agree on the names.
 """
@@ -25,12 +28,12 @@ from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
-from sqlalchemy import Float, case, cast, func, select
+from sqlalchemy import Float, case, cast, func, or_, select
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
 from service.db import Database
-from service.models import JOB_STATES, Event, Job, utcnow
+from service.models import JOB_STATES, Event, Job, Trial, utcnow
 from service.models import Metric as MetricRow
 
 __all__ = ["CONTENT_TYPE_LATEST"]
@@ -70,60 +73,88 @@ def _spec(name: str, kind: Kind, help_text: str, *labels: str) -> MetricSpec:
     return MetricSpec(name, kind, help_text, labels)
 
 
-TRAINING_SAMPLES = _spec("flatmtl_training_samples", "counter", "Samples processed by a running job.", "job_id")
-TRAINING_STEP_SECONDS = _spec(
-    "flatmtl_training_step_seconds", "histogram", "Wall time of a training step of a running job.", "job_id"
+TRAINING_SAMPLES = _spec(
+    "flatmtl_training_samples", "counter", "Samples processed by a running job or trial.", "job_id", "trial"
 )
-TRAINING_LOSS = _spec("flatmtl_training_loss", "gauge", "Latest training loss per task.", "job_id", "task")
+TRAINING_STEP_SECONDS = _spec(
+    "flatmtl_training_step_seconds", "histogram", "Wall time of a training step of a running job.", "job_id", "trial"
+)
+TRAINING_LOSS = _spec("flatmtl_training_loss", "gauge", "Latest training loss per task.", "job_id", "trial", "task")
 TRAINING_GRADIENT_NORM = _spec(
-    "flatmtl_training_gradient_norm", "gauge", "Latest norm of a task's shared-parameter gradient.", "job_id", "task"
+    "flatmtl_training_gradient_norm",
+    "gauge",
+    "Latest norm of a task's shared-parameter gradient.",
+    "job_id",
+    "trial",
+    "task",
 )
 TRAINING_SHARPNESS = _spec(
-    "flatmtl_training_sharpness", "gauge", "Loss increase under the SAM perturbation, per task.", "job_id", "task"
+    "flatmtl_training_sharpness",
+    "gauge",
+    "Loss increase under the SAM perturbation, per task.",
+    "job_id",
+    "trial",
+    "task",
 )
 TRAINING_CONFLICT_RATIO = _spec(
     "flatmtl_training_gradient_conflict_ratio",
     "gauge",
     "Share of task pairs whose gradients have a negative inner product.",
     "job_id",
+    "trial",
 )
 TRAINING_COSINE = _spec(
     "flatmtl_training_gradient_cosine",
     "gauge",
     f"Cosine similarity of two tasks' gradients (jobs with at most {MAX_PAIR_TASKS} tasks).",
     "job_id",
+    "trial",
     "task_a",
     "task_b",
 )
 TRAINING_COSINE_MIN = _spec(
-    "flatmtl_training_gradient_cosine_min", "gauge", "Smallest pairwise gradient cosine.", "job_id"
+    "flatmtl_training_gradient_cosine_min", "gauge", "Smallest pairwise gradient cosine.", "job_id", "trial"
 )
 TRAINING_COSINE_MEAN = _spec(
-    "flatmtl_training_gradient_cosine_mean", "gauge", "Mean pairwise gradient cosine.", "job_id"
+    "flatmtl_training_gradient_cosine_mean", "gauge", "Mean pairwise gradient cosine.", "job_id", "trial"
 )
 TRAINING_MAGNITUDE = _spec(
     "flatmtl_training_gradient_magnitude_similarity",
     "gauge",
     f"2|g_a||g_b|/(|g_a|^2+|g_b|^2) of two tasks' gradients (jobs with at most {MAX_PAIR_TASKS} tasks).",
     "job_id",
+    "trial",
     "task_a",
     "task_b",
 )
 TRAINING_MAGNITUDE_MIN = _spec(
-    "flatmtl_training_gradient_magnitude_similarity_min", "gauge", "Smallest pairwise magnitude similarity.", "job_id"
+    "flatmtl_training_gradient_magnitude_similarity_min",
+    "gauge",
+    "Smallest pairwise magnitude similarity.",
+    "job_id",
+    "trial",
 )
 TRAINING_MAGNITUDE_MEAN = _spec(
-    "flatmtl_training_gradient_magnitude_similarity_mean", "gauge", "Mean pairwise magnitude similarity.", "job_id"
+    "flatmtl_training_gradient_magnitude_similarity_mean",
+    "gauge",
+    "Mean pairwise magnitude similarity.",
+    "job_id",
+    "trial",
 )
 TRAINING_PHASE_RATIO = _spec(
     "flatmtl_training_step_phase_ratio",
     "gauge",
     "Share of step time spent in a phase (sam_wrapper: perturbed passes; aggregation).",
     "job_id",
+    "trial",
     "phase",
 )
 TRAINING_COMMUNICATION = _spec(
-    "flatmtl_training_step_communication_bytes", "gauge", "Bytes one rank sent in collectives in a step.", "job_id"
+    "flatmtl_training_step_communication_bytes",
+    "gauge",
+    "Bytes one rank sent in collectives in a step.",
+    "job_id",
+    "trial",
 )
 JOB_ATTEMPT = _spec("flatmtl_job_attempt", "gauge", "Attempt number of a running job (1 on its first run).", "job_id")
 
@@ -298,13 +329,22 @@ class HistogramCounts:
 
 
 @dataclass(frozen=True)
+class TrainingSeries:
+    """The latest training points (``train/...`` name -> value) and step-time histogram of a training job
+    (``trial`` None) or of one running trial of a sweep."""
+
+    trial: int | None
+    latest: Mapping[str, float]
+    step_seconds: HistogramCounts
+
+
+@dataclass(frozen=True)
 class RunningJob:
-    """A running job's latest training points (``train/...`` name -> value) and its step-time histogram."""
+    """A running job: a training job has one :class:`TrainingSeries`, a sweep one per running trial."""
 
     job_id: int
     attempt: int
-    latest: Mapping[str, float]
-    step_seconds: HistogramCounts
+    series: Sequence[TrainingSeries] = ()
 
 
 @dataclass(frozen=True)
@@ -396,11 +436,14 @@ def _training(running: Sequence[RunningJob]) -> Iterator[Metric]:
     for job in running:
         job_id = str(job.job_id)
         families[JOB_ATTEMPT.name].add_metric([job_id], float(job.attempt))
-        families[TRAINING_STEP_SECONDS.name].add_metric([job_id], job.step_seconds.buckets(), job.step_seconds.total)
-        for name, value in sorted(job.latest.items()):
-            spec, labels = _route_point(name)
-            if spec is not None:
-                families[spec.name].add_metric([job_id, *labels], value)
+        for series in job.series:
+            run = [job_id, "" if series.trial is None else str(series.trial)]
+            step = series.step_seconds
+            families[TRAINING_STEP_SECONDS.name].add_metric(run, step.buckets(), step.total)
+            for name, value in sorted(series.latest.items()):
+                spec, labels = _route_point(name)
+                if spec is not None:
+                    families[spec.name].add_metric([*run, *labels], value)
     yield from families.values()
 
 
@@ -448,8 +491,8 @@ def database_snapshot(session: Session, *, now: datetime, lease_seconds: float) 
     """The control plane and running jobs' latest training points, read in a few aggregate queries.
 
     A worker's last heartbeat is ``lease_expires_at - lease_seconds`` of the jobs it runs (each
-    heartbeat extends the lease by ``lease_seconds``), so only busy workers are visible. Sweep
-    trials (points with a trial index) are left to the API's history endpoints.
+    heartbeat extends the lease by ``lease_seconds``), so only busy workers are visible. Points of a
+    sweep's trials count while the trial runs; finished trials are left to the API's history endpoints.
     """
     counts = dict(session.execute(select(Job.state, func.count()).group_by(Job.state)).all())
     wait = _seconds_between(session, Job.created_at, Job.started_at)
@@ -484,32 +527,72 @@ def database_snapshot(session: Session, *, now: datetime, lease_seconds: float) 
 
 
 def _running_jobs(session: Session, attempts: Mapping[int, int]) -> list[RunningJob]:
+    """Running jobs with the series of their training run (training jobs) or running trials (sweeps)."""
     if not attempts:
         return []
     ids = list(attempts)
-    in_jobs = (MetricRow.job_id.in_(ids), MetricRow.trial_index.is_(None))
-    newest = (
-        select(func.max(MetricRow.id))
-        .where(*in_jobs, MetricRow.name.startswith(POINT_PREFIX, autoescape=True))
-        .group_by(MetricRow.job_id, MetricRow.name)
+    kinds = dict(session.execute(select(Job.id, Job.kind).where(Job.id.in_(ids))).all())
+    running_trial = (
+        select(Trial.id)
+        .where(Trial.job_id == MetricRow.job_id, Trial.trial_index == MetricRow.trial_index, Trial.state == "running")
+        .exists()
     )
-    latest: dict[int, dict[str, float]] = {job_id: {} for job_id in ids}
-    for job_id, name, value in session.execute(
-        select(MetricRow.job_id, MetricRow.name, MetricRow.value).where(MetricRow.id.in_(newest))
+    current = (
+        MetricRow.job_id.in_(ids),
+        or_(MetricRow.trial_index.is_(None), running_trial),
+        MetricRow.name.startswith(POINT_PREFIX, autoescape=True),
+    )
+    runs: dict[int, dict[int | None, dict[str, float]]] = {
+        job_id: {None: {}} if kinds[job_id] == "train" else {} for job_id in ids
+    }
+    trials = session.execute(
+        select(Trial.job_id, Trial.trial_index).where(Trial.job_id.in_(ids), Trial.state == "running")
+    )
+    for job_id, index in trials:
+        if kinds[job_id] == "sweep":
+            runs[job_id][index] = {}
+    newest = (
+        select(func.max(MetricRow.id)).where(*current).group_by(MetricRow.job_id, MetricRow.trial_index, MetricRow.name)
+    )
+    for job_id, trial, name, value in session.execute(
+        select(MetricRow.job_id, MetricRow.trial_index, MetricRow.name, MetricRow.value).where(MetricRow.id.in_(newest))
     ):
-        latest[job_id][name] = math.nan if value is None else value  # stored NULL: the worker saw a non-finite value
-    jobs = []
-    for job_id in ids:
-        step_seconds = _histogram_row(
-            session,
-            MetricRow.value,
-            STEP_SECONDS_BUCKETS,
-            MetricRow.job_id == job_id,
-            MetricRow.trial_index.is_(None),
-            MetricRow.name == POINT_STEP_SECONDS,
+        if trial in runs[job_id]:
+            runs[job_id][trial][name] = math.nan if value is None else value  # NULL: the worker saw a non-finite value
+    steps = _step_histograms(session, current)
+    empty = HistogramCounts.empty(STEP_SECONDS_BUCKETS)
+    return [
+        RunningJob(
+            job_id,
+            attempts[job_id],
+            [
+                TrainingSeries(trial, latest, steps.get((job_id, trial), empty))
+                for trial, latest in sorted(runs[job_id].items(), key=lambda item: -1 if item[0] is None else item[0])
+            ],
         )
-        jobs.append(RunningJob(job_id, attempts[job_id], latest[job_id], step_seconds))
-    return jobs
+        for job_id in ids
+    ]
+
+
+def _step_histograms(
+    session: Session, where: Sequence[ColumnElement[bool]]
+) -> dict[tuple[int, int | None], HistogramCounts]:
+    """Step-time histograms of every (job, trial) the filter keeps, from the stored step times, in one query."""
+    values = MetricRow.value
+    columns = [func.coalesce(func.sum(case((values <= bound, 1), else_=0)), 0) for bound in STEP_SECONDS_BUCKETS]
+    rows = session.execute(
+        select(
+            MetricRow.job_id, MetricRow.trial_index, *columns, func.count(values), func.coalesce(func.sum(values), 0.0)
+        )
+        .where(*where, MetricRow.name == POINT_STEP_SECONDS)
+        .group_by(MetricRow.job_id, MetricRow.trial_index)
+    ).all()
+    return {
+        (row[0], row[1]): HistogramCounts(
+            STEP_SECONDS_BUCKETS, tuple(int(c) for c in row[2:-2]), int(row[-2]), float(row[-1])
+        )
+        for row in rows
+    }
 
 
 def database_source(database: Database, lease_seconds: float) -> SnapshotSource:

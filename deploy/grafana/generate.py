@@ -19,6 +19,8 @@ from typing import Any
 DASHBOARDS_DIR = Path(__file__).resolve().parent / "dashboards"
 DATASOURCE = {"type": "prometheus", "uid": "flatmtl-prometheus"}
 JOB = 'job_id=~"$job_id"'
+RUN = "job {{job_id}} trial {{trial}}"
+"""Legend of a training run: a sweep's trials carry their index; a training job has no trial label."""
 RATE = "$__rate_interval"
 
 
@@ -71,8 +73,8 @@ JOB_VARIABLE = {
 }
 
 
-def _quantiles(metric: str, by: str, selector: str = "", window: str = RATE) -> tuple[Query, ...]:
-    label = "{{" + by.split(",")[0].strip() + "}}" if by else ""
+def _quantiles(metric: str, by: str, selector: str = "", window: str = RATE, label: str = "") -> tuple[Query, ...]:
+    label = label or ("{{" + by.split(",")[0].strip() + "}}" if by else "")
     group = f"{by}, le" if by else "le"
     matchers = f"{{{selector}}}" if selector else ""
     return tuple(
@@ -92,19 +94,19 @@ TRAINING = Dashboard(
     panels=(
         Panel(
             "Throughput",
-            "Samples per second of each running job.",
-            (Query(f"sum by (job_id) (rate(flatmtl_training_samples_total{{{JOB}}}[{RATE}]))", "job {{job_id}}"),),
+            "Samples per second of each running job, and of each running trial of a sweep.",
+            (Query(f"sum by (job_id, trial) (rate(flatmtl_training_samples_total{{{JOB}}}[{RATE}]))", RUN),),
             unit="short",
         ),
         Panel(
             "Step time",
             "Median and 95th percentile step wall time, and the mean.",
             (
-                *_quantiles("flatmtl_training_step_seconds", "job_id", JOB),
+                *_quantiles("flatmtl_training_step_seconds", "job_id, trial", JOB, label=RUN),
                 Query(
-                    f"sum by (job_id) (rate(flatmtl_training_step_seconds_sum{{{JOB}}}[{RATE}]))"
-                    f" / sum by (job_id) (rate(flatmtl_training_step_seconds_count{{{JOB}}}[{RATE}]))",
-                    "{{job_id}} mean",
+                    f"sum by (job_id, trial) (rate(flatmtl_training_step_seconds_sum{{{JOB}}}[{RATE}]))"
+                    f" / sum by (job_id, trial) (rate(flatmtl_training_step_seconds_count{{{JOB}}}[{RATE}]))",
+                    f"{RUN} mean",
                 ),
             ),
             unit="s",
@@ -112,12 +114,12 @@ TRAINING = Dashboard(
         Panel(
             "Per-task loss",
             "Latest training loss of each task.",
-            (Query(f"flatmtl_training_loss{{{JOB}}}", "{{job_id}} {{task}}"),),
+            (Query(f"flatmtl_training_loss{{{JOB}}}", f"{RUN} {{{{task}}}}"),),
         ),
         Panel(
             "Gradient conflict ratio",
             "Share of task pairs whose shared-parameter gradients point against each other (negative inner product).",
-            (Query(f"flatmtl_training_gradient_conflict_ratio{{{JOB}}}", "job {{job_id}}"),),
+            (Query(f"flatmtl_training_gradient_conflict_ratio{{{JOB}}}", RUN),),
             unit="percentunit",
             min=0,
             max=1,
@@ -125,7 +127,7 @@ TRAINING = Dashboard(
         Panel(
             "Task-pair gradient cosine",
             "Cosine similarity of every task pair over time (jobs with at most 8 tasks); blue agrees, red conflicts.",
-            (Query(f"flatmtl_training_gradient_cosine{{{JOB}}}", "{{task_a}} / {{task_b}}"),),
+            (Query(f"flatmtl_training_gradient_cosine{{{JOB}}}", f"{RUN} {{{{task_a}}}} / {{{{task_b}}}}"),),
             kind="heatmap",
             min=-1,
             max=1,
@@ -135,8 +137,8 @@ TRAINING = Dashboard(
             "Gradient cosine, min and mean over pairs",
             "Summary of the pairwise cosines, exported for any number of tasks.",
             (
-                Query(f"flatmtl_training_gradient_cosine_min{{{JOB}}}", "{{job_id}} min"),
-                Query(f"flatmtl_training_gradient_cosine_mean{{{JOB}}}", "{{job_id}} mean"),
+                Query(f"flatmtl_training_gradient_cosine_min{{{JOB}}}", f"{RUN} min"),
+                Query(f"flatmtl_training_gradient_cosine_mean{{{JOB}}}", f"{RUN} mean"),
             ),
             min=-1,
             max=1,
@@ -145,9 +147,11 @@ TRAINING = Dashboard(
             "Gradient magnitude similarity",
             "2|g_a||g_b|/(|g_a|^2+|g_b|^2) per task pair (1: equal norms), with the min and mean over pairs.",
             (
-                Query(f"flatmtl_training_gradient_magnitude_similarity{{{JOB}}}", "{{task_a}} / {{task_b}}"),
-                Query(f"flatmtl_training_gradient_magnitude_similarity_min{{{JOB}}}", "{{job_id}} min"),
-                Query(f"flatmtl_training_gradient_magnitude_similarity_mean{{{JOB}}}", "{{job_id}} mean"),
+                Query(
+                    f"flatmtl_training_gradient_magnitude_similarity{{{JOB}}}", f"{RUN} {{{{task_a}}}} / {{{{task_b}}}}"
+                ),
+                Query(f"flatmtl_training_gradient_magnitude_similarity_min{{{JOB}}}", f"{RUN} min"),
+                Query(f"flatmtl_training_gradient_magnitude_similarity_mean{{{JOB}}}", f"{RUN} mean"),
             ),
             min=0,
             max=1,
@@ -155,17 +159,12 @@ TRAINING = Dashboard(
         Panel(
             "Per-task gradient norm",
             "Norm of each task's gradient of the shared parameters.",
-            (Query(f"flatmtl_training_gradient_norm{{{JOB}}}", "{{job_id}} {{task}}"),),
-        ),
-        Panel(
-            "Sharpness",
-            "Loss increase under the SAM perturbation, per task (sharpness-aware wrappers only).",
-            (Query(f"flatmtl_training_sharpness{{{JOB}}}", "{{job_id}} {{task}}"),),
+            (Query(f"flatmtl_training_gradient_norm{{{JOB}}}", f"{RUN} {{{{task}}}}"),),
         ),
         Panel(
             "SAM and aggregation overhead",
             "Share of each step spent in the wrapper's perturbed passes and in gradient aggregation.",
-            (Query(f"flatmtl_training_step_phase_ratio{{{JOB}}}", "{{job_id}} {{phase}}"),),
+            (Query(f"flatmtl_training_step_phase_ratio{{{JOB}}}", f"{RUN} {{{{phase}}}}"),),
             unit="percentunit",
             min=0,
             max=1,
@@ -173,7 +172,7 @@ TRAINING = Dashboard(
         Panel(
             "Bytes communicated per step",
             "Bytes one rank sends in collectives per step (per-task gradients, Gram, norms).",
-            (Query(f"flatmtl_training_step_communication_bytes{{{JOB}}}", "job {{job_id}}"),),
+            (Query(f"flatmtl_training_step_communication_bytes{{{JOB}}}", RUN),),
             unit="bytes",
         ),
         Panel(

@@ -1,9 +1,7 @@
-"""A real Prometheus server, configured from deploy/prometheus, scraping any target for a test.
+"""A real Prometheus server, configured from deploy/prometheus, and the checks run through its HTTP API.
 
-``check_every_expression(target, ...)`` is the end-to-end check of the operator files: the shipped
-scrape config (with the target and a 1 s interval swapped in) and rules, then every dashboard and
-alert expression run through the HTTP API. The target is a parameter: a stub serving the telemetry
-registry today, the running API when a test starts one.
+:func:`prometheus` runs the shipped scrape config (with the target and a 1 s interval swapped in) and rules;
+:func:`check_every_expression` runs every dashboard and alert expression at one instant and requires data.
 """
 
 from __future__ import annotations
@@ -28,7 +26,9 @@ from tests.deploy.promql import (
     dashboard_expressions,
     grafana_to_promql,
     keep_all_series,
+    metric_names,
     rule_expressions,
+    without_healthy_empty_matchers,
 )
 
 RATE_WINDOW = "1m"
@@ -73,6 +73,7 @@ def wait_for(condition: Callable[[], bool], timeout_s: float, what: str) -> None
 @contextmanager
 def prometheus(target: str, workdir: Path, metrics_path: str = "/metrics") -> Iterator[str]:
     """A Prometheus scraping ``target`` (host:port) every second; yields its base URL, stops it after."""
+    workdir.mkdir(parents=True, exist_ok=True)
     config_path = workdir / "prometheus.yml"
     config_path.write_text(yaml.safe_dump(_config(target, metrics_path)))
     base = f"http://127.0.0.1:{free_port()}"
@@ -90,10 +91,11 @@ def prometheus(target: str, workdir: Path, metrics_path: str = "/metrics") -> It
             stderr=subprocess.STDOUT,
         )
     try:
-        wait_for(lambda: urllib.request.urlopen(f"{base}/-/ready", timeout=1).status == 200, 15, "Prometheus ready")
+        try:
+            wait_for(lambda: urllib.request.urlopen(f"{base}/-/ready", timeout=1).status == 200, 30, "Prometheus")
+        except TimeoutError as error:
+            raise TimeoutError(f"{error}; log:\n{log_path.read_text()}") from error
         yield base
-    except TimeoutError as error:
-        raise TimeoutError(f"{error}; log:\n{log_path.read_text()}") from error
     finally:
         server.terminate()
         try:
@@ -103,45 +105,60 @@ def prometheus(target: str, workdir: Path, metrics_path: str = "/metrics") -> It
             server.wait(timeout=5)
 
 
-def _scrapes(base: str) -> int:
-    """How many scrapes of the target the TSDB holds (samples of its ``up`` series in the last minute)."""
-    result = api_get(base, "/api/v1/query", query="count_over_time(up[1m])")["data"]["result"]
-    return int(float(result[0]["value"][1])) if result else 0
+def query(base: str, expr: str, at: float) -> list[dict[str, Any]]:
+    """An instant query at unix time ``at``; its result vector (fails on a PromQL error)."""
+    answer = api_get(base, "/api/v1/query", query=expr, time=f"{at:.3f}")
+    assert answer["status"] == "success", f"{expr!r} failed: {answer}"
+    return answer["data"]["result"]
 
 
-def check_every_expression(target: str, workdir: Path, *, scrapes: int = 3, metrics_path: str = "/metrics") -> None:
-    """Scrape ``target`` until ``scrapes`` samples are stored, then require every dashboard and alert
-    expression to succeed with a non-empty result and every rule to evaluate without error.
+def exported_names(base: str, at: float) -> set[str]:
+    """Every metric name Prometheus holds a sample of at ``at`` (scraped within the staleness window)."""
+    return {series["metric"]["__name__"] for series in query(base, 'group by (__name__) ({__name__=~".+"})', at)}
 
-    Alert expressions run with ``bool`` comparisons (:func:`keep_all_series`): a healthy target must
-    still produce every series the alert looks at, alarm or not.
+
+def _expressions(job_id: str) -> list[tuple[str, str, bool]]:
+    """(where, expression, whether it selects the job) for every dashboard expression as Grafana sends it with
+    ``job_id`` selected, and every alert expression with ``bool`` comparisons (:func:`keep_all_series`): a
+    healthy service must still produce every series an alert looks at, alarm or not."""
+    found = [
+        (where, grafana_to_promql(expr, RATE_WINDOW, job_id), "$job_id" in expr or "job_id)" in expr)
+        for where, expr in dashboard_expressions()
+    ]
+    return found + [(where, keep_all_series(expr), False) for where, expr in rule_expressions()]
+
+
+def check_every_expression(base: str, at: float, job_id: str) -> None:
+    """Every dashboard and alert expression returns data at ``at``; the job's panels return the job's series.
+
+    An empty result passes only under the rule of :data:`HEALTHY_EMPTY_MATCHERS`. Every metric any expression
+    names must be among those Prometheus scraped (no panel refers to a metric nobody exports).
     """
-    with prometheus(target, workdir, metrics_path) as base:
-        wait_for(lambda: _scrapes(base) >= scrapes, 20, f"{scrapes} scrapes of {target}")
-        up = api_get(base, "/api/v1/query", query="up")["data"]["result"]
-        assert [sample["value"][1] for sample in up] == ["1"], f"target {target} is not up: {up}"
-        expressions = [(where, grafana_to_promql(expr, RATE_WINDOW)) for where, expr in dashboard_expressions()]
-        expressions += [(where, keep_all_series(expr)) for where, expr in rule_expressions()]
-        empty = []
-        for where, expr in expressions:
-            answer = api_get(base, "/api/v1/query", query=expr)
-            assert answer["status"] == "success", f"{where}: {expr!r} failed: {answer}"
-            if not answer["data"]["result"]:
-                empty.append(f"{where}: {expr}")
-        assert not empty, "expressions with no result:\n" + "\n".join(empty)
-        wait_for(
-            lambda: all(
-                rule.get("lastEvaluation", "").startswith("2")
-                for group in api_get(base, "/api/v1/rules")["data"]["groups"]
-                for rule in group["rules"]
-            ),
-            10,
-            "every rule evaluated once",
-        )
-        unhealthy = [
-            (rule["name"], rule.get("lastError"))
-            for group in api_get(base, "/api/v1/rules")["data"]["groups"]
-            for rule in group["rules"]
-            if rule["health"] != "ok"
-        ]
-        assert not unhealthy, f"rules failing to evaluate: {unhealthy}"
+    names = exported_names(base, at)
+    problems = []
+    for where, expr, selects_job in _expressions(job_id):
+        missing = metric_names(expr) - names
+        if missing:
+            problems.append(f"{where}: {sorted(missing)} not scraped")
+            continue
+        result = query(base, expr, at)
+        if not result:
+            fallback = without_healthy_empty_matchers(expr)
+            if fallback is None or not query(base, fallback, at):
+                problems.append(f"{where}: no result for {expr}")
+            continue
+        jobs = {series["metric"].get("job_id") for series in result}
+        if selects_job and job_id not in jobs:
+            problems.append(f"{where}: no series of job {job_id} in {result}")
+    assert not problems, "\n".join(problems)
+
+
+def check_rules_healthy(base: str) -> None:
+    """Every alert rule has been evaluated by the server, and without error."""
+
+    def rules() -> list[dict[str, Any]]:
+        return [rule for group in api_get(base, "/api/v1/rules")["data"]["groups"] for rule in group["rules"]]
+
+    wait_for(lambda: all(rule.get("lastEvaluation", "").startswith("2") for rule in rules()), 10, "rules evaluated")
+    unhealthy = [(rule["name"], rule.get("lastError")) for rule in rules() if rule["health"] != "ok"]
+    assert not unhealthy, f"rules failing to evaluate: {unhealthy}"

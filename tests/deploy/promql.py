@@ -98,13 +98,31 @@ def metric_names(expr: str) -> set[str]:
     return names
 
 
-def grafana_to_promql(expr: str, rate_window: str) -> str:
-    """A dashboard query as Prometheus can run it: every job selected, ``$__rate_interval`` fixed,
-    and a ``label_values(metric, label)`` variable query reduced to its metric."""
+def grafana_to_promql(expr: str, rate_window: str, job_id: str) -> str:
+    """A dashboard query as Grafana sends it with ``job_id`` selected: the job variable and
+    ``$__rate_interval`` substituted, and a ``label_values(metric, label)`` variable query reduced to its metric."""
     match = _LABEL_VALUES.match(expr.strip())
     if match:
         return match.group(1)
-    return expr.replace('"$job_id"', '".+"').replace("$__rate_interval", rate_window)
+    return expr.replace("$job_id", job_id).replace("$__rate_interval", rate_window)
+
+
+HEALTHY_EMPTY_MATCHERS = ('status=~"5.."',)
+"""Label matchers that select nothing while the service is healthy (no request has failed yet).
+
+An expression with no result passes only if it holds one of these matchers and, with the matcher removed,
+returns data: the metric is exported and the expression is well-formed; only the failure it counts is absent.
+Counters of failures, lease expirations and retries need no such rule: they are exported at 0.
+"""
+
+
+def without_healthy_empty_matchers(expr: str) -> str | None:
+    """``expr`` with every :data:`HEALTHY_EMPTY_MATCHERS` matcher removed; None if it holds none."""
+    stripped = expr
+    for matcher in HEALTHY_EMPTY_MATCHERS:
+        stripped = re.sub(r"\{\s*" + re.escape(matcher) + r"\s*\}", "", stripped)
+        stripped = re.sub(r",\s*" + re.escape(matcher) + r"|" + re.escape(matcher) + r"\s*,\s*", "", stripped)
+    return None if stripped == expr else stripped
 
 
 def keep_all_series(expr: str) -> str:

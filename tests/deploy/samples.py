@@ -6,7 +6,7 @@ import itertools
 import math
 
 from service import telemetry
-from service.telemetry import HistogramCounts, RunningJob, Snapshot
+from service.telemetry import HistogramCounts, RunningJob, Snapshot, TrainingSeries
 
 TASKS = ("segmentation", "depth", "normal")
 
@@ -34,8 +34,14 @@ def _training_latest(scrape: int) -> dict[str, float]:
     return {name: value for _, name, value in points}
 
 
+def _series(trial: int | None, scrape: int) -> TrainingSeries:
+    step_seconds = HistogramCounts.of([0.2] * (10 * scrape), telemetry.STEP_SECONDS_BUCKETS)
+    return TrainingSeries(trial, _training_latest(scrape), step_seconds)
+
+
 def snapshot(scrape: int) -> Snapshot:
-    """The control plane and one running job after ``scrape`` scrapes (counters grow with it)."""
+    """The control plane, a running training job (7) and a sweep (8) with two running trials, after ``scrape``
+    scrapes (counters grow with it)."""
     return Snapshot(
         jobs_by_state={"queued": 1, "running": 1, "succeeded": scrape, "failed": scrape, "cancelled": 0},
         queue_wait=HistogramCounts.of([3.0 * k for k in range(scrape + 1)], telemetry.QUEUE_WAIT_BUCKETS),
@@ -46,12 +52,8 @@ def snapshot(scrape: int) -> Snapshot:
         worker_heartbeat_age_seconds={"worker-0": 2.0},
         workers_alive=1,
         running_jobs=(
-            RunningJob(
-                job_id=7,
-                attempt=2,
-                latest=_training_latest(scrape),
-                step_seconds=HistogramCounts.of([0.2] * (10 * scrape), telemetry.STEP_SECONDS_BUCKETS),
-            ),
+            RunningJob(job_id=7, attempt=2, series=(_series(None, scrape),)),
+            RunningJob(job_id=8, attempt=1, series=(_series(0, scrape), _series(3, scrape))),
         ),
     )
 

@@ -12,9 +12,11 @@ from tests.deploy.promql import (
     DASHBOARD_FILES,
     PROMETHEUS_SERIES,
     dashboard_expressions,
+    grafana_to_promql,
     load_generator,
     metric_names,
     rule_expressions,
+    without_healthy_empty_matchers,
 )
 
 
@@ -74,3 +76,22 @@ def test_expressions_refer_only_to_exported_metrics(where: str, expr: str) -> No
     assert names, f"{where}: no metric found in {expr!r}"
     unknown = names - telemetry.sample_names() - PROMETHEUS_SERIES
     assert not unknown, f"{where}: {sorted(unknown)} are not exported by service.telemetry"
+
+
+@pytest.mark.parametrize(
+    ("expr", "expected"),
+    [
+        ('sum(rate(a{status=~"5.."}[1m])) / sum(rate(a[1m]))', "sum(rate(a[1m])) / sum(rate(a[1m]))"),
+        ('a{route="/x", status=~"5.."}', 'a{route="/x"}'),
+        ('a{status=~"5..", route="/x"}', 'a{route="/x"}'),
+        ('a{status=~"4.."}', None),
+    ],
+)
+def test_the_healthy_empty_rule_drops_only_its_matchers(expr: str, expected: str | None) -> None:
+    assert without_healthy_empty_matchers(expr) == expected
+
+
+def test_dashboard_queries_are_sent_with_the_job_selected() -> None:
+    expr = 'sum by (job_id) (rate(a{job_id=~"$job_id"}[$__rate_interval]))'
+    assert grafana_to_promql(expr, "1m", "12") == 'sum by (job_id) (rate(a{job_id=~"12"}[1m]))'
+    assert grafana_to_promql("label_values(flatmtl_job_attempt, job_id)", "1m", "12") == "flatmtl_job_attempt"

@@ -11,9 +11,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from service import telemetry
 from service.db import Database
-from service.models import Event, Job
+from service.models import Event, Job, Trial
 from service.models import Metric as MetricRow
-from service.telemetry import HistogramCounts, RunningJob, Snapshot, Telemetry
+from service.telemetry import HistogramCounts, RunningJob, Snapshot, Telemetry, TrainingSeries
 from tests.deploy.samples import snapshot
 from workers.mtl import diagnostics
 
@@ -76,7 +76,7 @@ def test_large_jobs_export_summaries_only() -> None:
 
 
 def _with_job(base: Snapshot, latest: dict[str, float]) -> Snapshot:
-    job = RunningJob(9, 1, latest, HistogramCounts.empty(telemetry.STEP_SECONDS_BUCKETS))
+    job = RunningJob(9, 1, (TrainingSeries(None, latest, HistogramCounts.empty(telemetry.STEP_SECONDS_BUCKETS)),))
     return Snapshot(**{**base.__dict__, "running_jobs": (job,)})
 
 
@@ -193,11 +193,14 @@ def test_database_source_reads_the_control_plane_and_running_jobs(db: Database) 
     assert result.workers_alive == 1
     (job,) = result.running_jobs
     assert (job.job_id, job.attempt) == (running.id, 2)
-    assert math.isnan(job.latest.pop("train/loss/normal"))
-    assert job.latest == {telemetry.POINT_SAMPLES: 64.0, telemetry.POINT_STEP_SECONDS: 3.0, "train/loss/depth": 0.7}
-    step = dict(zip(job.step_seconds.bounds, job.step_seconds.cumulative, strict=True))
-    assert (job.step_seconds.count, step[0.25], step[0.5], step[2.5], step[5.0]) == (2, 0, 1, 1, 2)
-    assert math.isclose(job.step_seconds.total, 3.3)
+    (series,) = job.series
+    assert series.trial is None
+    latest = dict(series.latest)
+    assert math.isnan(latest.pop("train/loss/normal"))
+    assert latest == {telemetry.POINT_SAMPLES: 64.0, telemetry.POINT_STEP_SECONDS: 3.0, "train/loss/depth": 0.7}
+    step = dict(zip(series.step_seconds.bounds, series.step_seconds.cumulative, strict=True))
+    assert (series.step_seconds.count, step[0.25], step[0.5], step[2.5], step[5.0]) == (2, 0, 1, 1, 2)
+    assert math.isclose(series.step_seconds.total, 3.3)
 
 
 def test_database_source_with_an_empty_database(db: Database) -> None:
@@ -208,3 +211,40 @@ def test_database_source_with_an_empty_database(db: Database) -> None:
     samples = _samples(Telemetry(telemetry.database_source(db, lease_seconds=60.0)))
     assert ("flatmtl_telemetry_source_up", {}, 1.0) in samples
     assert ("flatmtl_jobs", {"state": "queued"}, 0.0) in samples
+
+
+def test_a_running_sweep_exports_its_running_trials_only(db: Database) -> None:
+    """Trial series carry the trial index; finished and pending trials' points stay out, and a training job's
+    series carry no trial (an empty label, which Prometheus drops)."""
+    with db.write() as session:
+        train = _job("running", created=60, started=50, lease_owner="w:1", lease_expires_at=NOW)
+        sweep = _job("running", created=60, started=50, lease_owner="w:2", lease_expires_at=NOW)
+        sweep.kind = "sweep"
+        session.add_all([train, sweep])
+        session.flush()
+        for index, state in enumerate(("running", "succeeded", "pending", "running")):
+            session.add(Trial(job_id=sweep.id, trial_index=index, config={}, state=state))
+        _, _, latest = _points(2)
+        rows = [(train.id, None), (sweep.id, 0), (sweep.id, 1), (sweep.id, 3)]
+        for job_id, trial in rows:
+            for name, value in latest.items():
+                session.add(MetricRow(job_id=job_id, trial_index=trial, step=3, name=name, value=value, created_at=NOW))
+        session.add(MetricRow(job_id=sweep.id, trial_index=3, step=1, name=telemetry.POINT_STEP_SECONDS, value=9.0))
+
+    samples = _samples(Telemetry(telemetry.database_source(db, lease_seconds=60.0)))
+    throughput = {
+        (labels["job_id"], labels["trial"]): value
+        for name, labels, value in samples
+        if name == "flatmtl_training_samples_total"
+    }
+    assert throughput == {(str(train.id), ""): 96.0, (str(sweep.id), "0"): 96.0, (str(sweep.id), "3"): 96.0}
+    steps = {
+        (labels["job_id"], labels["trial"]): value
+        for name, labels, value in samples
+        if name == "flatmtl_training_step_seconds_count"
+    }
+    assert steps == {(str(train.id), ""): 1.0, (str(sweep.id), "0"): 1.0, (str(sweep.id), "3"): 2.0}
+    attempts = [labels["job_id"] for name, labels, _ in samples if name == "flatmtl_job_attempt"]
+    assert sorted(attempts) == sorted([str(train.id), str(sweep.id)])
+    losses = {(labels["trial"], labels["task"]) for name, labels, _ in samples if name == "flatmtl_training_loss"}
+    assert losses == {(trial, f"task{k}") for trial in ("", "0", "3") for k in range(2)}
