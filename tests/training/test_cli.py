@@ -127,7 +127,7 @@ def test_flatness_of_the_trained_checkpoint(finished_run: tuple[Path, list[dict]
         ({"method": {"wrapper": {"name": "sam", "hparams": {"rho": -1}}}}, "method.wrapper.hparams.rho", "[0"),
         ({"optimizer": {"name": "lbfgs"}}, "optimizer.name", "adam"),
         ({"problem_options": {"train_size": 64, "colour": True}}, "problem_options", "train_size"),
-        ({"sharding": "zero3", "processes": 2}, "sharding", "zero1"),
+        ({"sharding": "zero4", "processes": 2}, "sharding", "zero3"),
         ({"model": "mlp", "model_options": {"depth": 3}}, "model_options", "hidden"),
         ({"problem_options": {"references": {"top_left/entropy": 1.0}}}, "problem_options.references", "accuracy"),
     ],

@@ -24,7 +24,6 @@ from service.validation import problems as validation_problems
 from workers.training.errors import ConfigError, ConfigProblem
 
 REFERENCES_KEY = "references"
-SUPPORTED_SHARDING = ("none", "zero1", "zero2")
 DTYPES = ("float32", "float64")
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -135,22 +134,11 @@ def model_name(spec: TrainSpec) -> str | None:
 
 def check_runnable(spec: TrainSpec, source: str = "") -> None:
     """Build the problem, model and methods once on CPU (no data is loaded) so the config fails now, not
-    mid-run; also refuse what the engine cannot do (ZeRO-3)."""
+    mid-run. Every ``sharding`` value runs (TrainSpec already refuses methods that cannot be sharded)."""
     from workers import mtl, problems
     from workers.mtl.errors import MethodError
 
     found: list[ConfigProblem] = []
-    if spec.sharding not in SUPPORTED_SHARDING:
-        found.append(
-            ConfigProblem(
-                "sharding",
-                spec.sharding,
-                "ZeRO-3 needs the parameters themselves partitioned (gathered per layer for forward and backward); "
-                "workers.engine shards gradients and optimizer state but keeps parameters replicated "
-                "(ShardedFlatParams), so zero3 cannot run yet",
-                ", ".join(SUPPORTED_SHARDING),
-            )
-        )
     try:
         options, references = split_references(spec)
     except ConfigError as error:

@@ -9,6 +9,11 @@ Modes, by ``processes`` and ``sharding``:
   (``ShardedOptimizer`` over a shard view): any method runs, since every rank still sees whole gradients.
 - zero2: per-task gradients are reduce-scattered (``ShardedMTLStep``) and each rank aggregates and
   optimizes only its shard; only shardable methods (TrainSpec refuses the others).
+- zero3: as zero2, and the shared parameters themselves are kept only as this rank's shard between steps,
+  all-gathered for each step (and for evaluation and checkpoints, which hold the full model on rank 0).
+
+Distributed runs average the normalization layers' running statistics over ranks after every step
+(``RunningStatisticsAverager``), so every rank evaluates with the same buffers.
 
 Steps are counted from 1 across epochs. Between steps the loop checks the stop request (``should_stop``
 locally, a shared event across ranks, agreed on with one tiny all-reduce so every rank stops at the same
@@ -20,6 +25,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -89,7 +95,7 @@ class Trainer:
         self.should_stop = should_stop
         self.on_epoch = on_epoch
         self.dtype = getattr(torch, options.dtype)
-        self.sharded_optimizer = spec.sharding in ("zero1", "zero2")
+        self.sharded_optimizer = spec.sharding in ("zero1", "zero2", "zero3")
         self.started = time.perf_counter()
 
         checkpoint.seed_everything(spec.seed)
@@ -140,6 +146,7 @@ class Trainer:
         }
         heads = [p for head in self.model.task_parameters() for p in head]
         self.shard_view: engine.ShardedFlatParams | None = None
+        self.running_statistics: engine.RunningStatisticsAverager | None = None
         if not self.ctx.distributed:
             self.step = mtl.MTLStep.from_model(self.model, **kwargs)
             self.optimizer: Any = build_optimizer(
@@ -148,13 +155,20 @@ class Trainer:
             self.torch_optimizer: torch.optim.Optimizer = self.optimizer
             return
         collectives = engine.Collectives()
+        self.running_statistics = engine.RunningStatisticsAverager(self.model, collectives)
         factory, opt_options = optimizer_options(self.spec.optimizer)
         shared = self.model.shared_parameters()
-        if self.spec.sharding == "zero2":
+        if self.spec.sharding in ("zero2", "zero3"):
             comm = engine.sharded_comm(shared, collectives)
-            self.step = engine.ShardedMTLStep.from_model(self.model, comm=comm, **kwargs)
+            self.step = engine.ShardedMTLStep.from_model(
+                self.model, comm=comm, partition_parameters=self.spec.sharding == "zero3", **kwargs
+            )
             self.optimizer = engine.ShardedOptimizer(
-                self.step.shared, [*heads, *self.step.parameters()], factory, **opt_options
+                self.step.shared,
+                [*heads, *self.step.parameters()],
+                factory,
+                partition=self.step.partition,
+                **opt_options,
             )
         else:
             self.step = mtl.MTLStep.from_model(self.model, comm=engine.DataParallelComm(collectives), **kwargs)
@@ -168,6 +182,12 @@ class Trainer:
                     self.spec.optimizer, [*self.model.parameters(), *self.step.parameters()]
                 )
         self.torch_optimizer = self.optimizer.optimizer if self.sharded_optimizer else self.optimizer
+
+    def _full_parameters(self) -> AbstractContextManager[None]:
+        """The whole model inside the block: under zero3 a gather on every rank, otherwise nothing to do."""
+        from workers import engine
+
+        return self.step.full_parameters() if isinstance(self.step, engine.ShardedMTLStep) else nullcontext()
 
     # ---- checkpoints -------------------------------------------------------------------------------
     def _check_compatible(self, saved: dict[str, Any]) -> None:
@@ -199,6 +219,10 @@ class Trainer:
         """Write ``latest`` (and ``epoch_NNNN`` at an epoch end when asked); a collective on every rank."""
         optimizer_states = self._gather(self.torch_optimizer.state_dict())
         rng_states = self._gather(checkpoint.capture_rng())
+        with self._full_parameters():
+            # a copy: zero3 frees the gathered tensors when the block ends
+            state = self.model.state_dict() if self.ctx.leader else {}
+            model_state = {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
         if not self.ctx.leader:
             return
         payload = {
@@ -206,7 +230,7 @@ class Trainer:
             "dtype": self.options.dtype,
             "world_size": self.ctx.world_size,
             "position": {"epoch": self.epoch, "batch": self.batch, "step": self.global_step},
-            "model": _to_cpu(self.model.state_dict()),
+            "model": model_state,
             "optimizer": optimizer_states,
             "scheduler": self.scheduler.state_dict(),
             "mtl_step": _to_cpu(self.step.state_dict()),
@@ -274,6 +298,8 @@ class Trainer:
                 step=self.global_step + 1,
                 epoch=self.epoch + 1,
             ) from error
+        if self.running_statistics is not None:
+            self.running_statistics()
         if self.shard_view is not None:
             shared = self.shard_view.params
             self.shard_view.grad_shard = self.shard_view.layout.local(self.shard_view.flatten([p.grad for p in shared]))
@@ -365,17 +391,18 @@ class Trainer:
     def _end_epoch(self) -> None:
         self.step.end_epoch()
         split = self.options.eval_split
-        results = evaluate(
-            self.problem,
-            self.model,
-            split,
-            device=self.ctx.device,
-            dtype=self.dtype,
-            batch_size=self.options.eval_batch_size,
-            rank=self.ctx.rank,
-            world_size=self.ctx.world_size,
-            sum_over_ranks=self._sum_over_ranks,
-        )
+        with self._full_parameters():
+            results = evaluate(
+                self.problem,
+                self.model,
+                split,
+                device=self.ctx.device,
+                dtype=self.dtype,
+                batch_size=self.options.eval_batch_size,
+                rank=self.ctx.rank,
+                world_size=self.ctx.world_size,
+                sum_over_ranks=self._sum_over_ranks,
+            )
         record: dict[str, Any] = {"epoch": self.epoch + 1, "step": self.global_step}
         record["lr"] = self.last_lr
         record.update(self.accumulator.means(self.tasks))
