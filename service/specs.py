@@ -168,6 +168,17 @@ class SchedulerConfig(SpecModel):
     gamma: float = Field(0.1, gt=0, le=1, description="step: decay factor.")
 
 
+class Resources(SpecModel):
+    """What each process (DDP rank) of a run reserves on the Ray cluster; the worker passes it to Ray Train's
+    ScalingConfig. A request the cluster cannot meet (GPUs on a CPU-only cluster) fails the job at claim time."""
+
+    cpus: float = Field(1.0, gt=0, le=1024, description="CPUs per process; also its torch threads.")
+    gpus: float = Field(0.0, ge=0, le=64, description="GPUs per process; > 0 trains on CUDA (NCCL).")
+
+
+PRECISIONS = ("fp32", "bf16")
+
+
 class TrainSpec(SpecModel):
     """One multi-task training run."""
 
@@ -187,6 +198,22 @@ class TrainSpec(SpecModel):
     seed: int = Field(0, ge=0, le=2**32 - 1)
     processes: int = Field(1, ge=1, le=1024, description="Data-parallel workers (DDP ranks).")
     sharding: Sharding = Field("none", description="zero1: optimizer state; zero2: + gradients; zero3: + parameters.")
+    resources: Resources = Field(default_factory=Resources)
+    precision: Literal["fp32", "bf16"] = Field(
+        "fp32", description="bf16: forward passes and losses under bfloat16 autocast (CPU or CUDA); fp32 weights."
+    )
+
+    @field_validator("precision", mode="before")
+    @classmethod
+    def _known_precision(cls, value: Any) -> Any:
+        if value == "fp16":
+            raise field_error(
+                "fp16 needs dynamic loss scaling, which the per-task gradients of the MTL step do not get; "
+                "bf16 has fp32's range and needs none",
+                value=value,
+                allowed=", ".join(PRECISIONS),
+            )
+        return value
 
     @model_validator(mode="after")
     def _shardable(self, info: ValidationInfo) -> TrainSpec:
@@ -237,17 +264,56 @@ class Domain(SpecModel):
 
 
 class TuneSchedulerConfig(SpecModel):
-    """How trials are stopped early or perturbed (Ray Tune's FIFO, ASHA or PBT)."""
+    """How trials are stopped early or perturbed (Ray Tune's FIFO, ASHA or PBT).
+
+    PBT (population based training) copies a better trial's checkpoint into a worse one every
+    ``perturbation_interval`` epochs and perturbs the ``mutate`` fields of its config; a trial resumes from the
+    copied checkpoint, whose model, optimizer and schedule state it keeps, so only method hyper-parameters
+    (``method.<kind>.hparams.<name>``) may be mutated.
+    """
 
     name: Literal["fifo", "asha", "pbt"] = "fifo"
     grace_period: int = Field(1, ge=1, le=100_000, description="asha: epochs before a trial may be stopped.")
     reduction_factor: float = Field(2.0, gt=1, le=100, description="asha: keep 1/reduction_factor per rung.")
-    perturbation_interval: int = Field(1, ge=1, le=100_000, description="pbt: epochs between perturbations.")
+    perturbation_interval: int | None = Field(
+        None, ge=1, le=100_000, description="pbt (required): epochs between perturbations."
+    )
+    mutate: list[str] | None = Field(
+        None,
+        min_length=1,
+        max_length=32,
+        description="pbt: the search-space fields it perturbs (short paths like wrapper.rho allowed); "
+        "default: every field of the space.",
+    )
+    quantile_fraction: float = Field(
+        0.25, gt=0, le=0.5, description="pbt: the bottom share of trials that clone the top share."
+    )
+    resample_probability: float = Field(
+        0.25, ge=0, le=1, description="pbt: chance that a mutated value is drawn afresh rather than perturbed."
+    )
 
-
-class TrialResources(SpecModel):
-    cpus: float = Field(1.0, gt=0, le=1024, description="CPUs per process of a trial.")
-    gpus: float = Field(0.0, ge=0, le=64, description="GPUs per process of a trial.")
+    @model_validator(mode="after")
+    def _fits_scheduler(self) -> TuneSchedulerConfig:
+        given = self.model_fields_set
+        pbt_only = ("perturbation_interval", "mutate", "quantile_fraction", "resample_probability")
+        if self.name == "pbt":
+            if self.perturbation_interval is None:
+                raise field_error(
+                    "pbt needs perturbation_interval (epochs between perturbations)",
+                    subloc=("perturbation_interval",),
+                    value=None,
+                    allowed="an integer >= 1",
+                )
+        else:
+            for key in pbt_only:
+                if key in given and getattr(self, key) != type(self).model_fields[key].default:
+                    raise field_error(
+                        f"{key} applies to pbt only, not {self.name}",
+                        subloc=(key,),
+                        value=getattr(self, key),
+                        allowed="pbt",
+                    )
+        return self
 
 
 def _leaf_paths(model: type[BaseModel], prefix: str = "") -> list[str]:
@@ -263,7 +329,8 @@ def _leaf_paths(model: type[BaseModel], prefix: str = "") -> list[str]:
 
 
 OPTION_FIELDS = ("problem_options", "model_options")
-SWEEPABLE = tuple(p for p in _leaf_paths(TrainSpec) if p not in OPTION_FIELDS)
+SWEEPABLE = tuple(p for p in _leaf_paths(TrainSpec) if p not in OPTION_FIELDS and not p.startswith("resources."))
+"""Resources are the sweep's (``resources_per_trial``), one value for every trial, so they are not swept."""
 
 
 def _set_path(document: dict[str, Any], path: str, value: Any) -> None:
@@ -278,6 +345,17 @@ def _set_path(document: dict[str, Any], path: str, value: Any) -> None:
     node[leaf] = value
 
 
+def _expand_short_path(path: str) -> str:
+    """``wrapper.rho`` is shorthand for ``method.wrapper.hparams.rho`` (likewise weighting, aggregator)."""
+    parts = path.split(".")
+    return f"method.{parts[0]}.hparams.{parts[1]}" if len(parts) == 2 and parts[0] in KINDS else path
+
+
+def _is_method_hparam(path: str) -> bool:
+    parts = path.split(".")
+    return len(parts) == 4 and parts[0] == "method" and parts[1] in KINDS and parts[2] == "hparams"
+
+
 class SweepSpec(SpecModel):
     """A search over a training spec's fields, run as Ray Tune trials that are each a training run."""
 
@@ -285,13 +363,17 @@ class SweepSpec(SpecModel):
     name: JobName | None = None
     base: TrainSpec
     space: dict[str, Domain] = Field(min_length=1, max_length=32)
-    search: Literal["grid", "random"] = "grid"
+    search: Literal["grid", "random", "optuna"] = Field(
+        "grid", description="optuna: Optuna's TPE sampler (seeded by base.seed) proposes each trial from the last."
+    )
     scheduler: TuneSchedulerConfig = Field(default_factory=TuneSchedulerConfig)
     metric: MetricName
     mode: Literal["min", "max"]
-    num_trials: int | None = Field(None, ge=1, le=MAX_TRIALS, description="random: required; grid: the grid's size.")
+    num_trials: int | None = Field(
+        None, ge=1, le=MAX_TRIALS, description="random and optuna: required; grid: the grid's size."
+    )
     max_concurrent_trials: int | None = Field(None, ge=1, le=1024)
-    resources_per_trial: TrialResources = Field(default_factory=TrialResources)
+    resources_per_trial: Resources | None = Field(None, description="Per process of a trial; default: base.resources.")
 
     @field_validator("space", mode="before")
     @classmethod
@@ -301,8 +383,7 @@ class SweepSpec(SpecModel):
             return space
         expanded: dict[str, Any] = {}
         for path, domain in space.items():
-            parts = str(path).split(".")
-            full = f"method.{parts[0]}.hparams.{parts[1]}" if len(parts) == 2 and parts[0] in KINDS else path
+            full = _expand_short_path(str(path))
             if full in expanded:
                 raise field_error(f"{path!r} and {full!r} name the same field", subloc=(path,), value=path)
             expanded[full] = domain
@@ -389,14 +470,59 @@ class SweepSpec(SpecModel):
             grids = [p for p, d in self.space.items() if d.type == "grid"]
             if grids:
                 raise field_error(
-                    f"random search samples; {', '.join(grids)} use grid, use type='choice'",
+                    f"{self.search} search samples; {', '.join(grids)} use grid, use type='choice'",
                     subloc=("space", grids[0]),
                     value="grid",
                     allowed="choice, uniform, loguniform",
                 )
             if self.num_trials is None:
-                raise field_error("random search needs num_trials", subloc=("num_trials",), value=None, allowed=">= 1")
+                raise field_error(
+                    f"{self.search} search needs num_trials", subloc=("num_trials",), value=None, allowed=">= 1"
+                )
         return self
+
+    @model_validator(mode="after")
+    def _scheduler_fits_space(self) -> SweepSpec:
+        if self.scheduler.name != "pbt":
+            return self
+        if self.search == "optuna":
+            raise field_error(
+                "pbt chooses each trial's next config itself and cannot follow optuna's suggestions",
+                subloc=("search",),
+                value=self.search,
+                allowed="grid, random",
+            )
+        mutate = self.scheduler.mutate or sorted(self.space)
+        expanded = [_expand_short_path(path) for path in mutate]
+        for index, (given, path) in enumerate(zip(mutate, expanded, strict=True)):
+            if path not in self.space:
+                allowed = ", ".join(sorted(self.space))
+                raise field_error(
+                    f"pbt can mutate only fields of the search space; {given!r} is not one (allowed: {allowed})",
+                    subloc=("scheduler", "mutate", str(index)),
+                    value=given,
+                    allowed=allowed,
+                )
+            if not _is_method_hparam(path):
+                raise field_error(
+                    f"pbt mutates method hyper-parameters only: a trial resumes from another trial's checkpoint, "
+                    f"which restores its optimizer and schedule state, so {path!r} cannot change mid-run",
+                    subloc=("scheduler", "mutate", str(index)) if self.scheduler.mutate else ("space", path),
+                    value=path,
+                    allowed="method.<kind>.hparams.<name> fields of the space",
+                )
+        if len(set(expanded)) != len(expanded):
+            raise field_error("pbt's mutate lists a field twice", subloc=("scheduler", "mutate"), value=mutate)
+        return self
+
+    def mutated_paths(self) -> list[str]:
+        """PBT's perturbed fields as full dotted paths (empty for other schedulers)."""
+        if self.scheduler.name != "pbt":
+            return []
+        return [_expand_short_path(path) for path in self.scheduler.mutate or sorted(self.space)]
+
+    def trial_resources(self) -> Resources:
+        return self.resources_per_trial or self.base.resources
 
     def grid_size(self) -> int:
         return math.prod(len(d.values or ()) for d in self.space.values())

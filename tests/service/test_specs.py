@@ -216,3 +216,87 @@ def test_a_dumped_sgd_spec_validates_again() -> None:
         {"problem": "multi_digits", "optimizer": {"name": "sgd", "lr": 0.1, "momentum": 0.9}}
     )
     assert TrainSpec.model_validate(spec.model_dump()) == spec
+
+
+RHO_ALPHA = {
+    "wrapper.rho": {"type": "grid", "values": [0.01, 0.1]},
+    "wrapper.alpha": {"type": "grid", "values": [0.25, 0.75]},
+}
+
+
+def samo_sweep(space: dict[str, Any], **fields: Any) -> dict[str, Any]:
+    base = train(method={"wrapper": "samo"})
+    return {"base": base, "space": space, "metric": "test/mean/accuracy", "mode": "max", **fields}
+
+
+def test_a_pbt_sweep_mutates_the_space_fields_it_names() -> None:
+    every = SweepSpec.model_validate(
+        samo_sweep(RHO_ALPHA, scheduler={"name": "pbt", "perturbation_interval": 2}), context=CONTEXT
+    )
+    assert every.mutated_paths() == ["method.wrapper.hparams.alpha", "method.wrapper.hparams.rho"]
+    one = SweepSpec.model_validate(
+        samo_sweep(RHO_ALPHA, scheduler={"name": "pbt", "perturbation_interval": 1, "mutate": ["wrapper.rho"]}),
+        context=CONTEXT,
+    )
+    assert one.mutated_paths() == ["method.wrapper.hparams.rho"]
+    assert SweepSpec.model_validate(samo_sweep(RHO_ALPHA), context=CONTEXT).mutated_paths() == []
+
+
+@pytest.mark.parametrize(
+    ("space", "extra", "field", "fragment"),
+    [
+        (RHO_ALPHA, {"scheduler": {"name": "pbt"}}, "scheduler.perturbation_interval", "needs perturbation_interval"),
+        (
+            RHO_ALPHA,
+            {"scheduler": {"name": "pbt", "perturbation_interval": 1, "mutate": ["wrapper.rho", "optimizer.lr"]}},
+            "scheduler.mutate.1",
+            "only fields of the search space",
+        ),
+        (
+            {"optimizer.lr": {"type": "grid", "values": [0.001, 0.01]}},
+            {"scheduler": {"name": "pbt", "perturbation_interval": 1}},
+            "space['optimizer.lr']",
+            "method hyper-parameters only",
+        ),
+        (
+            RHO_ALPHA,
+            {"scheduler": {"name": "asha", "perturbation_interval": 2}},
+            "scheduler.perturbation_interval",
+            "applies to pbt only",
+        ),
+        (
+            {"wrapper.rho": {"type": "uniform", "low": 0.001, "high": 0.1}},
+            {"search": "optuna", "num_trials": 4, "scheduler": {"name": "pbt", "perturbation_interval": 1}},
+            "search",
+            "cannot follow optuna",
+        ),
+        ({"wrapper.rho": {"type": "uniform", "low": 0.001, "high": 0.1}}, {"search": "optuna"}, "num_trials", "optuna"),
+        (RHO_ALPHA, {"search": "optuna", "num_trials": 4}, "space['method.wrapper.hparams.rho']", "use type='choice'"),
+        ({"resources.gpus": {"type": "grid", "values": [0, 1]}}, {}, "space['resources.gpus']", "unknown field"),
+    ],
+)
+def test_bad_schedulers_and_searches_name_the_field(
+    space: dict[str, Any], extra: dict[str, Any], field: str, fragment: str
+) -> None:
+    problem = refusal(SweepSpec, samo_sweep(space, **extra))
+    assert problem.field == field and fragment in problem.message, problem
+
+
+def test_resources_and_precision_of_a_run() -> None:
+    spec = TrainSpec.model_validate(train(resources={"cpus": 2, "gpus": 0.5}, precision="bf16"), context=CONTEXT)
+    assert (spec.resources.cpus, spec.resources.gpus, spec.precision) == (2.0, 0.5, "bf16")
+    default = TrainSpec.model_validate(train(), context=CONTEXT)
+    assert (default.resources.cpus, default.resources.gpus, default.precision) == (1.0, 0.0, "fp32")
+    fp16 = refusal(TrainSpec, train(precision="fp16"))
+    assert (fp16.field, fp16.value, fp16.allowed) == ("precision", "fp16", "fp32, bf16")
+    assert "loss scaling" in fp16.message
+    assert refusal(TrainSpec, train(resources={"cpus": 0})).field == "resources.cpus"
+    assert refusal(TrainSpec, train(resources={"gpus": -1})).field == "resources.gpus"
+
+
+def test_a_sweep_takes_the_base_resources_unless_it_names_its_own() -> None:
+    document = samo_sweep(RHO_ALPHA)
+    document["base"]["resources"] = {"cpus": 2}
+    assert SweepSpec.model_validate(document, context=CONTEXT).trial_resources().cpus == 2.0
+    document["resources_per_trial"] = {"cpus": 0.5}
+    assert SweepSpec.model_validate(document, context=CONTEXT).trial_resources().cpus == 0.5

@@ -1,4 +1,5 @@
-"""The Tune callback and stopper that connect a running sweep to the worker's sink (Ray imported here only)."""
+"""The callbacks and stopper between a running sweep and the worker's sink, and between a trial's Ray Train run and
+its Tune trial (Ray imported here only)."""
 
 from __future__ import annotations
 
@@ -6,8 +7,10 @@ from collections.abc import Callable
 from typing import Any
 
 from ray import tune
+from ray.train.v2.api.callback import UserCallback
 
 from workers.worker.runner import TrialSink
+from workers.worker.search import trial_index
 
 
 class _SinkHolder:
@@ -39,19 +42,21 @@ class Bridge(_SinkHolder, tune.Callback):
         self.release = lambda index: None
 
     def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
-        self.sink.trial_started(trial.config["trial_index"])
+        self.sink.trial_started(trial_index(trial.trial_name))
 
     def on_trial_result(self, iteration: int, trials: list[Any], trial: Any, result: dict, **info: Any) -> None:
-        self.sink.trial_result(trial.config["trial_index"], result)
+        self.sink.trial_result(trial_index(trial.trial_name), {**result, "config": dict(trial.config)})
 
     def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
-        self.release(trial.config["trial_index"])
-        self.sink.trial_ended(trial.config["trial_index"], None)
+        index = trial_index(trial.trial_name)
+        self.release(index)
+        self.sink.trial_ended(index, None)
 
     def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
-        self.release(trial.config["trial_index"])
+        index = trial_index(trial.trial_name)
+        self.release(index)
         error = trial.get_error()
-        self.sink.trial_ended(trial.config["trial_index"], str(error) if error is not None else "the trial failed")
+        self.sink.trial_ended(index, str(error) if error is not None else "the trial failed")
 
 
 class StopWhenAsked(_SinkHolder, tune.Stopper):
@@ -62,3 +67,14 @@ class StopWhenAsked(_SinkHolder, tune.Stopper):
 
     def stop_all(self) -> bool:
         return self.sink.should_stop()
+
+
+class ForwardReports(UserCallback):
+    """Ray Train's epoch reports (rank 0's), from the Train controller to the trial function through a Ray queue,
+    where the trial reports them to Tune itself (with a checkpoint under PBT)."""
+
+    def __init__(self, reports: Any) -> None:
+        self.reports = reports
+
+    def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
+        self.reports.put(dict(metrics[0]))

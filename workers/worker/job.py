@@ -33,7 +33,10 @@ MAX_ERROR_CHARS = 2000
 
 @dataclass
 class TrialState:
+    """``config``: the trial's point of the search space; Optuna chooses it, and PBT changes it, while it runs."""
+
     plan: TrialPlan
+    config: dict[str, Any] = field(default_factory=dict)
     state: str = "pending"
     best: float | None = None
     epochs: int = 0
@@ -48,7 +51,7 @@ def _shorten(text: str) -> str:
 class JobRun:
     def __init__(self, db: Database, lease: queue.Lease, plan: JobPlan, paths: JobPaths, log: logging.Logger) -> None:
         self.db, self.lease, self.plan, self.paths, self.log = db, lease, plan, paths, log
-        self.trials = {trial.index: TrialState(trial) for trial in plan.trials}
+        self.trials = {trial.index: TrialState(trial, dict(trial.config)) for trial in plan.trials}
         self.stop_reason: str | None = None
         self._stopped = threading.Event()
         self._lock = threading.Lock()
@@ -70,6 +73,7 @@ class JobRun:
             row = stored.get(index)
             if row is not None:
                 trial.state, trial.best = row.state, row.best_metric
+                trial.config = dict(row.config or trial.config)
             if self.plan.kind == "train" or trial.state not in FINAL_TRIAL_STATES:
                 todo.append(index)
                 self._log_checkpoint(trial.plan)
@@ -124,7 +128,7 @@ class JobRun:
         self._fenced(
             queue.record_trial,
             trial.plan.index,
-            config=trial.plan.config,
+            config=trial.config,
             state=trial.state,
             best_metric=trial.best,
             result=result,
@@ -133,11 +137,16 @@ class JobRun:
     def trial_started(self, index: int) -> None:
         trial = self.trials[index]
         trial.state = "running"
-        self.log.info("trial %d started: %s", index, trial.plan.config or "training run")
+        self.log.info(
+            "trial %d started: %s", index, trial.config or ("training run" if self.plan.kind == "train" else "")
+        )
         self._write_trial(trial)
 
     def trial_result(self, index: int, result: dict[str, Any]) -> None:
         trial = self.trials[index]
+        tune_config = result.get("config")
+        if self.plan.sweep is not None and isinstance(tune_config, dict):
+            trial.config.update({path: tune_config[path] for path in self.plan.sweep.space if path in tune_config})
         trial.epochs = int(result.get("epoch", trial.epochs + 1))
         trial.last = {k: v for k, v in epoch_record(result).items() if math.isfinite(v)}
         sweep = self.plan.sweep
@@ -227,7 +236,7 @@ class JobRun:
             "metric": sweep.metric,
             "mode": sweep.mode,
             "best_trial": best.plan.index,
-            "best_config": best.plan.config,
+            "best_config": best.config,
             "best_metric": best.best,
             "best_run_dir": self.relative(run.root),
             "best_summary": self.relative(run.summary) if run.summary.exists() else None,

@@ -4,7 +4,8 @@ A sweep's trials are expanded here, not by Ray Tune's variant generator, so that
 config and the same run directory in every attempt of the job: a requeued sweep resumes each unfinished
 trial from its own checkpoint and keeps the finished ones. Grid search is the Cartesian product of the
 grid domains (paths sorted, values in the given order); random search draws ``num_trials`` points from a
-generator seeded by the base spec's seed. Tune then runs the trials by index (see ``workers.worker.tune``).
+generator seeded by the base spec's seed. Tune then runs the trials by index (see ``workers.worker.search``).
+Optuna's trials get their values from Optuna while the sweep runs; their plans hold the base spec until then.
 """
 
 from __future__ import annotations
@@ -93,8 +94,10 @@ def sample(domain: Domain, rng: np.random.Generator) -> Any:
 
 
 def search_points(sweep: SweepSpec) -> list[dict[str, Any]]:
-    """The sweep's trial configs in trial order."""
+    """The sweep's trial configs in trial order; empty for Optuna, which proposes them while the sweep runs."""
     paths = sorted(sweep.space)
+    if sweep.search == "optuna":
+        return [{} for _ in range(sweep.trial_count())]
     if sweep.search == "grid":
         grids = [sweep.space[path].values or [] for path in paths]
         return [dict(zip(paths, values, strict=True)) for values in itertools.product(*grids)]
@@ -114,10 +117,9 @@ def plan_job(job_id: int, spec_document: dict[str, Any], artifact_root: Path) ->
     spec = parse_spec(spec_document)
     paths = JobPaths(artifact_root, job_id)
     if isinstance(spec, TrainSpec):
-        return JobPlan(job_id, "train", [TrialPlan(0, {}, spec, paths.run)])
+        return JobPlan(job_id, "train", [TrialPlan(0, {}, spec, paths.run)], resources=spec.resources.model_dump())
     trials = [
         TrialPlan(index, config, trial_spec(spec.base, config), paths.trial(index))
         for index, config in enumerate(search_points(spec))
     ]
-    resources = spec.resources_per_trial.model_dump()
-    return JobPlan(job_id, "sweep", trials, sweep=spec, resources=resources)
+    return JobPlan(job_id, "sweep", trials, sweep=spec, resources=spec.trial_resources().model_dump())

@@ -64,14 +64,19 @@ class _LastRecord:
 class EpochReporter:
     """The Trainer's ``stop_event``: reports finished epochs to Ray Train at every poll; never set."""
 
-    def __init__(self, trainer_rank: int) -> None:
+    def __init__(self, trainer_rank: int, *, replay: bool = True) -> None:
         self.leader = trainer_rank == 0
+        self.replay = replay
         self.trainer: Trainer | None = None
         self.recorder: _LastRecord | None = None
         self.reported = 0
 
     def attach(self, trainer: Trainer) -> None:
+        """``replay``: report a resumed run's restored history too (a new Tune run needs whole curves; a PBT
+        clone continuing inside the same Tune run does not)."""
         self.trainer = trainer
+        if not self.replay:
+            self.reported = len(trainer.history)
         if self.leader:
             self.recorder = _LastRecord(trainer.step)
             trainer.step = self.recorder  # type: ignore[assignment]
@@ -116,7 +121,7 @@ def rank_main(config: dict[str, Any]) -> None:
     torch.set_num_threads(options.threads or 1)
     device = ray.train.torch.get_device() if options.device == "cuda" else torch.device("cpu")
     spec: TrainSpec = config["spec"]
-    reporter = EpochReporter(rank)
+    reporter = EpochReporter(rank, replay=config.get("replay", True))
     rank_context = RankContext(rank, world_size, device, distributed=True, stop_event=reporter)
     trainer = Trainer(spec, RunDirectory(Path(config["run_dir"])), options, rank_context, resume=config["resume"])
     reporter.attach(trainer)

@@ -145,66 +145,136 @@ def finished_summary(run: RunDirectory) -> dict[str, Any] | None:
     return summary if summary.get("status") == STATUS_SUCCEEDED else None
 
 
+def trial_spec_for(trial: dict[str, Any], config: dict[str, Any], payload: dict[str, Any]) -> Any:
+    """The spec a trial trains: the plan's, with the fields Tune chooses (Optuna's, PBT's) from its config."""
+    paths = payload["config_paths"]
+    if not paths:
+        return trial["spec"]
+    from workers.worker.plan import trial_spec
+
+    return trial_spec(payload["base"], {**trial["config"], **{path: config[path] for path in paths}})
+
+
+def _forget_other_config(run: RunDirectory, spec: Any) -> None:
+    """An Optuna trial re-proposed after a requeue trains other values: its old run directory is discarded."""
+    import shutil
+
+    if run.config.exists() and run.read_json(run.config) != spec.model_dump(mode="json"):
+        shutil.rmtree(run.root)
+
+
+def _fit_forwarding(trainer: Any, reports: Any, report: Any) -> None:
+    """``trainer.fit()`` in a thread while this thread hands each epoch report to ``report``: Tune's report (with a
+    checkpoint under PBT) must come from the trial function's own thread."""
+    import threading
+
+    from ray.util.queue import Empty
+
+    failure: list[BaseException] = []
+    done = threading.Event()
+
+    def fit() -> None:
+        try:
+            trainer.fit()
+        except BaseException as error:  # re-raised in the trial's thread below
+            failure.append(error)
+        finally:
+            done.set()
+
+    thread = threading.Thread(target=fit, name="train-fit", daemon=True)
+    thread.start()
+    while True:
+        try:
+            item = reports.get(timeout=0.5)
+        except Empty:
+            if done.is_set() and reports.empty():
+                break
+            continue
+        report(item)
+    thread.join()
+    if failure:
+        raise failure[0]
+
+
 def run_trial(config: dict[str, Any], payload: dict[str, Any]) -> None:
-    """A Tune function trial: one TorchTrainer run of trial ``config["trial_index"]`` (runs in a Ray actor)."""
+    """A Tune function trial: one TorchTrainer run of the plan's trial that Tune's trial name names (in a Ray actor).
+
+    Under PBT a trial restarted with another trial's checkpoint adopts it (``workers.worker.lineage``) and each
+    epoch report carries that epoch's checkpoint to Tune.
+    """
+    import tempfile
+    import uuid
+
     from ray import tune
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
-    from ray.tune.integration.ray_train import TuneReportCallback
+    from ray.util.queue import Queue
 
+    from workers.worker import lineage
+    from workers.worker.callbacks import ForwardReports
     from workers.worker.ranks import rank_main, task_means
+    from workers.worker.search import trial_index
 
-    index = config["trial_index"]
+    context = tune.get_context()
+    index = trial_index(context.get_trial_name())
     trial = payload["trials"][index]
     options = RunOptions(**payload["options"])
     run = RunDirectory(Path(trial["run_dir"]))
+    release_placement_group(run.root)  # left by this trial's previous run when PBT paused it
+    spec = trial_spec_for(trial, config, payload)
+    if payload["search"] == "optuna":
+        _forget_other_config(run, spec)
     if finished_summary(run) is not None:  # trained by an earlier attempt: replay its epochs for the scheduler
         for record in run.read_lines(run.epoch_metrics):
             tune.report({**record, **task_means(record)})
         return
-    resume = prepare_run(run, trial["spec"], options)
+    cloned = tune.get_checkpoint()
+    if cloned is not None:
+        with cloned.as_directory() as directory:
+            lineage.adopt(run, Path(directory), spec, payload["config_paths"])
+    resume = prepare_run(run, spec, options)
+
+    def report(metrics: dict[str, Any]) -> None:
+        if not payload["pbt"]:
+            tune.report(metrics)
+            return
+        with tempfile.TemporaryDirectory(prefix="flatmtl-pbt-") as scratch:
+            exported = Path(scratch) / "checkpoint"
+            if lineage.export(run, index=index, epoch=int(metrics["epoch"]), into=exported):
+                tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(exported))
+            else:
+                tune.report(metrics)
+
     gpus = payload["gpus"]
+    reports = Queue(maxsize=1, actor_options={"num_cpus": 0})
     trainer = TorchTrainer(
         rank_main,
         train_loop_config={
-            "spec": trial["spec"],
+            "spec": spec,
             "run_dir": str(run.root),
             "options": payload["options"],
             "resume": resume,
+            "replay": cloned is None,
         },
         torch_config=TorchConfig(
             backend="nccl" if gpus > 0 else "gloo", timeout_s=int(payload["collective_timeout_s"])
         ),
         scaling_config=ScalingConfig(
-            num_workers=trial["spec"].processes,
+            num_workers=spec.processes,
             use_gpu=gpus > 0,
             resources_per_worker={"CPU": payload["cpus"], **({"GPU": gpus} if gpus > 0 else {})},
         ),
         run_config=RunConfig(
-            name=f"trial-{index:03d}-attempt-{payload['attempt']}",
+            name=f"trial-{index:03d}-attempt-{payload['attempt']}-{uuid.uuid4().hex[:8]}",  # a PBT restart: a new run
             storage_path=payload["storage"],
-            callbacks=[TuneReportCallback()],
+            callbacks=[ForwardReports(reports)],
             failure_config=FailureConfig(max_failures=0, controller_failure_limit=0),
         ),
     )
-    trainer.fit()
-
-
-def _scheduler(plan: JobPlan) -> Any:
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-
-    sweep = plan.sweep
-    if sweep is None or sweep.scheduler.name == "fifo":
-        return FIFOScheduler()
-    if sweep.scheduler.name == "asha":
-        epochs = max(trial.spec.epochs for trial in plan.trials)
-        return ASHAScheduler(
-            time_attr="training_iteration",
-            max_t=epochs,
-            grace_period=min(sweep.scheduler.grace_period, epochs),
-            reduction_factor=sweep.scheduler.reduction_factor,
-        )
-    raise ValueError(f"scheduler {sweep.scheduler.name!r} is not supported by this worker; allowed: fifo, asha")
+    try:
+        _fit_forwarding(trainer, reports, report)
+    finally:
+        reports.shutdown()
 
 
 def check_fits(plan: JobPlan, resources: dict[str, float]) -> int:
@@ -236,20 +306,30 @@ def run_plan(
     indices: list[int],
 ) -> None:
     """Run the trials ``indices`` of ``plan`` to their end (or until the sink asks to stop)."""
+    import dataclasses
+
     import ray
     from ray import tune
 
+    from workers.worker import search
     from workers.worker.callbacks import Bridge, StopWhenAsked
 
     ensure_ray(settings)
     concurrent = check_fits(plan, ray.cluster_resources())
-    scheduler = _scheduler(plan)
+    sweep = plan.sweep
+    pbt = sweep is not None and sweep.scheduler.name == "pbt"
+    if pbt:  # each epoch's own checkpoint, for Tune to hand to the trials that clone this one
+        options = dataclasses.replace(options, keep_epoch_checkpoints=True)
     payload = {
         "trials": {
-            trial.index: {"spec": trial.spec, "run_dir": str(trial.run_dir)}
+            trial.index: {"spec": trial.spec, "config": trial.config, "run_dir": str(trial.run_dir)}
             for trial in plan.trials
             if trial.index in indices
         },
+        "base": sweep.base if sweep else None,
+        "config_paths": search.config_paths(sweep),
+        "search": sweep.search if sweep else "grid",
+        "pbt": pbt,
         "options": options.as_dict(),
         "cpus": plan.resources["cpus"],
         "gpus": plan.resources["gpus"],
@@ -257,18 +337,21 @@ def run_plan(
         "storage": str(paths.ray / "train"),
         "collective_timeout_s": settings.collective_timeout_s,
     }
-    sweep = plan.sweep
     trainable = tune.with_resources(tune.with_parameters(run_trial, payload=payload), {"cpu": TRIAL_ACTOR_CPUS})
+    optuna = sweep is not None and sweep.search == "optuna"
     tuner = tune.Tuner(
         trainable,
-        param_space={"trial_index": tune.grid_search(indices)},
+        param_space=search.param_space(plan, indices),
         tune_config=tune.TuneConfig(
             metric=sweep.metric if sweep else None,
             mode=sweep.mode if sweep else None,
-            scheduler=scheduler,
+            scheduler=search.scheduler(plan),
+            search_alg=search.search_algorithm(plan),
+            num_samples=len(indices) if optuna else 1,
             max_concurrent_trials=concurrent,
             time_budget_s=settings.job_timeout_s,
             reuse_actors=False,
+            trial_name_creator=search.TrialNamer(indices),
         ),
         run_config=tune.RunConfig(
             name=f"tune-attempt-{attempt}",
