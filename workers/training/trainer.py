@@ -15,6 +15,9 @@ Modes, by ``processes`` and ``sharding``:
 Distributed runs average the normalization layers' running statistics over ranks after every step
 (``RunningStatisticsAverager``), so every rank evaluates with the same buffers.
 
+``precision="bf16"`` runs every forward pass and loss (training, SAM's perturbed passes, evaluation) under
+bfloat16 autocast on the run's device; weights, gradients, the Gram matrix and the optimizer stay in ``dtype``.
+
 Steps are counted from 1 across epochs. Between steps the loop checks the stop request (``should_stop``
 locally, a shared event across ranks, agreed on with one tiny all-reduce so every rank stops at the same
 step) and ``max_steps``; stopping saves ``latest`` so ``resume`` continues exactly where it left off.
@@ -264,15 +267,21 @@ class Trainer:
         wants_representation = self.step.aggregator.uses_representation and self.model.has_representation
 
         def closure() -> Tensor | tuple[Tensor, Tensor]:
-            if wants_representation:
-                outputs, representation = self.model.forward_with_representation(inputs)
-            else:
-                outputs, representation = self.model(inputs), None
-            losses = self.problem.losses(outputs, targets)
+            with self.autocast():
+                if wants_representation:
+                    outputs, representation = self.model.forward_with_representation(inputs)
+                else:
+                    outputs, representation = self.model(inputs), None
+                losses = self.problem.losses(outputs, targets)
+            losses = losses.to(self.dtype)
             self._check_finite(losses)
             return losses if representation is None else (losses, representation)
 
         return closure
+
+    def autocast(self) -> torch.autocast:
+        """bfloat16 autocast on the run's device when the spec asks for bf16, else a disabled one."""
+        return torch.autocast(self.ctx.device.type, dtype=torch.bfloat16, enabled=self.spec.precision == "bf16")
 
     def _check_finite(self, losses: Tensor) -> None:
         """Raise on every rank at once: the rank mean is non-finite iff some rank's loss is."""
@@ -391,7 +400,7 @@ class Trainer:
     def _end_epoch(self) -> None:
         self.step.end_epoch()
         split = self.options.eval_split
-        with self._full_parameters():
+        with self._full_parameters(), self.autocast():
             results = evaluate(
                 self.problem,
                 self.model,
