@@ -4,6 +4,7 @@ known by construction (no training), plus the measurement helpers against closed
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -12,12 +13,15 @@ from typing import Any
 import pytest
 import torch
 
+from service.specs import SweepSpec
 from workers.reproduce import design
 from workers.reproduce.claims import conflict, flat_methods, optimizers, random_weighting, sensitivity, stl_mtl, toy
 from workers.reproduce.claims.base import Context
 from workers.reproduce.runs import Results, RunRecord, RunRequest, merge, run_key
 from workers.reproduce.scale import QUICK
+from workers.reproduce.sweeps import SweepOutcome, Trial
 from workers.reproduce.verdict import NOT, PARTLY, REPRODUCED
+from workers.worker.plan import search_points, trial_spec
 
 Outcome = tuple[float, float, str, list[float]]
 """(top-left accuracy %, bottom-right accuracy %, status, per-step conflict indicators)."""
@@ -128,22 +132,83 @@ def test_optimizer_claim_picks_each_best_learning_rate_and_ranks_divergence_last
     assert result.verdict == REPRODUCED
 
 
-def test_sensitivity_claim_compares_ranges_with_seed_noise(tmp_path: Path) -> None:
-    ctx = context(tmp_path, fmtl_rhos=(0.01, 0.05, 0.2), samo_rhos=(1e-4, 1e-3, 1e-2), samo_alphas=(0.1, 0.5, 0.9))
+def fake_sweeps(
+    context: Context, value: Callable[[dict[str, Any]], float], failed: dict[str, Any] | None = None
+) -> dict:
+    """Sweep outcomes as the API reports them: every grid point's trial with the given average accuracy (%), the
+    trial whose config contains ``failed`` ended failed."""
+    outcomes = {}
+    for job_id, request in enumerate(sensitivity.sweeps(context), start=1):
+        trials = []
+        for index, config in enumerate(search_points(SweepSpec.model_validate(request.spec))):
+            hparams = {path.rsplit(".", 1)[1]: v for path, v in config.items()}
+            lost = failed is not None and failed.items() <= hparams.items()
+            last = {f"test/{task}/accuracy": value(hparams) / 100 for task in ("top_left", "bottom_right")}
+            trials.append(Trial(index, config, "failed" if lost else "succeeded", None, last, Path("unused"), {}))
+        outcomes[request.key] = SweepOutcome(request.key, request.spec, job_id, "succeeded", None, 1.0, False, trials)
+    return outcomes
 
-    def outcome(spec: dict[str, Any]) -> Outcome:
-        hparams = spec["method"]["wrapper"]["hparams"]
-        noise = 0.5 * (spec["seed"] - 1)  # default settings: std 0.5 over seeds -> allowed range 1.5
-        if wrapper(spec) == "fmtl":
-            return accuracy(70.0 + noise + 10 * hparams["rho_shared"])  # range 1.9 over rho > 0
-        if wrapper(spec) == "samo":
-            return accuracy(70.0 + noise + 100 * hparams["rho"] + hparams["alpha"])  # rho range 0.99, alpha 0.8
+
+def noisy_defaults(spec: dict[str, Any]) -> Outcome:
+    """The engine runs: the defaults with std 0.5 over seeds (allowed range 1.5), the plain aggregators at 50%."""
+    if wrapper(spec) == "none":
         return accuracy(50.0)
+    return accuracy(70.0 + 0.5 * (spec["seed"] - 1))
 
-    result = sensitivity.analyze(ctx, fake(sensitivity.requests(ctx), outcome))
-    assert [c.holds for c in result.checks] == [False, True, True]
-    assert result.verdict == PARTLY
-    assert result.numbers["F-CAGrad: rho"]["allowed_range_points"] == pytest.approx(1.5)
+
+def sensitivity_context(tmp_path: Path) -> Context:
+    return context(tmp_path, fmtl_rhos=(0.01, 0.05, 0.2), samo_rhos=(1e-4, 1e-3, 1e-2), samo_alphas=(0.1, 0.5, 0.9))
+
+
+@pytest.mark.parametrize(("diagonal_slope", "holds"), [(2.0, True), (10.0, False)])
+def test_sensitivity_claim_reads_the_grids_cuts_against_seed_noise(
+    tmp_path: Path, diagonal_slope: float, holds: bool
+) -> None:
+    ctx = sensitivity_context(tmp_path)
+
+    def value(hp: dict[str, Any]) -> float:
+        if "rho_shared" in hp:  # the diagonal (paper's tied radii) ranges over 0.19 * slope; off it, much more
+            return 70.0 + 50 * (hp["rho_shared"] - hp["rho_task"]) + diagonal_slope * hp["rho_task"]
+        return 70.0 + 100 * hp["rho"] + hp["alpha"]  # rho range 0.99 at every alpha, alpha range 0.8 at every rho
+
+    results = fake(sensitivity.requests(ctx), noisy_defaults)
+    results.sweeps = fake_sweeps(ctx, value)
+    result = sensitivity.analyze(ctx, results)
+    assert [c.holds for c in result.checks] == [holds, True, True, True]
+    assert result.verdict == (REPRODUCED if holds else PARTLY)
+    fmtl = result.numbers["F-CAGrad"]
+    assert fmtl["allowed_range_points"] == pytest.approx(1.5)
+    assert fmtl["ranges_points"]["diagonal (rho_shared = rho_task)"] == pytest.approx(0.19 * diagonal_slope)
+    assert fmtl["average_accuracy"][0][2] == pytest.approx(70.0 + 50 * (0.01 - 0.2) + diagonal_slope * 0.2)
+    samo = result.numbers["SAMO-FairGrad"]["ranges_points"]
+    assert samo["alpha at rho 1e-3"] == pytest.approx(0.8) and samo["rho at alpha 0.5"] == pytest.approx(0.99)
+    assert samo["alpha, mean over rhos"] == pytest.approx(0.8) and samo["rho, mean over alphas"] == pytest.approx(0.99)
+
+
+def test_a_failed_trial_is_never_left_out_of_a_range(tmp_path: Path) -> None:
+    ctx = sensitivity_context(tmp_path)
+    results = fake(sensitivity.requests(ctx), noisy_defaults)
+    results.sweeps = fake_sweeps(ctx, lambda hp: 70.0 + hp.get("alpha", 0.0), failed={"rho": 1e-2, "alpha": 0.5})
+    result = sensitivity.analyze(ctx, results)
+    assert [c.holds for c in result.checks] == [True, True, False, False]  # rho ranges are NaN: cannot hold
+    assert math.isnan(result.numbers["SAMO-FairGrad"]["average_accuracy"][2][1])
+    assert "| 0.01 | 70.10 | **failed** | 70.90 |" in result.tables[1]
+
+
+def test_a_sweep_trial_at_the_default_is_the_engine_run_of_the_same_spec(tmp_path: Path) -> None:
+    """The sweeps' base is the engine's spec: the trial at each default point trains exactly the seed-0 run claim 2
+    trains (same key), which the report compares."""
+    ctx = sensitivity_context(tmp_path)
+    for grid in sensitivity.grids(ctx.scale).values():
+        sweep = SweepSpec.model_validate(grid.request(ctx.scale).spec)
+        assert sweep.trial_count() == len(grid.rows) * len(grid.columns)
+        assert sweep.max_concurrent_trials == ctx.scale.workers
+        default = design.spec(ctx.scale, grid.default, ctx.scale.seeds[0])
+        wanted = {f"method.wrapper.hparams.{k}": v for k, v in default["method"]["wrapper"]["hparams"].items()}
+        trials = [trial_spec(sweep.base, config) for config in search_points(sweep) if config == wanted]
+        assert len(trials) == 1 and run_key(trials[0].model_dump(mode="json")) == run_key(default)
+    with pytest.raises(ValueError, match=re.escape("samo_alphas=[0.1, 0.9] must contain the default 0.5")):
+        sensitivity.grids(replace(ctx.scale, samo_alphas=(0.1, 0.9)))
 
 
 def test_equal_trainings_share_one_run_and_keep_epoch_checkpoints_if_asked() -> None:

@@ -1,5 +1,6 @@
 """``flatmtl reproduce --quick`` end to end into a temporary folder: every claim section, table and figure is
-written, and every verdict in the report is the one the rule gives for the checks' numbers."""
+written, every verdict in the report is the one the rule gives for the checks' numbers, and claim 9's sweeps ran
+through the service (REST, SQLite, a worker on a local Ray) and are reused from its database afterwards."""
 
 from __future__ import annotations
 
@@ -10,8 +11,13 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from tests.worker.cluster import require_ray
+from workers.reproduce import sweeps
+from workers.reproduce.claims import sensitivity
+from workers.reproduce.claims.base import Context
 from workers.reproduce.cli import reproduce_command
 from workers.reproduce.pipeline import CLAIMS
+from workers.reproduce.scale import QUICK
 from workers.reproduce.verdict import VERDICTS, Check, verdict
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -19,6 +25,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 @pytest.fixture(scope="module")
 def quick(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    require_ray()
     root = tmp_path_factory.mktemp("reproduce")
     args = ["--quick", "--out", str(root / "docs"), "--runs-dir", str(root / "runs"), "--workers", "2"]
     result = CliRunner().invoke(reproduce_command, args, catch_exceptions=False)
@@ -78,4 +85,40 @@ def test_configs_record_every_run_its_seed_and_the_machine(quick: Path) -> None:
     assert all(run["seed"] == run["spec"]["seed"] == 0 for run in runs)
     assert len({run["key"] for run in runs}) == len(runs)
     report = (quick / "results.md").read_text()
-    assert f"| training runs | {len(runs)} |" in report
+    assert f"| training runs (engine) | {len(runs)} |" in report
+
+
+def last_epoch(run_dir: Path) -> dict[str, float]:
+    return json.loads((run_dir / "metrics_epochs.jsonl").read_text().splitlines()[-1])
+
+
+def test_claim_9_is_read_from_the_sweeps_trials_and_a_finished_sweep_is_reused(quick: Path) -> None:
+    runs_dir = quick.parent / "runs"
+    configs = json.loads((quick / "results" / "configs.json").read_text())
+    numbers = json.loads((quick / "results" / "results.json").read_text())["claims"][8]["numbers"]
+    context = Context(scale=QUICK.with_workers(2), figures=quick / "results", mnist_dir=None)
+    grids = sensitivity.grids(context.scale)
+    recorded = {sweep["key"]: sweep for sweep in configs["sweeps"]}
+    for grid in grids.values():
+        sweep = recorded[grid.request(context.scale).key]
+        assert sweep["state"] == "succeeded" and not sweep["reused"]
+        assert sweep["spec"] == grid.request(context.scale).spec
+        points = {tuple(t["config"][f"method.wrapper.hparams.{axis}"] for axis in grid.axes) for t in sweep["trials"]}
+        assert points == {(row, column) for row in grid.rows for column in grid.columns}
+        table = numbers[grid.label]["average_accuracy"]
+        for trial in sweep["trials"]:  # the API's numbers against the trial's own run files
+            assert trial["state"] == "succeeded" and trial["seed"] == trial["spec"]["seed"] == 0
+            run = last_epoch(runs_dir / trial["run_dir"])
+            i, j = (
+                values.index(trial["config"][f"method.wrapper.hparams.{axis}"])
+                for axis, values in zip(grid.axes, (grid.rows, grid.columns), strict=True)
+            )
+            expected = 50 * (run["test/top_left/accuracy"] + run["test/bottom_right/accuracy"])
+            assert table[i][j] == pytest.approx(expected)
+    worker_log = runs_dir / "service" / "worker.log"
+    logged = worker_log.read_text()
+    again = sweeps.execute(sensitivity.sweeps(context), runs_dir, concurrency=2, timeout_s=60, echo=lambda _: None)
+    assert worker_log.read_text() == logged, "a finished sweep needs no worker"
+    for key, outcome in again.items():
+        assert outcome.reused and outcome.job_id == recorded[key]["job_id"]
+        assert [t.config for t in outcome.trials] == [t["config"] for t in recorded[key]["trials"]]

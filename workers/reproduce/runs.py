@@ -19,7 +19,12 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel
+
+if TYPE_CHECKING:
+    from workers.reproduce.sweeps import SweepOutcome, SweepRequest
 
 WRAPPER_COST = {"none": 1.0, "g_sam": 1.5, "fmtl": 2.3, "samo": 2.7}
 """Rough step cost relative to the plain step, used only to start the longest runs first."""
@@ -32,10 +37,36 @@ def _catalog() -> Any:
     return load_catalog()
 
 
+def _without_defaults(model: type[BaseModel], document: dict[str, Any]) -> dict[str, Any]:
+    """``document`` less every field (of ``model``, recursively) that holds its default: a field added to the spec
+    later, at its default, trains the same run and must not change the run's key."""
+    kept = {}
+    for key, value in document.items():
+        field = model.model_fields.get(key)
+        if field is None or field.is_required():
+            kept[key] = value
+            continue
+        default = field.get_default(call_default_factory=True)
+        if isinstance(default, BaseModel):
+            default = default.model_dump(mode="json")
+        if value == json.loads(json.dumps(default)):
+            continue
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel) and isinstance(value, dict):
+            value = _without_defaults(annotation, value)
+            if not value:  # an older version of the model, at its defaults
+                continue
+        kept[key] = value
+    return kept
+
+
 def _digest(resolved: dict[str, Any]) -> str:
-    """Hash of a resolved spec without its name, method defaults written out (specs keep them implicit)."""
+    """Hash of a resolved spec without its name: method defaults written out (specs keep them implicit; the
+    catalog's defaults may change), every other field at its default left out."""
+    from service.specs import TrainSpec
+
     catalog = _catalog()
-    document = {key: value for key, value in resolved.items() if key != "name"}
+    document = _without_defaults(TrainSpec, {k: v for k, v in resolved.items() if k not in ("name", "method")})
     document["method"] = {
         kind: {
             "name": choice["name"],
@@ -135,6 +166,22 @@ def _status(directory: Path) -> str | None:
     return json.loads(summary.read_text())["status"] if summary.exists() else None
 
 
+def adopt(runs_dir: Path, requests: Sequence[RunRequest]) -> int:
+    """Give a run folder of an earlier key definition its current name when its config is the request's, so it is
+    reused instead of trained again; how many were renamed. Done before the workers start, one at a time."""
+    adopted = 0
+    for request in requests:
+        target = runs_dir / request.directory_name
+        if target.exists():
+            continue
+        for candidate in sorted(runs_dir.glob(f"{request.spec['name']}-*")):
+            if candidate.is_dir() and _matches(candidate, request.spec):
+                candidate.rename(target)
+                adopted += 1
+                break
+    return adopted
+
+
 def execute_one(
     spec: dict[str, Any], directory: str, keep_epoch_checkpoints: bool, eval_batch_size: int
 ) -> tuple[str, bool]:
@@ -176,6 +223,9 @@ def execute(
     """Run every request (longest first); the records by key, and how many were reused from earlier runs."""
     runs_dir.mkdir(parents=True, exist_ok=True)
     ordered = sorted(merge(requests), key=lambda r: -r.estimated_cost())
+    adopted = adopt(runs_dir, ordered)
+    if adopted:
+        echo(f"{adopted} run folder(s) renamed to the current key of their unchanged config")
     started = time.perf_counter()
 
     reused = 0
@@ -223,10 +273,14 @@ def load(directory: Path, key: str) -> RunRecord:
 
 
 class Results:
-    """The records of one report, looked up by the spec that asked for them."""
+    """The records (and sweep outcomes) of one report, looked up by the spec or sweep request that asked for them."""
 
-    def __init__(self, records: dict[str, RunRecord]) -> None:
+    def __init__(self, records: dict[str, RunRecord], sweeps: dict[str, SweepOutcome] | None = None) -> None:
         self.records = records
+        self.sweeps = sweeps or {}
+
+    def sweep(self, request: SweepRequest) -> SweepOutcome:
+        return self.sweeps[request.key]
 
     def __getitem__(self, spec: dict[str, Any]) -> RunRecord:
         return self.records[run_key(spec)]
