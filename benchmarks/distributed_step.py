@@ -1,10 +1,13 @@
-"""Distributed step cost: data-parallel and sharded (2 gloo ranks) against the local run on the same
-global batch.
+"""Distributed step cost: data-parallel, ZeRO-2 and ZeRO-3 (2 gloo ranks) against the local run on the
+same global batch.
 
 Prints, per mode: median step time and its ratio to the local step; bytes each rank sends per step
 (ring cost of every collective, counted by the engine's shim) against K*P values of the gradient
-dtype, the size of the per-task gradient matrix that must be reduced; and the per-task gradient
-buffer each rank keeps after the reduction (peak over the run) relative to data-parallel (target 1/N).
+dtype, the size of the per-task gradient matrix that must be reduced; the per-task gradient buffer
+each rank keeps after the reduction (peak over the run) relative to data-parallel (target 1/N); and
+the shared-parameter values each rank keeps between steps (allocated storage of the model's shared
+tensors plus any master shard) relative to data-parallel (ZeRO-3 target 1/N; ZeRO-2 keeps the full
+tensors and a shard master copy).
 
     .venv/bin/python benchmarks/distributed_step.py [--aggregator mean] [--wrapper none] [--steps 20]
 """
@@ -37,6 +40,7 @@ NUM_TASKS = 4
 IN_FEATURES = 64
 HIDDEN = 256
 GLOBAL_BATCH = 256
+MODES = ("ddp", "zero2", "zero3")
 
 
 class MLPHPS(nn.Module):
@@ -98,11 +102,19 @@ def run_local(args: argparse.Namespace) -> float:
     return statistics.median(_time_steps(step, optimizer, lambda: model.task_losses(x, y), args.steps))
 
 
+def _persistent_parameter_bytes(model: MLPHPS, optimizer: torch.optim.Optimizer | ShardedOptimizer) -> int:
+    """Shared-parameter bytes held between steps: the shared tensors' storage and the sharded master copy."""
+    held = sum(p.untyped_storage().nbytes() for p in model.shared_parameters())
+    if isinstance(optimizer, ShardedOptimizer):
+        held += optimizer.master.numel() * optimizer.master.element_size()
+    return held
+
+
 def _rank_main(rank: int, world: int, out: str, aggregator: str, wrapper: str, steps: int) -> None:
     x, y = _data()
     xs, ys = x.chunk(world)[rank], y.chunk(world)[rank]
     results = {}
-    for mode in ("ddp", "sharded"):
+    for mode in MODES:
         model = _model()
         collectives = Collectives()
         kwargs = {"aggregator": aggregator, "wrapper": wrapper}
@@ -112,15 +124,18 @@ def _rank_main(rank: int, world: int, out: str, aggregator: str, wrapper: str, s
             optimizer = torch.optim.SGD([*model.parameters(), *step.parameters()], lr=0.01)
         else:
             comm = sharded_comm(model.shared_parameters(), collectives)
-            step = ShardedMTLStep.from_model(model, comm=comm, **kwargs)
+            step = ShardedMTLStep.from_model(model, comm=comm, partition_parameters=mode == "zero3", **kwargs)
             heads = [p for head in model.task_parameters() for p in head]
-            optimizer = ShardedOptimizer(step.shared, [*heads, *step.parameters()], torch.optim.SGD, lr=0.01)
+            optimizer = ShardedOptimizer(
+                step.shared, [*heads, *step.parameters()], torch.optim.SGD, partition=step.partition, lr=0.01
+            )
         closure = functools.partial(model.task_losses, xs, ys)
         times = _time_steps(step, optimizer, closure, steps, collectives.counter.reset)
         results[mode] = {
             "seconds": statistics.median(times),
             "bytes_sent": collectives.counter.bytes_sent,
             "buffer_bytes": comm.peak_task_gradient_bytes,
+            "parameter_bytes": _persistent_parameter_bytes(model, optimizer),
             "shared_numel": sum(p.numel() for p in model.shared_parameters()),
             "element_size": model.shared_parameters()[0].element_size(),
         }
@@ -145,13 +160,14 @@ def main() -> None:
         f"K={NUM_TASKS} P={results['ddp']['shared_numel']} global batch={GLOBAL_BATCH} N={world} (gloo, 1 thread/rank)"
     )
     print(f"method: {args.aggregator} + {args.wrapper}; local step {local * 1e3:.2f} ms")
-    ddp_buffer = results["ddp"]["buffer_bytes"]
-    for mode in ("ddp", "sharded"):
+    ddp = results["ddp"]
+    for mode in MODES:
         r = results[mode]
         print(
-            f"{mode:8s} step {r['seconds'] * 1e3:7.2f} ms  ({r['seconds'] / local:.2f}x local)  "
-            f"bytes/step/rank {r['bytes_sent']:>10d}  ({r['bytes_sent'] / lower_bound:.3f}x K*P)  "
-            f"task-grad buffer {r['buffer_bytes']:>8d} B  ({r['buffer_bytes'] / ddp_buffer:.3f}x DDP)"
+            f"{mode:5s} step {r['seconds'] * 1e3:7.2f} ms ({r['seconds'] / local:.2f}x local)  "
+            f"bytes/step/rank {r['bytes_sent']:>9d} ({r['bytes_sent'] / lower_bound:.3f}x K*P)  "
+            f"task-grad buffer {r['buffer_bytes']:>8d} B ({r['buffer_bytes'] / ddp['buffer_bytes']:.3f}x DDP)  "
+            f"params held {r['parameter_bytes']:>7d} B ({r['parameter_bytes'] / ddp['parameter_bytes']:.3f}x DDP)"
         )
 
 
