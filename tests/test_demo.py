@@ -127,3 +127,23 @@ def test_toy_radius_reaches_every_wrapper_radius() -> None:
         radii = {hp.name for hp in method.hparams if hp.name == "rho" or hp.name.startswith("rho_")}
         assert wrapper_hparams(method.name, 0.7) == dict.fromkeys(radii, 0.7)
     assert wrapper_hparams("none", 0.7) == {}
+
+
+@pytest.mark.parametrize(("problem", "wrapper"), [("multi_digits", "samo"), ("multi_fashion", "fmtl")])
+def test_the_service_demo_submits_a_valid_rho_by_alpha_sweep(tmp_path: Path, problem: str, wrapper: str) -> None:
+    from service.specs import SweepSpec
+    from workers.worker.demo import RADII, ServiceDemo
+
+    demo = ServiceDemo(out=tmp_path, problem=problem, wrapper=wrapper, rhos=(0.001, 0.01), alphas=(0.25, 0.75))
+    spec = SweepSpec.model_validate(demo.sweep())
+    assert spec.base.problem == problem and spec.base.method.wrapper.name == wrapper
+    assert sorted(spec.space) == sorted(f"method.wrapper.hparams.{name}" for name in RADII[wrapper])
+    assert spec.trial_count() == 4 and (spec.metric, spec.mode) == ("test/mean/accuracy", "max")
+
+
+def test_the_service_demo_uses_fashion_mnist_exactly_when_its_files_are_installed() -> None:
+    from workers.problems.multi_image import FASHION_MNIST_DIR
+    from workers.worker.demo import default_problem
+
+    installed = FASHION_MNIST_DIR.is_dir() and len(list(FASHION_MNIST_DIR.glob("*-ubyte*"))) == 4
+    assert default_problem() == ("multi_fashion" if installed else "multi_digits")

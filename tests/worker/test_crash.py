@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -24,11 +25,36 @@ from tests.worker.cluster import (
     wait_until,
 )
 from workers.training import RunOptions, checkpoint, train
+from workers.training.rundir import STATUS_SUCCEEDED
 from workers.worker.demo import service_env
 
 LEASE_SECONDS = 5
 EPOCHS = 3
 TRAIN_SIZE = 512  # 16 steps per epoch: time to kill the worker inside epoch 2
+
+
+def uninterrupted_run(spec: TrainSpec, run_dir: Path) -> dict[str, Any]:
+    """The summary of the same spec trained without interruption in two launched gloo ranks.
+
+    Under heavy load a launched rank has once aborted with SIGABRT ("terminate called without an active
+    exception", gloo's C++ threads torn down at process exit) around the end of the run; the reference is
+    deterministic, so a finished run's SUCCEEDED summary is used as it is, and a run cut short is repeated
+    once in a fresh directory. Any other failure, or a second abort, fails the test.
+    """
+    from torch.multiprocessing import ProcessExitedException
+
+    for attempt in (1, 2):
+        folder = run_dir / f"attempt-{attempt}"
+        try:
+            return train(spec, folder, options=RunOptions(device="cpu", threads=1, plots=False)).summary
+        except ProcessExitedException as error:
+            summary_file = folder / "summary.json"
+            summary = json.loads(summary_file.read_text()) if summary_file.exists() else {}
+            if error.signal_name != "SIGABRT" or attempt == 2:
+                raise
+            if summary.get("status") == STATUS_SUCCEEDED:
+                return summary
+    raise AssertionError("unreachable: the second attempt returns or raises")
 
 
 def deterministic(record: dict[str, float]) -> dict[str, float]:
@@ -74,9 +100,9 @@ def test_a_killed_workers_job_resumes_elsewhere_from_its_checkpoint(tmp_path: Pa
     log = (run.parent / "job.log").read_text()
     assert f"trial 0 resumes from its checkpoint at epoch {position['epoch']}, batch {position['batch']}" in log
 
-    reference = train(spec, tmp_path / "reference", options=RunOptions(device="cpu", threads=1, plots=False))
+    reference = uninterrupted_run(spec, tmp_path / "reference")
     resumed = json.loads((run / "summary.json").read_text())
-    assert resumed["steps"] == reference.summary["steps"] == EPOCHS * steps_per_epoch(train_size=TRAIN_SIZE)
-    assert deterministic(resumed["final"]) == deterministic(reference.summary["final"])
-    assert done.result is not None and deterministic(done.result["final"]) == deterministic(reference.summary["final"])
+    assert resumed["steps"] == reference["steps"] == EPOCHS * steps_per_epoch(train_size=TRAIN_SIZE)
+    assert deterministic(resumed["final"]) == deterministic(reference["final"])
+    assert done.result is not None and deterministic(done.result["final"]) == deterministic(reference["final"])
     db.dispose()

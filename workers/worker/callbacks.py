@@ -42,18 +42,18 @@ class Bridge(_SinkHolder, tune.Callback):
         self.release = lambda index: None
 
     def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
-        self.sink.trial_started(trial_index(trial.trial_name))
+        self.sink.trial_started(trial_index(str(trial)))
 
     def on_trial_result(self, iteration: int, trials: list[Any], trial: Any, result: dict, **info: Any) -> None:
-        self.sink.trial_result(trial_index(trial.trial_name), {**result, "config": dict(trial.config)})
+        self.sink.trial_result(trial_index(str(trial)), {**result, "config": dict(trial.config)})
 
     def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
-        index = trial_index(trial.trial_name)
+        index = trial_index(str(trial))
         self.release(index)
         self.sink.trial_ended(index, None)
 
     def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
-        index = trial_index(trial.trial_name)
+        index = trial_index(str(trial))
         self.release(index)
         error = trial.get_error()
         self.sink.trial_ended(index, str(error) if error is not None else "the trial failed")

@@ -94,6 +94,13 @@ def worker_command(
     show_default=True,
     help="Data directory: the SQLite database, artifacts and the API's and worker's logs.",
 )
+@click.option(
+    "--problem",
+    type=click.Choice(["auto", "multi_digits", "multi_fashion"]),
+    default="auto",
+    show_default=True,
+    help="auto: multi_fashion when Fashion-MNIST is installed, else multi_digits.",
+)
 @click.option("--wrapper", type=click.Choice(["samo", "fmtl"]), default="samo", show_default=True)
 @click.option("--rho", default="0.001,0.01", show_default=True, help="Comma-separated radii (fmtl: rho_shared).")
 @click.option("--alpha", default="0.25,0.75", show_default=True, help="samo: comma-separated alphas (fmtl: rho_task).")
@@ -103,6 +110,7 @@ def worker_command(
 @click.option("--timeout", type=click.FloatRange(min=10), default=900.0, show_default=True, help="Seconds.")
 def demo_service_command(
     out: Path,
+    problem: str,
     wrapper: str,
     rho: str,
     alpha: str,
@@ -113,7 +121,7 @@ def demo_service_command(
 ) -> None:
     """Start the API and a worker (embedded SQLite, local Ray), submit a rho x alpha sweep over REST, follow it
     and print the best trial and where its report and plots are."""
-    from workers.worker.demo import DemoError, ServiceDemo, run_service_demo
+    from workers.worker.demo import DemoError, ServiceDemo, default_problem, run_service_demo
 
     def floats(option: str, text: str) -> list[float]:
         try:
@@ -126,6 +134,7 @@ def demo_service_command(
 
     demo = ServiceDemo(
         out=out,
+        problem=default_problem() if problem == "auto" else problem,
         wrapper=wrapper,
         rhos=floats("--rho", rho),
         alphas=floats("--alpha", alpha),

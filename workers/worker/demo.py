@@ -2,8 +2,9 @@
 
 It starts the REST API (uvicorn, a subprocess) and a worker (a subprocess with a local Ray) on an embedded
 SQLite database under ``out``, creates an API token, submits a SAMO (or F-MTL) sweep over rho x alpha on
-``multi_digits`` through REST, follows the job and its trials through REST, and prints the best trial with
-the paths of its summary and plots. Both subprocesses are stopped at the end, whatever happens.
+``multi_fashion`` (when Debian's Fashion-MNIST package is installed, else ``multi_digits``) through REST,
+follows the job and its trials through REST, and prints the best trial with the paths of its summary and
+plots. Both subprocesses are stopped at the end, whatever happens.
 """
 
 from __future__ import annotations
@@ -31,9 +32,21 @@ class DemoError(RuntimeError):
     """The demo could not finish; the message says where to look."""
 
 
+def default_problem() -> str:
+    """``multi_fashion`` when its data is on this machine, else ``multi_digits`` (always available)."""
+    from workers import problems
+
+    try:
+        problems.build("multi_fashion", train_size=64, test_size=64)
+    except (problems.ProblemError, OSError):
+        return "multi_digits"
+    return "multi_fashion"
+
+
 @dataclass(frozen=True)
 class ServiceDemo:
     out: Path
+    problem: str = "multi_digits"
     wrapper: str = "samo"
     rhos: tuple[float, ...] | list[float] = (0.001, 0.01)
     alphas: tuple[float, ...] | list[float] = (0.25, 0.75)
@@ -50,7 +63,7 @@ class ServiceDemo:
             "kind": "sweep",
             "name": f"{self.wrapper}-rho-x-alpha",
             "base": {
-                "problem": "multi_digits",
+                "problem": self.problem,
                 "problem_options": {"train_size": self.train_size, "test_size": 400},
                 "model": "mlp",
                 "model_options": {"hidden": [64]},
@@ -227,7 +240,7 @@ def run_service_demo(demo: ServiceDemo, echo: Callable[[str], None] = print) -> 
         wait_healthy(client, api, api_log)
         echo(f"API up at {url}; worker starting a local Ray")
         job = api_call(client, "POST", "/v1/jobs", json={"spec": demo.sweep()})
-        echo(f"submitted sweep job {job['id']} over REST: {demo.wrapper} on multi_digits, {METRIC} (max)")
+        echo(f"submitted sweep job {job['id']} over REST: {demo.wrapper} on {demo.problem}, {METRIC} (max)")
         final = follow(client, job["id"], demo, worker, echo)
         report(final, demo, url, echo)
         return final

@@ -224,14 +224,14 @@ def run_trial(config: dict[str, Any], payload: dict[str, Any]) -> None:
     spec = trial_spec_for(trial, config, payload)
     if payload["search"] == "optuna":
         _forget_other_config(run, spec)
-    if finished_summary(run) is not None:  # trained by an earlier attempt: replay its epochs for the scheduler
+    cloned = tune.get_checkpoint()
+    if cloned is not None:  # PBT: continue from a better trial's checkpoint, even if this run had finished
+        with cloned.as_directory() as directory:
+            lineage.adopt(run, Path(directory), spec, payload["config_paths"])
+    elif finished_summary(run) is not None:  # trained by an earlier attempt: replay its epochs for the scheduler
         for record in run.read_lines(run.epoch_metrics):
             tune.report({**record, **task_means(record)})
         return
-    cloned = tune.get_checkpoint()
-    if cloned is not None:
-        with cloned.as_directory() as directory:
-            lineage.adopt(run, Path(directory), spec, payload["config_paths"])
     resume = prepare_run(run, spec, options)
 
     def report(metrics: dict[str, Any]) -> None:

@@ -164,5 +164,5 @@ class _Lookup:
     def __init__(self, values: dict[int, dict[str, Any]], path: str) -> None:
         self.values, self.path = values, path
 
-    def __call__(self, spec: Any) -> Any:
-        return self.values[spec.config["trial_index"]][self.path]
+    def __call__(self, config: Any) -> Any:
+        return self.values[config["trial_index"]][self.path]
