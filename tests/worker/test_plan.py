@@ -88,3 +88,20 @@ def test_trials_that_cannot_fit_the_cluster_are_refused_before_tune(tmp_path: Pa
     assert check_fits(plan, {"CPU": 9.0}) == math.floor(9.0 / (2 + TRIAL_ACTOR_CPUS))
     limited = sweep(space={"wrapper.rho": {"type": "grid", "values": [0.01, 0.1]}}, max_concurrent_trials=2)
     assert check_fits(plan_job(1, limited, tmp_path), {"CPU": 64.0}) == 2
+
+
+def test_a_training_job_takes_its_specs_resources_and_a_gpu_request_fails_on_a_cpu_cluster(tmp_path: Path) -> None:
+    document = TrainSpec.model_validate({**BASE, "resources": {"cpus": 1.5, "gpus": 1}}).model_dump(mode="json")
+    plan = plan_job(4, document, tmp_path)
+    assert plan.resources == {"cpus": 1.5, "gpus": 1.0} and plan.cpus_per_trial() == 3.0
+    with pytest.raises(ClusterTooSmallError, match=r"and 2 GPUs; the Ray cluster has 16 CPUs and 0 GPUs"):
+        check_fits(plan, {"CPU": 16.0})
+    assert check_fits(plan, {"CPU": 16.0, "GPU": 4.0}) == 2  # two trials of 2 processes x 1 GPU
+
+
+def test_a_sweep_reserves_its_base_resources_unless_it_names_its_own(tmp_path: Path) -> None:
+    space = {"wrapper.rho": {"type": "grid", "values": [0.01]}}
+    based = sweep(space=space, base={**BASE, "resources": {"cpus": 2}})
+    assert plan_job(5, based, tmp_path).resources == {"cpus": 2.0, "gpus": 0.0}
+    own = sweep(space=space, base={**BASE, "resources": {"cpus": 2}}, resources_per_trial={"cpus": 0.5})
+    assert plan_job(5, own, tmp_path).resources == {"cpus": 0.5, "gpus": 0.0}
