@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -177,3 +178,33 @@ def test_nothing_is_written_for_a_job_cancelled_under_the_worker(db: Database, t
     with db.read() as session:
         assert metric_history(session, run.lease.job_id) == []
         assert get_job(session, run.lease.job_id).state == "cancelled"
+
+
+class _Fit:
+    """A stand-in TorchTrainer whose controller puts three reports on the queue and then fails or returns."""
+
+    def __init__(self, reports: Any, error: Exception | None) -> None:
+        self.reports, self.error = reports, error
+
+    def fit(self) -> None:
+        for epoch in (1, 2, 3):
+            time.sleep(0.05)
+            self.reports.put({"epoch": epoch})
+        if self.error is not None:
+            raise self.error
+
+
+@pytest.mark.parametrize("error", [None, RuntimeError("rank 1 died")])
+def test_every_train_report_reaches_the_trial_in_order_before_fits_outcome(error: Exception | None) -> None:
+    from queue import Queue
+
+    from workers.worker.runner import _fit_forwarding
+
+    reports: Queue[dict[str, int]] = Queue(maxsize=1)
+    seen: list[dict[str, int]] = []
+    if error is None:
+        _fit_forwarding(_Fit(reports, None), reports, seen.append)
+    else:
+        with pytest.raises(RuntimeError, match="rank 1 died"):
+            _fit_forwarding(_Fit(reports, error), reports, seen.append)
+    assert seen == [{"epoch": 1}, {"epoch": 2}, {"epoch": 3}]

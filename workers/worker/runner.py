@@ -167,8 +167,7 @@ def _fit_forwarding(trainer: Any, reports: Any, report: Any) -> None:
     """``trainer.fit()`` in a thread while this thread hands each epoch report to ``report``: Tune's report (with a
     checkpoint under PBT) must come from the trial function's own thread."""
     import threading
-
-    from ray.util.queue import Empty
+    from queue import Empty  # Ray's queue raises a subclass of it
 
     failure: list[BaseException] = []
     done = threading.Event()
