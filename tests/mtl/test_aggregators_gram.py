@@ -152,9 +152,30 @@ def test_config_has_equal_cosines_and_the_summed_projection_length(case: tuple[i
 # ---- Nash-MTL, FairGrad -----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("case", FULL_RANK, ids=case_id)
-def test_nash_mtl_solves_the_bargaining_equation(case: tuple[int, int, int, str]) -> None:
-    gram = gram_of(case_matrix(case))
+def common_descent_matrix(num_tasks: int, dim: int, rank: int, seed: int) -> Tensor:
+    """[K, P] gradients of rank ``rank`` (< K allowed) sharing a descent direction ``u`` orthogonal to
+    their other components (``<g_i, u> > 0`` for all i), so the bargaining equation has a finite solution."""
+    generator = torch.Generator().manual_seed(seed)
+    grads = task_matrix(num_tasks, dim, rank - 1, seed)
+    direction = torch.randn(dim, generator=generator, dtype=torch.float64)
+    direction -= torch.linalg.lstsq(grads.T, direction).solution @ grads  # orthogonal to the rows
+    scales = torch.rand(num_tasks, 1, generator=generator, dtype=torch.float64).add(0.3)
+    grads = grads + scales * direction / direction.norm() * grads.norm(dim=1, keepdim=True).mean()
+    assert int(torch.linalg.matrix_rank(grads)) == rank and bool((grads @ direction > 0).all())
+    return grads
+
+
+# (K, P, rank): rank-deficient gradients with a common descent direction.
+DEFICIENT_WITH_SOLUTION = [(4, 12, 2), (5, 9, 3), (8, 20, 4), (14, 30, 6)]
+NASH_CASES = [case_matrix(case) for case in FULL_RANK] + [
+    common_descent_matrix(*case, seed=case[0]) for case in DEFICIENT_WITH_SOLUTION
+]
+NASH_IDS = [case_id(case) for case in FULL_RANK] + ["K{}-P{}-r{}-common".format(*c) for c in DEFICIENT_WITH_SOLUTION]
+
+
+@pytest.mark.parametrize("grads", NASH_CASES, ids=NASH_IDS)
+def test_nash_mtl_solves_the_bargaining_equation(grads: Tensor) -> None:
+    gram = gram_of(grads)
     raw = mtl.aggregator("nash_mtl", normalize_gram=False).weights(gram)
     assert float(raw.min()) > 0.0
     torch.testing.assert_close(gram @ raw, 1.0 / raw, rtol=1e-7, atol=0)
@@ -180,6 +201,43 @@ def test_fairgrad_with_alpha_one_is_nash_mtl_on_the_raw_gram() -> None:
         rtol=1e-9,
         atol=0,
     )
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_nash_mtl_two_tasks_closed_form(seed: int) -> None:
+    """For K = 2, alpha_i = 1 / (|g_i| sqrt(1 + cos)): the update is the unit gradients' sum over sqrt(1 + cos)."""
+    grads = task_matrix(2, 6, 2, seed + 40)
+    if seed % 2:
+        grads[1] = -grads[1] + 0.3 * grads[0]  # conflicting pair
+    norms = grads.norm(dim=1)
+    cosine = float(grads[0] @ grads[1] / (norms[0] * norms[1]))
+    expected = 1.0 / (norms * math.sqrt(1.0 + cosine))
+    weights = mtl.aggregator("nash_mtl", normalize_gram=False).weights(gram_of(grads))
+    torch.testing.assert_close(weights, expected, rtol=1e-10, atol=0)
+
+
+@pytest.mark.parametrize("grads", NASH_CASES, ids=NASH_IDS)
+def test_nash_mtl_warm_start_gives_the_cold_start_weights(grads: Tensor) -> None:
+    gram = gram_of(grads)
+    cold = mtl.aggregator("nash_mtl").weights(gram)
+    generator = torch.Generator().manual_seed(5)
+    for previous in (
+        grads + 0.05 * grads.norm() * torch.randn(grads.shape, generator=generator, dtype=grads.dtype),
+        torch.randn(grads.shape, generator=generator, dtype=grads.dtype),
+    ):
+        warm = mtl.aggregator("nash_mtl")
+        warm.weights(gram_of(previous))
+        torch.testing.assert_close(warm.weights(gram), cold, rtol=1e-9, atol=0)
+
+
+def test_nash_mtl_zero_gradient_leaves_the_other_tasks_bargaining() -> None:
+    grads = case_matrix((4, 10, 4, "zero"))
+    gram = gram_of(grads)
+    weights = mtl.aggregator("nash_mtl", normalize_gram=False).weights(gram)
+    assert bool(torch.isfinite(weights).all()) and float(weights.min()) > 0.0
+    others = gram[:3, :3]
+    torch.testing.assert_close(others @ weights[:3], 1.0 / weights[:3], rtol=1e-7, atol=0)
+    torch.testing.assert_close(weights[:3], mtl.aggregator("nash_mtl", normalize_gram=False).weights(others))
 
 
 def test_nash_mtl_state_reuse_and_clipping() -> None:
