@@ -22,8 +22,8 @@ Ours is ``nash_mtl`` with ``normalize_gram=False``, which solves the same equati
 differs only by the factor ``||G G^T||_F^(1/2)``), through the public path: a new aggregator per
 call, input validation included. Cold: the authors start from ones, ours from the orthogonal-gradient
 solution. Warm: both start from their answer for the previous step's Gram (the gradients moved by
-5%), as both do in training. Times are the best of several runs. ``1 solve`` is one conic solve
-of the first iteration on its own: the floor of any CCCP, whatever its stopping rule.
+5%), as both do in training. Times are the best of the same number of runs for both. ``1 solve`` is
+one conic solve of the first iteration on its own: the floor of any CCCP, whatever its stopping rule.
 
     python benchmarks/nash_mtl_solver.py [--seeds 5] [--tasks 2 5 14] [--solver CLARABEL]
 """
@@ -139,7 +139,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--tasks", type=int, nargs="+", default=[2, 5, 14])
     parser.add_argument("--solver", default="CLARABEL", help="cvxpy solver with exponential cones (authors: ECOS)")
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=10, help="runs per timing, the same for both solvers")
     args = parser.parse_args()
 
     print(
@@ -164,11 +164,11 @@ def main() -> None:
             ours_next = newton_weights(next_gram, state).numpy()
             cold = (
                 seconds(partial(reference.weights, raw), args.repeats),
-                seconds(partial(newton_weights, gram), 5 * args.repeats),
+                seconds(partial(newton_weights, gram), args.repeats),
             )
             warm = (
                 seconds(partial(reference.weights, next_raw, theirs), args.repeats),
-                seconds(partial(newton_weights, next_gram, state), 5 * args.repeats),
+                seconds(partial(newton_weights, next_gram, state), args.repeats),
             )
             reference.set_gram(raw)
             one_solve = seconds(partial(reference.solve_from, np.ones(num_tasks)), args.repeats)
