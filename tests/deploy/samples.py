@@ -1,4 +1,5 @@
-"""A registry with a sample of every metric, growing on each scrape so that rate() has something to see."""
+"""A registry with a sample of every metric, the ones a real run does not produce included (5xx requests,
+sharpness, a sweep's trials), for the unit tests and ``promtool check metrics`` on the exposition text."""
 
 from __future__ import annotations
 

@@ -77,6 +77,7 @@ def test_prometheus_scrapes_a_running_job_and_every_panel_and_alert_answers(tmp_
         during = service.scrape()
         check_every_expression(base, at[0], job_id)
         check_rules_healthy(base)
+        assert not query(base, "ALERTS", time.time()), "a healthy run must raise no alert, not even a pending one"
 
         training = _job_samples(during, job_id)
         assert training and all(math.isfinite(value) for value in training.values()), training
