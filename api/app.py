@@ -18,6 +18,7 @@ from api.routes import jobs, meta
 from service import telemetry
 from service.db import Database
 from service.settings import Settings, load_settings
+from service.tokens import TokenCache
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -31,6 +32,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         settings.artifacts.mkdir(parents=True, exist_ok=True)
         telemetry.set_source(telemetry.database_source(database, settings.lease_seconds))
         app.state.db = database
+        app.state.tokens = TokenCache(database, settings.token_key())
         try:
             yield
         finally:

@@ -1,32 +1,42 @@
-"""Request dependencies: settings, database and the caller's identity (API tokens with scopes)."""
+"""Request dependencies: settings, database and the caller's identity (API tokens with scopes).
+
+They are ``async``: FastAPI runs a sync dependency in the thread pool, and each hop to it cost more than
+the dependency itself. Only a token not verified in the last seconds is looked up in a thread.
+"""
 
 from __future__ import annotations
 
 from typing import Annotated
 
 from fastapi import Depends, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from api.errors import ApiError
 from service.db import Database
 from service.settings import Settings
-from service.tokens import Principal, authenticate
+from service.tokens import Principal, TokenCache
 
 bearer = HTTPBearer(auto_error=False, description="An API token from `flatmtl token create`.")
 ANONYMOUS = Principal("anonymous", frozenset({"read"}))
 CHALLENGE = {"WWW-Authenticate": "Bearer"}
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def get_db(request: Request) -> Database:
+async def get_db(request: Request) -> Database:
     return request.app.state.db
+
+
+async def get_tokens(request: Request) -> TokenCache:
+    return request.app.state.tokens
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 DatabaseDep = Annotated[Database, Depends(get_db)]
+TokensDep = Annotated[TokenCache, Depends(get_tokens)]
 Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
 
 
@@ -36,12 +46,14 @@ def require(scope: str) -> object:
     Reads (scope ``read``) are open to anonymous callers when the ``reads_open`` setting is on.
     """
 
-    def dependency(credentials: Credentials, settings: SettingsDep, db: DatabaseDep) -> Principal:
+    async def dependency(credentials: Credentials, settings: SettingsDep, tokens: TokensDep) -> Principal:
         if credentials is None:
             if scope == "read" and settings.reads_open:
                 return ANONYMOUS
             raise ApiError(401, "missing bearer token; create one with `flatmtl token create`", CHALLENGE)
-        principal = authenticate(db, settings.token_key(), credentials.credentials)
+        principal = tokens.cached(credentials.credentials)
+        if principal is None:
+            principal = await run_in_threadpool(tokens.verify, credentials.credentials)
         if principal is None:
             raise ApiError(401, "unknown or revoked token", CHALLENGE)
         if not principal.can(scope):

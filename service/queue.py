@@ -87,6 +87,7 @@ _FINISH = (
     )
 )
 _EVENT = insert(Event.__table__)
+_INSERT_JOB = insert(JOBS)
 
 
 def finite(value: Any) -> Any:
@@ -126,25 +127,23 @@ def submit(
         existing = _by_key(db, idempotency_key, spec.kind, document)
         if existing is not None:
             return existing, False
-    now = now or utcnow()
+    values = {
+        "kind": spec.kind,
+        "name": spec.name,
+        "state": "queued",
+        "spec": document,
+        "priority": priority,
+        "idempotency_key": idempotency_key,
+        "created_by": user,
+        "attempt": 1,
+        "max_attempts": max_attempts,
+        "lease_token": 0,
+        "created_at": now or utcnow(),
+    }
     try:
-        with db.write() as session:
-            job = Job(
-                kind=spec.kind,
-                name=spec.name,
-                state="queued",
-                spec=document,
-                priority=priority,
-                idempotency_key=idempotency_key,
-                created_by=user,
-                attempt=1,
-                max_attempts=max_attempts,
-                lease_token=0,
-                created_at=now,
-            )
-            session.add(job)
-            session.flush()
-            _event(session, job.id, "submitted", f"{spec.kind} job submitted", user=user, priority=priority)
+        with db.write_connection() as connection:
+            job_id = connection.execute(_INSERT_JOB, values).inserted_primary_key[0]
+            _event(connection, job_id, "submitted", f"{spec.kind} job submitted", user=user, priority=priority)
     except IntegrityError:
         if idempotency_key is None:
             raise
@@ -152,7 +151,7 @@ def submit(
         if existing is None:
             raise
         return existing, False
-    return job, True
+    return Job(id=job_id, **values), True
 
 
 def _by_key(db: Database, key: str, kind: str, document: dict[str, Any]) -> Job | None:

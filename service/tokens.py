@@ -2,6 +2,10 @@
 
 Scopes: ``read`` (GET endpoints), ``submit`` (submit, cancel and retry one's own jobs; implies read),
 ``admin`` (everything, on anyone's jobs).
+
+Tokens are 256 random bits, so a keyed SHA-256 is the right hash (a slow KDF protects low-entropy
+passwords, not these) and verification is one indexed lookup. The API still caches verified tokens for a
+few seconds (:class:`TokenCache`): the lookup cost more than the rest of a job submission.
 """
 
 from __future__ import annotations
@@ -9,7 +13,9 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-from collections.abc import Iterable
+import threading
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from sqlalchemy import select, update
@@ -87,3 +93,45 @@ def revoke_token(db: Database, prefix: str) -> int:
     if result.rowcount == 0:
         raise NotFoundError(f"no live token with prefix {prefix!r}")
     return result.rowcount
+
+
+class TokenCache:
+    """Principals of recently verified tokens, each trusted for ``ttl_s`` seconds after its lookup.
+
+    Keyed by the token's HMAC, so no plaintext token is held. Only hits are cached (an attacker's
+    guesses cannot fill it), and at most ``max_entries``. A revocation, made by another process,
+    therefore takes effect within ``ttl_s``.
+    """
+
+    def __init__(
+        self,
+        db: Database,
+        key: bytes,
+        *,
+        ttl_s: float = 5.0,
+        max_entries: int = 10_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.db, self.key, self.ttl_s, self.max_entries, self.clock = db, key, ttl_s, max_entries, clock
+        self._entries: dict[str, tuple[float, Principal]] = {}
+        self._lock = threading.Lock()
+
+    def cached(self, token: str) -> Principal | None:
+        """The principal if ``token`` was verified less than ``ttl_s`` ago, else None (verify it)."""
+        entry = self._entries.get(hash_token(token, self.key))
+        if entry is None or entry[0] <= self.clock():
+            return None
+        return entry[1]
+
+    def verify(self, token: str) -> Principal | None:
+        """Look ``token`` up in the database (blocking) and remember a valid one."""
+        principal = authenticate(self.db, self.key, token)
+        if principal is not None:
+            with self._lock:
+                if len(self._entries) >= self.max_entries:
+                    now = self.clock()
+                    self._entries = {k: v for k, v in self._entries.items() if v[0] > now}
+                    if len(self._entries) >= self.max_entries:
+                        self._entries.clear()
+                self._entries[hash_token(token, self.key)] = (self.clock() + self.ttl_s, principal)
+        return principal

@@ -6,6 +6,7 @@ from itertools import groupby
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Path, Query, Response
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
 
 from api.deps import DatabaseDep, Reader, SettingsDep, Submitter
@@ -55,11 +56,12 @@ def _owned(db: Database, job_id: int, principal: Principal) -> None:
     responses={200: {"model": JobOut, "description": "A repeat of an idempotency key: the existing job."}}
     | responses(401, 403, 409),
 )
-def submit_job(
+async def submit_job(
     submission: JobSubmission, principal: Submitter, db: DatabaseDep, settings: SettingsDep, response: Response
 ) -> JobOut:
     """Queue a job; it is committed before the answer. 201 when created, 200 for a repeated idempotency key."""
-    job, created = queue.submit(
+    job, created = await run_in_threadpool(
+        queue.submit,
         db,
         submission.spec,
         priority=submission.priority,

@@ -23,14 +23,14 @@ router = APIRouter()
     summary="Every method with its hyper-parameter schema",
     responses=responses(401, 403),
 )
-def list_methods(
+async def list_methods(
     _principal: Reader, kind: Annotated[Literal["weighting", "aggregator", "wrapper"] | None, Query()] = None
 ) -> MethodList:
     return MethodList(methods=[MethodOut.model_validate(m.raw) for m in load_catalog().methods(kind)])
 
 
 @router.get("/healthz", response_model=Health, tags=["health"], summary="The process is up", responses=responses())
-def healthz() -> Health:
+async def healthz() -> Health:
     return Health(status="ok")
 
 

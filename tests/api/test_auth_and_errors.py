@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from service.tokens import Principal, TokenCache, revoke_token
 from tests.api.conftest import Api, make_api
 from tests.api.test_jobs_api import SWEEP, TRAIN, submit
 
@@ -55,6 +56,21 @@ def test_reads_need_a_token_unless_opened(api: Api, database_url: str, tmp_path:
         assert open_api.client.post("/v1/jobs", json={"spec": TRAIN}).status_code == 401
     finally:
         opened.close()
+
+
+def test_verified_tokens_are_trusted_for_the_ttl_only(api: Api) -> None:
+    """A revocation made elsewhere (the CLI) takes effect once the cached verification expires."""
+    now = [100.0]
+    cache = TokenCache(api.db, api.settings.token_key(), ttl_s=5.0, clock=lambda: now[0])
+    token = api.tokens["alice"]
+    assert cache.cached(token) is None
+    assert cache.verify(token) == cache.cached(token) == Principal("alice", frozenset({"read", "submit"}))
+    assert cache.verify("fmtl_guess") is None and cache.cached("fmtl_guess") is None
+    revoke_token(api.db, token[:11])
+    now[0] += 4.9
+    assert cache.cached(token) is not None
+    now[0] += 0.2
+    assert cache.cached(token) is None and cache.verify(token) is None
 
 
 def post(api: Api, body: Any) -> dict[str, Any]:
