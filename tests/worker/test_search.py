@@ -3,6 +3,7 @@ resolves into each trial's own values, trial names, and PBT's checkpoint hand-ov
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 from typing import Any
@@ -123,7 +124,8 @@ class _Trial:
 def test_trial_names_keep_planned_indices_and_number_optuna_trials_in_creation_order() -> None:
     namer = search.TrialNamer([1, 3, 4])
     assert namer(_Trial({"trial_index": 3})) == "trial-003"
-    assert [namer(_Trial({})), namer(_Trial({}))] == ["trial-001", "trial-004"]
+    # Tune deep-copies the namer for each trial an Optuna search creates: the count survives the copies
+    assert [copy.deepcopy(namer)(_Trial({})) for _ in range(3)] == ["trial-001", "trial-003", "trial-004"]
     assert search.trial_index("trial-004") == 4
     with pytest.raises(ValueError, match="TrialNamer"):
         search.trial_index("run_trial_abc")

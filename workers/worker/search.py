@@ -10,6 +10,7 @@ identity is its name, set once when Tune creates it: see :class:`TrialNamer`).
 from __future__ import annotations
 
 import json
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -27,19 +28,25 @@ def trial_index(name: str) -> int:
     return int(name[len(prefix) :])
 
 
+_CREATED: dict[str, int] = {}
+"""Trials each namer has numbered, by namer key: Tune deep-copies the namer into every trial it creates from a
+search algorithm, so the count cannot live on the namer itself (trials are all created in the driver process)."""
+
+
 class TrialNamer:
     """Tune's ``trial_name_creator``: a trial created with a ``trial_index`` in its config keeps that index; an
     Optuna trial (no index in its config) takes the next of the indices still to run, in creation order."""
 
     def __init__(self, indices: list[int]) -> None:
-        self.pending = list(indices)
+        self.indices = list(indices)
+        self.key = uuid.uuid4().hex
 
     def __call__(self, trial: Any) -> str:
         index = trial.config.get("trial_index")
         if index is None:
-            index = self.pending.pop(0)
-        elif index in self.pending:
-            self.pending.remove(index)
+            created = _CREATED.get(self.key, 0)
+            _CREATED[self.key] = created + 1
+            index = self.indices[created]
         return TRIAL_NAME.format(index=index)
 
 
