@@ -3,8 +3,9 @@
 The papers train on 120K/20K canvases for 100+ epochs on GPUs; every scale here is a stated reduction of
 that, written into the report next to the results. ``quick`` keeps the whole pipeline alive in CI (one
 seed, a few hundred samples, one epoch, a subset of methods, three sweep trials); ``reduced`` is the full
-design with fewer samples and epochs, for a shared or slower machine; ``full`` is designed to fit about 25
-minutes on two idle cores.
+design with fewer samples and epochs, for a shared or slower machine; ``full``'s engine runs were designed to
+fit about 25 minutes on two idle cores, and its sweeps (claim 9, 25 Ray Tune trials through the service) add
+their own time; the report states what each part measured.
 """
 
 from __future__ import annotations
