@@ -21,7 +21,6 @@ from service.validation import json_safe, problems_from
 log = logging.getLogger("flatmtl.api")
 
 STATUS_CODES = {
-    400: "bad_request",
     401: "unauthorized",
     403: "forbidden",
     404: "not_found",
@@ -98,6 +97,10 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400:
+            # FastAPI's only 400: a body it could not decode (not UTF-8, say). That is invalid input, like bad JSON.
+            problem = FieldErrorBody(field="", message=f"unreadable body: {exc.detail}", allowed="a JSON document")
+            return error_response(422, f"invalid request: (body): {problem.message}", [problem])
         return error_response(exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None))
 
     @app.exception_handler(Exception)

@@ -129,6 +129,10 @@ def test_bad_queries_and_bodies_are_422(api: Api) -> None:
     assert api.client.get("/v1/jobs/abc", headers=headers).json()["errors"][0]["field"] == "path.job_id"
     broken = api.client.post("/v1/jobs", content=b"{not json", headers=headers | {"content-type": "application/json"})
     assert broken.status_code == 422 and broken.json()["errors"][0]["message"] == "JSON decode error"
+    undecodable = api.client.post(
+        "/v1/jobs", content=b"\xff\xfe{", headers=headers | {"content-type": "application/json"}
+    )
+    assert undecodable.status_code == 422 and undecodable.json()["errors"][0]["allowed"] == "a JSON document"
     assert post(api, {"spec": TRAIN, "priority": 10**6})["errors"][0]["field"] == "priority"
 
 
