@@ -2,7 +2,7 @@
 
 The papers train on 120K/20K canvases for 100+ epochs on GPUs; every scale here is a stated reduction of
 that, written into the report next to the results. ``quick`` keeps the whole pipeline alive in CI (one
-seed, a few hundred samples, one epoch, a subset of methods, three sweep trials); ``reduced`` is the full
+seed, a few hundred samples, one epoch, a subset of methods, one trial per sweep); ``reduced`` is the full
 design with fewer samples and epochs, for a shared or slower machine; ``full``'s engine runs were designed to
 fit about 25 minutes on two idle cores, and its sweeps (claim 9, 25 Ray Tune trials through the service) add
 their own time; the report states what each part measured.
@@ -78,7 +78,7 @@ QUICK = Scale(
     sgd_momentum=0.9,
     fmtl_rhos=(0.05,),
     samo_rhos=(1e-3,),
-    samo_alphas=(0.5, 0.9),
+    samo_alphas=(0.5,),
     cost_repeats=2,
     cost_batch_size=64,
     gradient_samples=4,
