@@ -83,8 +83,13 @@ def _create_engine(url: str, busy_timeout_s: float, echo: bool) -> Engine:
         return create_engine(url, echo=echo, pool_size=10, max_overflow=20, pool_recycle=1800)
     if parsed.database and parsed.database != ":memory:":
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+    # LIFO: the connection used last has the warmest page cache (SQLite drops a connection's cache when another
+    # connection wrote since its last transaction).
     engine = create_engine(
-        url, echo=echo, connect_args={"timeout": busy_timeout_s, "check_same_thread": False, "isolation_level": None}
+        url,
+        echo=echo,
+        pool_use_lifo=True,
+        connect_args={"timeout": busy_timeout_s, "check_same_thread": False, "isolation_level": None},
     )
     timeout_ms = int(busy_timeout_s * 1000)
 
