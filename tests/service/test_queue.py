@@ -15,7 +15,7 @@ from service import queue
 from service.db import Database
 from service.errors import ConflictError, LeaseLostError
 from service.jobs import get_job, metric_history
-from service.models import Job
+from service.models import Event, Job
 from service.specs import TrainSpec
 
 T0 = datetime(2030, 1, 1, tzinfo=UTC)
@@ -125,6 +125,17 @@ def test_reaper_fails_the_job_after_max_attempts(db: Database) -> None:
     with db.read() as session:
         final = get_job(session, job.id)
     assert final.state == "failed" and final.attempt == 2 and "attempt 2 of 2" in (final.error or "")
+
+
+def test_submit_returns_the_job_as_committed(db: Database) -> None:
+    """The API answers with the returned job, built without reading it back: it must equal the stored row."""
+    returned, created = queue.submit(db, spec("stored", epochs=2), priority=7, max_attempts=4, user="ann", now=T0)
+    with db.read() as session:
+        stored = get_job(session, returned.id)
+        events = [event.kind for event in session.scalars(select(Event).where(Event.job_id == returned.id))]
+    columns = [column.key for column in Job.__table__.columns]
+    assert created and events == ["submitted"]
+    assert {c: getattr(returned, c) for c in columns} == {c: getattr(stored, c) for c in columns}
 
 
 def test_idempotency_key_returns_the_existing_job(db: Database) -> None:
