@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from service import queue
+from service import queue, telemetry
 from service.db import Database
 from service.jobs import get_job, list_trials, metric_history
 from service.models import utcnow
@@ -23,6 +23,7 @@ from workers.training import RunDirectory
 from workers.worker.job import JobRun
 from workers.worker.loop import Keeper, Worker, WorkerOptions
 from workers.worker.plan import JobPaths, plan_job
+from workers.worker.ranks import TELEMETRY_KEY
 from workers.worker.runner import RaySettings
 
 BASE: dict[str, Any] = {"problem": "multi_digits", "model": "mlp", "epochs": 2, "method": {"wrapper": "samo"}}
@@ -148,6 +149,50 @@ def test_the_sweep_outcome_is_the_trial_with_the_best_value_of_the_metric(
     assert [(p.trial_index, p.step, p.value) for p in history] == [
         (index, 10 * epoch, value) for index, values in curves.items() for epoch, value in enumerate(values, 1)
     ]
+
+
+def test_a_sweep_trials_telemetry_reaches_the_metrics_the_api_exports_for_it(db: Database, tmp_path: Path) -> None:
+    run = sweep_run(db, tmp_path, "max")
+    run.load_previous()
+    run.trial_started(1)
+    tasks = ["left", "right"]
+    gram = [[4.0, -2.0], [-2.0, 9.0]]  # norms 2 and 3, cosine -1/3
+    payload = {"tasks": tasks, "global_batch": 32, "losses": [0.7, 0.4], "gram": gram}
+    run.trial_result(
+        1,
+        {
+            "epoch": 1,
+            "step": 10,
+            "train/loss/left": 0.8,
+            "train/loss/right": 0.5,
+            "train/samples_per_s": 320.0,
+            "test/mean/accuracy": 0.5,
+            TELEMETRY_KEY: payload,
+        },
+    )
+    names = [
+        telemetry.POINT_STEP_SECONDS,
+        telemetry.POINT_SAMPLES,
+        "train/cosine/left/right",
+        "train/grad_norm/right",
+        telemetry.POINT_CONFLICT_RATIO,
+    ]
+    with db.read() as session:
+        stored = {
+            p.name: (p.trial_index, p.step, p.value) for p in metric_history(session, run.lease.job_id, names=names)
+        }
+        snapshot = telemetry.database_snapshot(session, now=utcnow(), lease_seconds=60)
+    assert stored == {
+        telemetry.POINT_STEP_SECONDS: (1, 10, pytest.approx(32 / 320.0)),
+        telemetry.POINT_SAMPLES: (1, 10, 10 * 32),
+        "train/cosine/left/right": (1, 10, pytest.approx(-1 / 3)),
+        "train/grad_norm/right": (1, 10, pytest.approx(3.0)),
+        telemetry.POINT_CONFLICT_RATIO: (1, 10, 1.0),  # the one pair conflicts
+    }
+    [job] = snapshot.running_jobs
+    [series] = job.series
+    assert series.trial == 1 and series.latest["train/cosine/left/right"] == pytest.approx(-1 / 3)
+    assert series.step_seconds.count == 1
 
 
 def test_a_resumed_attempt_keeps_finished_trials_and_stores_replayed_epochs_once(db: Database, tmp_path: Path) -> None:

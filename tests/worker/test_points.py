@@ -52,14 +52,14 @@ def test_epoch_record_keeps_the_ranks_metrics_and_drops_tunes() -> None:
     assert math.isnan(stored["delta_m"])  # a null in the run files is a non-finite number
 
 
-def test_training_jobs_store_telemetry_points_computed_from_the_gram_matrix() -> None:
+def test_reports_store_telemetry_points_computed_from_the_gram_matrix() -> None:
     g1, g2 = torch.tensor([3.0, 0.0, 4.0], dtype=torch.float64), torch.tensor([-1.0, 2.0, 0.0], dtype=torch.float64)
     gram = torch.stack([g1, g2]) @ torch.stack([g1, g2]).T
     result = {
         **record(),
         TELEMETRY_KEY: {"tasks": list(TASKS), "global_batch": 64, "losses": [1.4, 0.6], "gram": gram.tolist()},
     }
-    step, points = result_points(result, with_telemetry=True)
+    step, points = result_points(result)
     values = {name: value for _, name, value in points}
     assert step == 12 and {s for s, _, _ in points} == {12}
     cosine = float(g1 @ g2 / (g1.norm() * g2.norm()))
@@ -75,13 +75,17 @@ def test_training_jobs_store_telemetry_points_computed_from_the_gram_matrix() ->
     assert [name for _, name, _ in points].count("train/loss/top_left") == 1
     assert values["test/top_left/accuracy"] == 0.6
 
-    _, sweep_points = result_points(result, with_telemetry=False)
-    assert not any(name.startswith("train/cosine/") for _, name, _ in sweep_points)
+
+def test_a_report_without_ranks_telemetry_stores_only_its_epoch_record() -> None:
+    step, points = result_points(record())  # a replayed epoch of a resumed trial: only the last one has a payload
+    assert step == 12 and {name: value for _, name, value in points} == {
+        k: v for k, v in record().items() if k != "step"
+    }
 
 
 def test_a_method_without_a_gram_matrix_reports_nan_geometry() -> None:
     without = {k: v for k, v in record().items() if k != "train/conflict_ratio"}  # as the Trainer logs it then
     result = {**without, TELEMETRY_KEY: {"tasks": list(TASKS), "global_batch": 64, "losses": [1.0, 1.0], "gram": None}}
-    values = {name: value for _, name, value in result_points(result, with_telemetry=True)[1]}
+    values = {name: value for _, name, value in result_points(result)[1]}
     assert math.isnan(values[f"train/grad_norm/{TASKS[0]}"]) and math.isnan(values[telemetry.POINT_CONFLICT_RATIO])
     assert values[telemetry.POINT_SAMPLES] == 12 * 64

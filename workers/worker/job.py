@@ -155,7 +155,7 @@ class JobRun:
             if isinstance(value, int | float) and math.isfinite(value):
                 better = max if sweep.mode == "max" else min
                 trial.best = float(value) if trial.best is None else better(trial.best, float(value))
-        step, points = result_points(result, with_telemetry=self.plan.kind == "train")
+        step, points = result_points(result)
         key = None if self.plan.kind == "train" else index
         if step > self.stored_steps.get(key, 0):
             self._fenced(queue.record_metrics, points, trial_index=key)

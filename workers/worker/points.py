@@ -1,10 +1,11 @@
 """A trial's epoch report, as the ``(step, name, value)`` points the worker stores with ``queue.record_metrics``.
 
 Stored: every metric of the epoch record (``train/...``, ``test/...``, ``<split>/mean/...``, ``lr``,
-``delta_m``, ``epoch``) at the run's global step. A training job's records also carry the telemetry points
-the API exports for running jobs (``service.telemetry.training_points``): the epoch-mean losses and conflict
-ratio, the last step's gradient norms, cosines and magnitude similarities, the samples so far and the mean
-step time. Where both name the same series, the telemetry point is the one stored.
+``delta_m``, ``epoch``) at the run's global step, plus the telemetry points the API exports for running
+jobs (``service.telemetry.training_points``): the epoch-mean losses and conflict ratio, the last step's
+gradient norms, cosines and magnitude similarities, the samples so far and the mean step time. A sweep's
+trials store them too, since the API exports a running trial's series with a ``trial`` label just as a
+training job's. Where both name the same series, the telemetry point is the one stored.
 """
 
 from __future__ import annotations
@@ -79,11 +80,11 @@ def telemetry_points(step: int, record: dict[str, float], payload: dict[str, Any
     )
 
 
-def result_points(result: dict[str, Any], *, with_telemetry: bool) -> tuple[int, list[Point]]:
-    """The report's global step and its points."""
+def result_points(result: dict[str, Any]) -> tuple[int, list[Point]]:
+    """The report's global step and its points (telemetry only in reports that carry rank 0's payload)."""
     step = int(result["step"])
     record = epoch_record(result)
-    payload = _telemetry(result) if with_telemetry else None
+    payload = _telemetry(result)
     extra = telemetry_points(step, record, payload) if payload is not None else []
     taken = {name for _, name, _ in extra}
     return step, [(step, name, value) for name, value in record.items() if name not in taken] + extra
