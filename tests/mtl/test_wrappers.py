@@ -17,7 +17,7 @@ from tests.mtl.models import TinyHPS, tiny_problem
 from workers import mtl
 from workers.mtl.base import Aggregator, GramAggregator
 from workers.mtl.oracle import GradientOracle
-from workers.mtl.wrappers.samo import spsa_draw
+from workers.mtl.wrappers.samo import central_differences
 
 K = 3
 SAM_WRAPPERS = ("g_sam", "l_sam", "fmtl", "samo")
@@ -269,7 +269,9 @@ class Probe:
 def _probed(wrapper: str, hparams: dict[str, Any]) -> Probe:
     model, x, targets = tiny_problem(K)
     probe = Probe(model, x, targets)
-    mtl.MTLStep.from_model(model, wrapper=wrapper, wrapper_hparams=hparams)(probe)
+    step = mtl.MTLStep.from_model(model, wrapper=wrapper, wrapper_hparams=hparams)
+    step.probes = None  # one forward per point, so the closure sees each point (batched: tests/mtl/test_probes.py)
+    step(probe)
     return probe
 
 
@@ -310,19 +312,18 @@ def test_samo_probes_are_antisymmetric_in_place_moves_of_shared_parameters(share
     probe = _probed("samo", hparams)
     spsa_calls = 2 * directions * (1 if shared_directions else K)
     assert len(probe.points) == 1 + spsa_calls + K
-    per_task = 0 if shared_directions else 2 * directions
-    probes = list(range(1, 1 + 2 * directions)) if shared_directions else []
+    # Every probe first (+mu z for each task's directions, then -mu z for each), then one SAMO point per task.
+    drawn = directions * (1 if shared_directions else K)
     for task in range(K):
-        start = 1 + (2 * directions if shared_directions else 0) + task * (per_task + 1)
-        if not shared_directions:
-            probes = list(range(start, start + per_task))
-        for plus, minus in zip(probes[::2], probes[1::2], strict=True):
+        first = 1 + (0 if shared_directions else task * directions)
+        for plus in range(first, first + directions):
+            minus = plus + drawn
             up, up_heads = probe.offsets(plus)
             down, down_heads = probe.offsets(minus)
             torch.testing.assert_close(up, -down, rtol=0, atol=1e-15)
             assert up.abs().max() > 0
             assert all(h.abs().max() == 0 for h in [*up_heads, *down_heads])
-        _, heads = probe.offsets(start + per_task)
+        _, heads = probe.offsets(1 + spsa_calls + task)
         assert all(heads[other].abs().max() == 0 for other in range(K) if other != task)
 
 
@@ -401,7 +402,8 @@ def test_spsa_estimate_is_unbiased_for_the_task_gradient() -> None:
     samples = []
     with oracle.displaced() as move:
         for _ in range(draws):
-            direction, coefficients = spsa_draw(oracle, move, mu=1e-5)
+            direction = oracle.random_direction()
+            coefficients = central_differences(oracle, move, direction[None], mu=1e-5)[0]
             samples.append(direction * coefficients[:, None])
     for key, value in model.state_dict().items():
         assert torch.equal(value, before[key]), key

@@ -89,6 +89,7 @@ class ShardedMTLStep(MTLStep):
         super().__init__(split, comm=comm, **kwargs)
         self.comm: ShardedComm = comm
         self.shared: ShardedFlatParams = ShardedFlatParams(split.shared, comm)
+        self.probes = None  # probe offsets are shard slices: one forward per point moves the shards
         self.partition = PartitionedParameters(self.shared) if partition_parameters else None
 
     def __call__(self, closure: LossClosure) -> StepRecord:

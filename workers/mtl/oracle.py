@@ -23,6 +23,7 @@ from workers.mtl.checks import check_finite
 from workers.mtl.comm import Communicator
 from workers.mtl.errors import MethodError
 from workers.mtl.flat import FlatParams
+from workers.mtl.probes import BatchedProbes
 from workers.mtl.task_gradients import TaskGradientEngine
 from workers.mtl.trunk import TrunkCut
 
@@ -67,6 +68,7 @@ class GradientOracle:
         gradient_engine: TaskGradientEngine,
         buffers: Sequence[Tensor] = (),
         trunk: TrunkCut | None = None,
+        probes: BatchedProbes | None = None,
     ) -> None:
         self.closure = closure
         self.shared = shared
@@ -80,6 +82,7 @@ class GradientOracle:
         self.buffers = list(buffers)
         self.record = StepRecord()
         self.trunk = trunk
+        self.probes = probes
         self._representation: Tensor | None = None
         self._cut_losses: weakref.ref[Tensor] | None = None
 
@@ -117,6 +120,22 @@ class GradientOracle:
             raw = out[0] if isinstance(out, tuple) else out
             self.record.forward_passes += 1
             return self.comm.mean(self.weighting.weigh(raw).detach())
+
+    def probe_losses(self, move: Displacement, offsets: Tensor) -> Tensor:
+        """Forward only: the K weighted losses at ``theta + offsets[m]`` (shared parameters moved, heads
+        at theta) for every row, [M, K], averaged over ranks. One vmapped forward where the model allows
+        (``workers.mtl.probes``), else one forward per row. Leaves every parameter at theta."""
+        move()
+        batched = None if self.probes is None else self.probes(self.closure, self.weighting.weigh, self.shared, offsets)
+        if batched is None:
+            rows = []
+            for offset in offsets:
+                move(offset)
+                rows.append(self.forward_losses())
+            move()
+            return torch.stack(rows)
+        self.record.forward_passes += offsets.shape[0]
+        return self.comm.mean(batched.detach())
 
     # ---- gradients -----------------------------------------------------------------------------
     def task_gradients(self, weighted: Tensor, *, retain_graph: bool = False) -> TaskGradients:

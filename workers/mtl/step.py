@@ -25,6 +25,7 @@ from workers.mtl.comm import Communicator, LocalComm
 from workers.mtl.errors import MethodError
 from workers.mtl.flat import FlatParams
 from workers.mtl.oracle import GradientOracle, LossClosure, StepRecord, model_buffers
+from workers.mtl.probes import BatchedProbes
 from workers.mtl.task_gradients import GradientMode, TaskGradientEngine
 from workers.mtl.trunk import TrunkCut
 
@@ -42,11 +43,14 @@ class ParameterSplit:
     ``task_heads``, where given, are the modules (one per task) whose inputs carry every dependence of
     that task's loss on the shared parameters; per-task gradients then take the two-stage path of
     ``workers.mtl.trunk``. A model declares them with a ``task_heads()`` method returning them or None.
+    ``model``, where given, owns the shared parameters; forward-only probes (SAMO's SPSA) then batch
+    their points into one vmapped forward (``workers.mtl.probes``).
     """
 
     shared: list[nn.Parameter]
     heads: list[list[nn.Parameter]]
     task_heads: list[nn.Module] | None = None
+    model: nn.Module | None = None
 
     @classmethod
     def from_model(cls, model: MultiTaskModel) -> ParameterSplit:
@@ -56,6 +60,7 @@ class ParameterSplit:
             list(model.shared_parameters()),
             [list(h) for h in model.task_parameters()],
             None if task_heads is None else list(task_heads),
+            model if isinstance(model, nn.Module) else None,
         )
         split.check()
         return split
@@ -119,6 +124,7 @@ class MTLStep:
         self.buffers = list(buffers)
         self.gradient_engine = TaskGradientEngine(gradient_mode)
         self.trunk = None if split.task_heads is None else TrunkCut(split.task_heads)
+        self.probes = None if split.model is None else BatchedProbes(split.model, split.shared)
 
     @classmethod
     def from_model(cls, model: nn.Module, **kwargs: Any) -> MTLStep:
@@ -150,6 +156,7 @@ class MTLStep:
             self.gradient_engine,
             self.buffers,
             self.trunk,
+            self.probes,
         )
 
     def end_epoch(self) -> None:

@@ -9,7 +9,8 @@ rescaled per layer to ``g0``'s layer norms (eq. 4; ``normalization="global"`` us
 ``||g0|| / ||g_i_hat||`` and ``"none"`` keeps the raw estimate, the paper's ablations). Task i is then
 perturbed by ``rho * v_i / ||v_i||`` with ``v_i = alpha g0 + (1 - alpha) g_i_hat`` (eq. 1) and its
 gradient there is its SAMO gradient (eq. 2); the K SAMO gradients are aggregated. The extra cost is one
-backward and ``2 K`` forwards without graph, instead of F-MTL's K extra per-task backwards.
+backward and ``2 K`` forwards without graph, instead of F-MTL's K extra per-task backwards; the forwards
+run as one vmapped forward over the 2 K points where the model allows (``workers.mtl.probes``).
 
 Heads: SPSA directions cover the shared parameters only (as in the authors' code). Heads are perturbed
 along ``g0``'s head part, which for head i points along task i's own head gradient (only task i's loss
@@ -33,22 +34,20 @@ from torch import Tensor
 
 from workers.mtl.base import Wrapper
 from workers.mtl.oracle import Displacement, GradientOracle
+from workers.mtl.probes import MAX_PROBE_ELEMENTS
 from workers.mtl.registry import HParam, register
 from workers.mtl.wrappers._perturbation import TINY, head_sq_norm
 
 NORMALIZATIONS = ("layerwise", "global", "none")
 
 
-def spsa_draw(oracle: GradientOracle, move: Displacement, mu: float) -> tuple[Tensor, Tensor]:
-    """One Gaussian direction z over the shared parameters and, for every task k, the central difference
-    ``(l_k(theta + mu z) - l_k(theta - mu z)) / (2 mu)``: two forwards without graph. Leaves the
-    parameters at ``theta - mu z``; the caller's next move (or the end of its block) puts them back."""
-    direction = oracle.random_direction()
-    move(direction * mu)
-    plus = oracle.forward_losses()
-    move(direction * -mu)
-    minus = oracle.forward_losses()
-    return direction, (plus - minus) / (2 * mu)
+def central_differences(oracle: GradientOracle, move: Displacement, directions: Tensor, mu: float) -> Tensor:
+    """For each Gaussian direction z (rows of ``directions`` [D, P] over the shared parameters) and every
+    task k, ``(l_k(theta + mu z) - l_k(theta - mu z)) / (2 mu)``: [D, K] from 2 D forwards without graph,
+    batched into one vmapped forward where the model allows. Leaves the parameters at theta."""
+    losses = oracle.probe_losses(move, torch.cat([directions * mu, directions * -mu]))
+    plus, minus = losses.chunk(2)
+    return (plus - minus) / (2 * mu)
 
 
 @register(
@@ -82,27 +81,42 @@ class SAMO(Wrapper):
         g0, g0_heads = oracle.mean_gradient(weighted)
         heads_squared = head_sq_norm(g0_heads)
         reference = self._reference(oracle, g0)
-        template = oracle.shared.params[0]
-        sam_shared = torch.empty(oracle.num_tasks, oracle.shared.numel, dtype=template.dtype, device=template.device)
+        sam_shared = torch.empty(oracle.num_tasks, oracle.shared.numel, dtype=g0.dtype, device=g0.device)
         sam_heads = []
         local = self.alpha < 1
         global_part = self.alpha * g0
         with oracle.displaced() as move:
-            shared_draws = self._draws(oracle, move) if local and self.shared_directions else None
+            if local:
+                # Row i holds task i's local estimate until its SAMO gradient replaces it.
+                self._local_estimates(oracle, move, out=sam_shared)
             for task in range(oracle.num_tasks):
                 direction = g0
                 if local:
-                    draws = shared_draws if shared_draws is not None else self._draws(oracle, move)
-                    estimate = sum(z * c[task] for z, c in draws) / self.directions
-                    direction = global_part + (1 - self.alpha) * self._normalized(oracle, estimate, reference)
+                    direction = global_part + (1 - self.alpha) * self._normalized(oracle, sam_shared[task], reference)
                 factor = self.rho / ((oracle.norm(direction).pow(2) + heads_squared).sqrt() + TINY)
                 move(direction * factor, {task: g0_heads[task] * factor})
                 sam_shared[task], head = oracle.task_gradient(oracle.losses(), task)
                 sam_heads.append(head)
         oracle.write(oracle.aggregate(sam_shared), sam_heads)
 
-    def _draws(self, oracle: GradientOracle, move: Displacement) -> list[tuple[Tensor, Tensor]]:
-        return [spsa_draw(oracle, move, self.mu) for _ in range(self.directions)]
+    def _local_estimates(self, oracle: GradientOracle, move: Displacement, out: Tensor) -> None:
+        """Every task's SPSA estimate (eq. 3, averaged over its directions) into the rows of ``out``.
+
+        Directions are drawn task by task in order, so the draws do not depend on how the probes are
+        batched; tasks are probed in chunks that keep the offsets within the probes' memory bound."""
+        draws, numel = self.directions, oracle.shared.numel
+        if self.shared_directions:
+            directions = torch.stack([oracle.random_direction() for _ in range(draws)])
+            coefficients = central_differences(oracle, move, directions, self.mu)
+            torch.matmul(coefficients.T, directions, out=out).div_(draws)
+            return
+        per_chunk = max(1, MAX_PROBE_ELEMENTS // (2 * draws * max(1, numel)))
+        for first in range(0, oracle.num_tasks, per_chunk):
+            tasks = range(first, min(oracle.num_tasks, first + per_chunk))
+            directions = torch.stack([oracle.random_direction() for _ in range(len(tasks) * draws)])
+            coefficients = central_differences(oracle, move, directions, self.mu).view(len(tasks), draws, -1)
+            for row, task in enumerate(tasks):
+                out[task] = coefficients[row, :, task] @ directions[row * draws : (row + 1) * draws] / draws
 
     def _reference(self, oracle: GradientOracle, g0: Tensor) -> Tensor | None:
         """g0's magnitude the local estimates are rescaled to: per layer, overall, or none."""
