@@ -72,5 +72,10 @@ def _run_rank(
     dist.init_process_group(backend, rank=rank, world_size=world_size, timeout=timedelta(seconds=timeout_s))
     try:
         fn(rank, world_size, *args)
+        # Tear down together: a gloo rank that destroys its group while a peer is still in a collective with it
+        # makes that peer abort ("terminate called without an active exception"). Only a rank that succeeded
+        # waits here; a failing one goes straight to teardown, and the launcher then ends its peers (the
+        # group's timeout bounds the wait in any case).
+        dist.barrier()
     finally:
         dist.destroy_process_group()
