@@ -52,12 +52,14 @@ def train(
     ``resume=True`` continues from ``run_dir/checkpoints/latest.pt`` when there is one (else starts fresh, as
     after a crash before the first checkpoint); the spec and dtype must match the checkpoint's. Without
     ``resume`` an existing run there is refused rather than overwritten. ``should_stop`` is polled between
-    steps; ``on_epoch`` gets each epoch's record. Raises ``ConfigError`` for a config that cannot run and
-    ``TrainingFailedError``/``NonFiniteLossError`` after writing a FAILED summary.
+    steps; ``on_epoch`` gets each epoch's record. Raises ``ConfigError`` for a config that cannot run (GPUs
+    asked for where CUDA is not available included) and ``TrainingFailedError``/``NonFiniteLossError`` after
+    writing a FAILED summary.
     """
     if not isinstance(spec, TrainSpec):
         spec = parse_spec(spec)
     options = options or RunOptions()
+    _check_gpus(spec)
     check_runnable(spec)
     device = _device(options)
     run = RunDirectory(Path(run_dir))
@@ -70,6 +72,15 @@ def train(
         summary = trainer.run()
         return RunResult(summary["status"], run.root, summary)
     return _train_distributed(spec, run, options, resuming, should_stop, on_epoch)
+
+
+def _check_gpus(spec: TrainSpec) -> None:
+    """A spec that asks for GPUs fails here, before the run directory or any rank exists, where there are none
+    (on a Ray cluster such a request fails at claim time; this is the same refusal for local runs)."""
+    if spec.resources.gpus > 0 and not torch.cuda.is_available():
+        raise ConfigError(
+            [ConfigProblem("resources.gpus", spec.resources.gpus, "asks for GPUs but no CUDA device is available", "0")]
+        )
 
 
 def _device(options: RunOptions) -> torch.device:
