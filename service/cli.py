@@ -51,15 +51,22 @@ def _call(client: httpx.Client, method: str, path: str, **kwargs: Any) -> Any:
 @click.option("--host", default=None, help="Default: the api_host setting.")
 @click.option("--port", type=int, default=None, help="Default: the api_port setting.")
 @click.option("--config", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None)
-def serve(host: str | None, port: int | None, config: Path | None) -> None:
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="API processes sharing the port; one core serves a few hundred submissions per second.",
+)
+@click.option(
+    "--access-log/--no-access-log", default=True, show_default=True, help="Log every request (uvicorn's access log)."
+)
+def serve(host: str | None, port: int | None, config: Path | None, workers: int, access_log: bool) -> None:
     """Run the REST API (migrates the database first)."""
-    import uvicorn
-
-    from api.app import create_app
+    from api.server import serve as serve_api
     from service.settings import load_settings
 
-    settings = load_settings(config)
-    uvicorn.run(create_app(settings), host=host or settings.api_host, port=port or settings.api_port)
+    serve_api(load_settings(config), host=host, port=port, workers=workers, access_log=access_log)
 
 
 def _read_submission(path: Path) -> dict[str, Any]:
