@@ -27,6 +27,7 @@ STEP_KEYS = (
     "magnitude_similarity_mean",
     "sam_share",
     "aggregation_share",
+    "communication_bytes",
     *(f"loss/{t}" for t in TASKS),
     *(f"grad_norm/{t}" for t in TASKS),
 )

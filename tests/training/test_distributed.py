@@ -24,11 +24,12 @@ def _final_model(run_dir: Path) -> dict[str, torch.Tensor]:
     return load(RunDirectory(run_dir).latest)["model"]
 
 
-def _initial() -> list[torch.Tensor]:
-    """The parameters both runs start from (the spec's seed, then the model)."""
+def _initial() -> tuple[list[torch.Tensor], int]:
+    """The parameters both runs start from (the spec's seed, then the model), and how many are shared."""
     seed_everything(3)
     problem = problems.build("multi_digits", train_size=TRAIN_SIZE, test_size=TEST_SIZE)
-    return list(problem.model("mlp", hidden=(16,)).double().state_dict().values())
+    model = problem.model("mlp", hidden=(16,)).double()
+    return list(model.state_dict().values()), sum(p.numel() for p in model.shared_parameters())
 
 
 def _losses(run_dir: Path) -> list[list[float]]:
@@ -44,8 +45,17 @@ def test_two_process_data_parallel_matches_one_process_on_the_global_batch(tmp_p
     assert ddp.summary["processes"] == 2
     local_params, ddp_params = _final_model(tmp_path / "local"), _final_model(tmp_path / "ddp")
     assert local_params.keys() == ddp_params.keys()
-    moved = max(float((p - q).abs().max()) for p, q in zip(local_params.values(), _initial(), strict=True))
+    initial, num_shared = _initial()
+    moved = max(float((p - q).abs().max()) for p, q in zip(local_params.values(), initial, strict=True))
     assert moved > 1e-3
     torch.testing.assert_close(torch.tensor(_losses(tmp_path / "ddp")), torch.tensor(_losses(tmp_path / "local")))
     for name, value in local_params.items():
         torch.testing.assert_close(ddp_params[name], value, rtol=0, atol=1e-9, msg=name)
+    # A ring all-reduce of the [K, P] float64 per-task gradients alone sends 2 (N-1)/N K P 8 bytes per rank.
+    assert all(sent == 0 for sent in _sent(tmp_path / "local"))
+    assert all(sent >= len(TASKS) * num_shared * 8 for sent in _sent(tmp_path / "ddp"))
+
+
+def _sent(run_dir: Path) -> list[float]:
+    run = RunDirectory(run_dir)
+    return [line["communication_bytes"] for line in run.read_lines(run.step_metrics)]

@@ -13,12 +13,17 @@ from workers.mtl import diagnostics
 from workers.mtl.oracle import StepRecord
 
 DIAGNOSTICS = ("conflict_ratio", "cosine_min", "cosine_mean", "magnitude_similarity_mean")
+STEP_MEANS = ("sam_share", "aggregation_share", "communication_bytes")
+"""Per-step quantities an epoch reports as their mean over its steps."""
 
 
-def step_metrics(record: StepRecord, tasks: Sequence[str], *, samples: int, seconds: float) -> dict[str, float]:
-    """Per-task losses, throughput, time shares and gradient geometry of one step.
+def step_metrics(
+    record: StepRecord, tasks: Sequence[str], *, samples: int, seconds: float, communication_bytes: int = 0
+) -> dict[str, float]:
+    """Per-task losses, throughput, time shares, bytes sent and gradient geometry of one step.
 
-    ``samples`` is the global batch (all ranks); ``seconds`` the step's wall time including the optimizer.
+    ``samples`` is the global batch (all ranks); ``seconds`` the step's wall time including the optimizer;
+    ``communication_bytes`` what this rank sent in the step's collectives (ring cost; 0 on one process).
     SAM and aggregation shares are fractions of the method's own time (``record.seconds_total``).
     """
     assert record.losses is not None
@@ -30,6 +35,7 @@ def step_metrics(record: StepRecord, tasks: Sequence[str], *, samples: int, seco
     total = record.seconds_total
     metrics["sam_share"] = record.seconds_perturbed / total if total > 0 else 0.0
     metrics["aggregation_share"] = record.seconds_aggregation / total if total > 0 else 0.0
+    metrics["communication_bytes"] = communication_bytes
     metrics["forward_passes"] = record.forward_passes
     metrics["backward_passes"] = record.backward_passes
     if record.gram is not None:
@@ -57,7 +63,7 @@ class EpochAccumulator:
         self.steps += 1
         self.samples += samples
         self.seconds += metrics["step_seconds"]
-        for name in ("sam_share", "aggregation_share"):
+        for name in STEP_MEANS:
             self.share_sums[name] = self.share_sums.get(name, 0.0) + metrics[name]
         if "conflict_ratio" in metrics:
             self.diagnostic_steps += 1

@@ -150,6 +150,7 @@ class Trainer:
         heads = [p for head in self.model.task_parameters() for p in head]
         self.shard_view: engine.ShardedFlatParams | None = None
         self.running_statistics: engine.RunningStatisticsAverager | None = None
+        self.traffic: engine.TrafficCounter | None = None
         if not self.ctx.distributed:
             self.step = mtl.MTLStep.from_model(self.model, **kwargs)
             self.optimizer: Any = build_optimizer(
@@ -158,6 +159,7 @@ class Trainer:
             self.torch_optimizer: torch.optim.Optimizer = self.optimizer
             return
         collectives = engine.Collectives()
+        self.traffic = collectives.counter
         self.running_statistics = engine.RunningStatisticsAverager(self.model, collectives)
         factory, opt_options = optimizer_options(self.spec.optimizer)
         shared = self.model.shared_parameters()
@@ -298,6 +300,8 @@ class Trainer:
 
     def _take_step(self, indices: Any) -> dict[str, float]:
         started = time.perf_counter()
+        if self.traffic is not None:
+            self.traffic.reset()
         inputs, targets = to_device(collate(self.train_data, indices), self.ctx.device, self.dtype)
         try:
             record = self.step(self._closure(model_input(inputs), targets))
@@ -319,7 +323,11 @@ class Trainer:
         self.optimizer.zero_grad()
         self.scheduler.step()
         seconds = time.perf_counter() - started
-        return {"lr": lr, **step_metrics(record, self.tasks, samples=self.plan.global_batch, seconds=seconds)}
+        sent = 0 if self.traffic is None else self.traffic.bytes_sent
+        metrics = step_metrics(
+            record, self.tasks, samples=self.plan.global_batch, seconds=seconds, communication_bytes=sent
+        )
+        return {"lr": lr, **metrics}
 
     # ---- the loop ----------------------------------------------------------------------------------
     def _stop_requested(self) -> bool:
