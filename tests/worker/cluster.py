@@ -6,13 +6,14 @@ import contextlib
 import copy
 import os
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from workers.worker.demo import WORKER_COMMAND
 
 TASKS = ("top_left", "bottom_right")
 TRAIN_SIZE = 128
@@ -27,7 +28,6 @@ TINY: dict[str, Any] = {
     "seed": 5,
     "processes": 2,
 }
-WORKER = [sys.executable, "-c", "from workers.worker.cli import worker_command; worker_command()"]
 
 
 def require_ray() -> None:
@@ -55,7 +55,7 @@ def start_worker(env: dict[str, str], log_path: Path, *args: str) -> subprocess.
     that 3 two-process trials run at once: on 2 cores their start-up (process spawns, imports) overlaps."""
     with log_path.open("ab") as log_file:
         return subprocess.Popen(
-            [*WORKER, "--poll", "0.2", "--num-cpus", "8", *args],
+            [*WORKER_COMMAND, "--poll", "0.2", "--num-cpus", "8", *args],
             env=env,
             stdout=log_file,
             stderr=subprocess.STDOUT,

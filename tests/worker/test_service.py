@@ -9,7 +9,6 @@ from __future__ import annotations
 import itertools
 import json
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,11 +19,20 @@ import httpx
 import pytest
 
 from tests.worker.cluster import TASKS, line_count, require_ray, start_worker, steps_per_epoch, stop, tiny, wait_until
-from workers.worker.demo import api_call, create_demo_token, free_port, process, service_env, wait_healthy
+from workers.worker.demo import (
+    API_COMMAND,
+    TERMINAL,
+    api_call,
+    api_client,
+    create_demo_token,
+    free_port,
+    process,
+    service_env,
+    wait_healthy,
+)
 from workers.worker.runner import PLACEMENT_GROUP_FILE
 
 LEASE_SECONDS = 6
-TERMINAL = ("succeeded", "failed", "cancelled")
 pytestmark = pytest.mark.timeout(300)
 
 
@@ -59,14 +67,11 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     token = create_demo_token(out, "tester")
     port = free_port()
     env = service_env(out, FLATMTL_LEASE_SECONDS=str(LEASE_SECONDS))
-    api_command = [sys.executable, "-c", "from service.cli import serve; serve()", "--port", str(port)]
     worker = start_worker(env, out / "worker.log")
     try:
         with (
-            process(api_command, env, out / "api.log") as api,
-            httpx.Client(
-                base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {token}"}, timeout=30
-            ) as client,
+            process([*API_COMMAND, "--port", str(port)], env, out / "api.log") as api,
+            api_client(f"http://127.0.0.1:{port}", token) as client,
         ):
             wait_healthy(client, api, out / "api.log", timeout_s=60)
             yield Service(client, out, worker)

@@ -17,7 +17,6 @@ import datetime
 import hashlib
 import json
 import math
-import sys
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -29,8 +28,11 @@ import httpx
 from service.artifacts import job_dir
 from service.specs import SweepSpec
 from workers.worker.demo import (
-    ServiceDemo,
+    API_COMMAND,
+    TERMINAL,
+    WORKER_COMMAND,
     api_call,
+    api_client,
     create_demo_token,
     follow,
     free_port,
@@ -40,10 +42,7 @@ from workers.worker.demo import (
 )
 from workers.worker.plan import search_points
 
-TERMINAL = ("succeeded", "failed", "cancelled")
 SERVICE_FOLDER = "service"
-API_COMMAND = [sys.executable, "-c", "from service.cli import serve; serve()"]
-WORKER_COMMAND = [sys.executable, "-c", "from workers.worker.cli import worker_command; worker_command()"]
 TRIAL_ACTOR_CPUS = 0.01
 """What a trial's Tune actor reserves next to its rank (``workers.worker.runner.TRIAL_ACTOR_CPUS``)."""
 
@@ -121,9 +120,7 @@ def execute(
     url = f"http://127.0.0.1:{port}"
     with ExitStack() as stack:
         api = stack.enter_context(process([*API_COMMAND, "--port", str(port)], env, api_log))
-        client = stack.enter_context(
-            httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=30.0)
-        )
+        client = stack.enter_context(api_client(url, token))
         wait_healthy(client, api, api_log)
         jobs = {key: submit(client, request, echo) for key, request in unique.items()}
         pending = [key for key, job in jobs.items() if job["state"] not in TERMINAL]
@@ -133,9 +130,8 @@ def execute(
                 process([*WORKER_COMMAND, "--poll", "0.5", "--num-cpus", str(cpus)], env, worker_log)
             )
             echo(f"service at {url} on {root / 'flatmtl.db'}; worker log {worker_log}")
-            following = ServiceDemo(out=root, timeout_s=timeout_s)
             for key in pending:
-                jobs[key] = follow(client, jobs[key]["id"], following, worker, echo)
+                jobs[key] = follow(client, jobs[key]["id"], worker, echo, timeout_s=timeout_s, worker_log=worker_log)
         return {key: outcome(client, root, unique[key], job, reused=key not in pending) for key, job in jobs.items()}
 
 

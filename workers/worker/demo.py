@@ -26,6 +26,11 @@ import httpx
 TERMINAL = ("succeeded", "failed", "cancelled")
 METRIC = "test/mean/accuracy"
 RADII = {"samo": ("rho", "alpha"), "fmtl": ("rho_shared", "rho_task")}
+POLL_S = 2.0
+API_COMMAND = (sys.executable, "-c", "from service.cli import serve; serve()")
+"""``flatmtl serve`` as a subprocess of this interpreter (no console script needed); append ``--port``."""
+WORKER_COMMAND = (sys.executable, "-c", "from workers.worker.cli import worker_command; worker_command()")
+"""``flatmtl worker`` (with its local Ray) as a subprocess of this interpreter; append its options."""
 
 
 class DemoError(RuntimeError):
@@ -54,7 +59,7 @@ class ServiceDemo:
     processes: int = 1
     train_size: int = 1200
     timeout_s: float = 900.0
-    poll_s: float = 2.0
+    poll_s: float = POLL_S
 
     def sweep(self) -> dict[str, Any]:
         """The sweep the demo submits: every (rho, alpha) pair, each trial a small MLP run."""
@@ -134,6 +139,11 @@ def create_demo_token(out: Path, user: str = "demo") -> str:
         database.dispose()
 
 
+def api_client(url: str, token: str) -> httpx.Client:
+    """A REST client of the API at ``url`` that sends ``token``."""
+    return httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=30.0)
+
+
 def wait_healthy(client: httpx.Client, api: subprocess.Popen[bytes], log_path: Path, timeout_s: float = 120.0) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -166,12 +176,17 @@ def _trial_line(trial: dict[str, Any], names: tuple[str, str]) -> str:
 def follow(
     client: httpx.Client,
     job_id: int,
-    demo: ServiceDemo,
     worker: subprocess.Popen[bytes],
     echo: Callable[[str], None],
+    *,
+    timeout_s: float,
+    worker_log: Path,
+    poll_s: float = POLL_S,
 ) -> dict[str, Any]:
-    """Poll the job until it ends, echoing progress whenever it changes; the final job."""
-    deadline = time.monotonic() + demo.timeout_s
+    """Poll the job every ``poll_s`` until it ends, echoing progress whenever it changes; the final job with its
+    trials. A worker that exits first fails the follow (pointing at ``worker_log``); a job still running after
+    ``timeout_s`` is cancelled."""
+    deadline = time.monotonic() + timeout_s
     shown = ""
     started = time.monotonic()
     while True:
@@ -193,11 +208,11 @@ def follow(
         if job["state"] in TERMINAL:
             return {**job, "trials": trials}
         if worker.poll() is not None:
-            raise DemoError(f"the worker exited with code {worker.returncode}; see {demo.out / 'worker.log'}")
+            raise DemoError(f"the worker exited with code {worker.returncode}; see {worker_log}")
         if time.monotonic() > deadline:
             api_call(client, "POST", f"/v1/jobs/{job_id}/cancel")
-            raise DemoError(f"job {job_id} did not finish within {demo.timeout_s:.0f} s and was cancelled")
-        time.sleep(demo.poll_s)
+            raise DemoError(f"job {job_id} did not finish within {timeout_s:.0f} s and was cancelled")
+        time.sleep(poll_s)
 
 
 def report(job: dict[str, Any], demo: ServiceDemo, url: str, echo: Callable[[str], None]) -> None:
@@ -229,18 +244,16 @@ def run_service_demo(demo: ServiceDemo, echo: Callable[[str], None] = print) -> 
     env = service_env(demo.out, FLATMTL_API_PORT=str(port))
     api_log, worker_log = demo.out / "api.log", demo.out / "worker.log"
     echo(f"data directory {demo.out.resolve()} (SQLite); API log {api_log}, worker log {worker_log}")
-    api_command = [sys.executable, "-c", "from service.cli import serve; serve()", "--port", str(port)]
-    worker_command = [sys.executable, "-c", "from workers.worker.cli import worker_command; worker_command()"]
     with ExitStack() as stack:
-        worker = stack.enter_context(process([*worker_command, "--poll", "0.5"], env, worker_log))
-        api = stack.enter_context(process(api_command, env, api_log))
-        client = stack.enter_context(
-            httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=30.0)
-        )
+        worker = stack.enter_context(process([*WORKER_COMMAND, "--poll", "0.5"], env, worker_log))
+        api = stack.enter_context(process([*API_COMMAND, "--port", str(port)], env, api_log))
+        client = stack.enter_context(api_client(url, token))
         wait_healthy(client, api, api_log)
         echo(f"API up at {url}; worker starting a local Ray")
         job = api_call(client, "POST", "/v1/jobs", json={"spec": demo.sweep()})
         echo(f"submitted sweep job {job['id']} over REST: {demo.wrapper} on {demo.problem}, {METRIC} (max)")
-        final = follow(client, job["id"], demo, worker, echo)
+        final = follow(
+            client, job["id"], worker, echo, timeout_s=demo.timeout_s, worker_log=worker_log, poll_s=demo.poll_s
+        )
         report(final, demo, url, echo)
         return final
