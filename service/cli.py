@@ -71,8 +71,10 @@ def serve(host: str | None, port: int | None, config: Path | None, workers: int,
 
 def _read_submission(path: Path) -> dict[str, Any]:
     """A spec file (YAML or JSON): either a bare train/sweep spec or ``{spec: ..., priority: ...}``."""
+    from service.specs import load_yaml
+
     try:
-        document = yaml.safe_load(path.read_text())
+        document = load_yaml(path.read_text())
     except yaml.YAMLError as error:
         raise click.ClickException(f"{path}: not valid YAML or JSON: {error}") from None
     if not isinstance(document, dict):

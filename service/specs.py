@@ -5,6 +5,10 @@ wrapper, each a name plus hyper-parameters validated against the method catalog)
 learning-rate schedule and its resources. A sweep is a base training spec plus a search space over
 any of its fields by dotted path (``method.wrapper.hparams.rho``, ``optimizer.lr``, ...).
 
+Scalars are strict: an int, float or bool field takes a JSON number or boolean, never a string ("3"), and a
+bool is not a number (a float field takes an int). YAML spec files are read with :func:`load_yaml`, which
+reads ``1e-3`` as a number as JSON does (PyYAML alone reads it as a string).
+
 Errors name the field path, the value and what is allowed. Errors raised inside validators carry
 ``subloc`` (the path below the validated field) in their context so that the path points at the
 offending key; :mod:`service.validation` appends it.
@@ -14,8 +18,10 @@ from __future__ import annotations
 
 import copy
 import math
+import re
 from typing import Annotated, Any, ClassVar, Literal
 
+import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -50,10 +56,28 @@ def field_error(message: str, *, subloc: tuple[str, ...] = (), value: Any = None
     )
 
 
-class SpecModel(BaseModel):
-    """Strict about unknown keys, and says which keys exist when it refuses one."""
+class SpecLoader(yaml.SafeLoader):
+    """YAML 1.1 (PyYAML) floats need a dot, so ``1e-3`` would be the string "1e-3", which strict specs refuse;
+    this loader reads exponent notation as a float, as JSON and YAML 1.2 do."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=False)
+
+SpecLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)[eE][-+]?[0-9]+$"),
+    list("-+.0123456789"),
+)
+
+
+def load_yaml(text: str) -> Any:
+    """A spec document from YAML or JSON text, numbers typed as JSON would type them."""
+    return yaml.load(text, Loader=SpecLoader)
+
+
+class SpecModel(BaseModel):
+    """Strict about unknown keys, and says which keys exist when it refuses one; strict about scalar types, so a
+    string is never silently turned into a number or a boolean."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=False, strict=True)
 
     @model_validator(mode="before")
     @classmethod
@@ -132,7 +156,8 @@ class OptimizerConfig(SpecModel):
     weight_decay: float = Field(0.0, ge=0, le=10, allow_inf_nan=False)
     momentum: float = Field(0.0, ge=0, lt=1, description="SGD only.")
     nesterov: bool = Field(False, description="SGD only; needs momentum > 0.")
-    betas: tuple[float, float] = Field((0.9, 0.999), description="Adam and AdamW only; each in [0, 1).")
+    # Not strict: a strict tuple takes only Python tuples, not the arrays JSON and YAML give; its floats stay strict.
+    betas: tuple[float, float] = Field((0.9, 0.999), strict=False, description="Adam and AdamW only; each in [0, 1).")
 
     @model_validator(mode="after")
     def _fits_optimizer(self) -> OptimizerConfig:
