@@ -16,6 +16,7 @@ from tests.training.specs import TASKS, TEST_SIZE, TRAIN_SIZE, document
 from workers import problems
 from workers.training.checkpoint import load
 from workers.training.cli import flatness_command, train_command
+from workers.training.config import load_spec
 from workers.training.rundir import RunDirectory
 
 REFERENCES = {"top_left/accuracy": 0.8, "bottom_right/accuracy": 0.7}
@@ -150,3 +151,10 @@ def test_unreadable_config_exits_2(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "not valid yaml" in result.stderr
     result = CliRunner().invoke(train_command, [str(tmp_path / "missing.yaml")])
     assert result.exit_code == 2 and "cannot read" in result.stderr
+
+
+def test_a_yaml_config_reads_exponent_notation_as_numbers(tmp_path: Path) -> None:
+    """PyYAML alone reads ``1e-3`` as a string, which the strict spec would refuse."""
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(document()) + "optimizer:\n  name: adam\n  lr: 1e-3\n")
+    assert load_spec(path).optimizer.lr == 1e-3

@@ -25,6 +25,7 @@ def record() -> dict[str, float]:
         "train/samples_per_s": 640.0,
         "train/sam_share": 0.25,
         "train/aggregation_share": 0.1,
+        "train/communication_bytes": 4096.0,
         "train/conflict_ratio": 0.5,
         "test/top_left/accuracy": 0.6,
         "test/bottom_right/accuracy": 0.8,
@@ -68,6 +69,7 @@ def test_reports_store_telemetry_points_computed_from_the_gram_matrix() -> None:
     assert values["train/cosine_min"] == pytest.approx(cosine)
     assert values[f"train/magnitude_similarity/{TASKS[0]}/{TASKS[1]}"] == pytest.approx(magnitude)
     assert values[f"train/grad_norm/{TASKS[0]}"] == pytest.approx(5.0)
+    assert values["train/communication_bytes"] == 4096.0
     assert values[telemetry.POINT_SAMPLES] == 12 * 64
     assert values[telemetry.POINT_STEP_SECONDS] == pytest.approx(64 / 640.0)
     assert values["train/step_ratio/sam_wrapper"] == pytest.approx(0.25)

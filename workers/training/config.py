@@ -19,7 +19,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import ValidationError
 
-from service.specs import TrainSpec
+from service.specs import TrainSpec, load_yaml
 from service.validation import problems as validation_problems
 from workers.training.errors import ConfigError, ConfigProblem
 
@@ -80,7 +80,7 @@ def read_document(path: Path) -> dict[str, Any]:
     except OSError as error:
         raise ConfigError([ConfigProblem("", str(path), f"cannot read the config file: {error.strerror}")]) from None
     try:
-        document = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
+        document = json.loads(text) if path.suffix.lower() == ".json" else load_yaml(text)
     except (json.JSONDecodeError, yaml.YAMLError) as error:
         raise ConfigError(
             [ConfigProblem("", None, f"not valid {path.suffix.lstrip('.') or 'YAML'}: {error}")], str(path)

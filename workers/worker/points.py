@@ -77,6 +77,7 @@ def telemetry_points(step: int, record: dict[str, float], payload: dict[str, Any
         conflict_ratio=conflict,
         sam_wrapper_seconds=record.get("train/sam_share", 0.0) * step_seconds,
         aggregation_seconds=record.get("train/aggregation_share", 0.0) * step_seconds,
+        communication_bytes=record.get("train/communication_bytes", 0.0),
     )
 
 
