@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from workers import mtl
 from workers.problems.models import build_model
@@ -74,9 +75,11 @@ def median_seconds(run: Callable[[], object], repeats: int, warmup: int = 2) -> 
     return statistics.median(times)
 
 
-def step_cost(setting: Setting, repeats: int, **methods: Any) -> tuple[float, float]:
+def step_cost(setting: Setting, repeats: int, batched_probes: bool = True, **methods: Any) -> tuple[float, float]:
     """Median step seconds (forward, gradients, aggregation; no optimizer) and aggregation share."""
     step = mtl.MTLStep.from_model(setting.model, seed=0, **methods)
+    if not batched_probes:
+        step.probes = None
     shares: list[float] = []
 
     def run() -> None:
@@ -85,6 +88,16 @@ def step_cost(setting: Setting, repeats: int, **methods: Any) -> tuple[float, fl
 
     seconds = median_seconds(run, repeats)
     return seconds, statistics.median(shares)
+
+
+def step_flops(setting: Setting, **methods: Any) -> int:
+    """Floating-point operations of one step, counted by torch's FLOP counter (matrix products and
+    convolutions, the work no implementation can skip)."""
+    step = mtl.MTLStep.from_model(setting.model, seed=0, **methods)
+    step(setting.task_losses)
+    with FlopCounterMode(display=False) as counter:
+        step(setting.task_losses)
+    return counter.get_total_flops()
 
 
 def gradient_paths(setting: Setting, repeats: int) -> dict[str, float]:
@@ -133,6 +146,13 @@ def main() -> None:
             shared_z, _ = step_cost(setting, args.repeats, wrapper="samo", wrapper_hparams={"shared_directions": True})
             summary[f"{setting.name}/wrapper/samo_shared_directions"] = shared_z
             print(f"{'wra samo shared_directions':<28}{shared_z * 1e3:>10.2f}{shared_z / base:>8.2f}")
+            one_by_one, _ = step_cost(setting, args.repeats, batched_probes=False, wrapper="samo")
+            print(f"{'wra samo, a forward/probe':<28}{one_by_one * 1e3:>10.2f}{one_by_one / base:>8.2f}")
+            flops = {name: step_flops(setting, wrapper=name) for name in ("none", "fmtl", "samo")}
+            summary[f"{setting.name}/flops_samo_over_fmtl"] = flops["samo"] / flops["fmtl"]
+            print("FLOPs per step / EW's: " + ", ".join(
+                f"{name} {count / flops['none']:.2f}" for name, count in flops.items()
+            ))  # fmt: skip
         paths = gradient_paths(setting, args.repeats)
         sequential = paths["sequential"]
         print("per-task gradients (forward included): " + ", ".join(
@@ -148,6 +168,10 @@ def main() -> None:
         samo = summary.get(f"{mlp}/wrapper/{variant}")
         if samo and fmtl:
             print(f"{variant} step / F-MTL step at K=14: {samo / fmtl:.2f} (target <= 0.80)")
+    floor = summary.get(f"{mlp}/flops_samo_over_fmtl")
+    if floor:
+        print(f"samo FLOPs / F-MTL FLOPs at K=14: {floor:.2f} (the floor: SAMO's 2K forwards and extra backward "
+              "outweigh the batched per-task backward they replace)")  # fmt: skip
 
 
 if __name__ == "__main__":

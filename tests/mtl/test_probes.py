@@ -65,3 +65,12 @@ def test_a_closure_vmap_cannot_batch_falls_back_to_one_forward_per_point() -> No
     sequential, _ = _samo_grads(batch_norm=True, batched=False, hparams=hparams)
     for a, b in zip(fallback, sequential, strict=True):
         assert torch.equal(a, b)
+
+
+def test_models_with_convolutions_take_one_forward_per_point_from_the_start() -> None:
+    model = TinyHPS(K, batch_norm=False)
+    model.trunk.insert(0, torch.nn.Unflatten(1, (1, 6)))
+    model.trunk.insert(1, torch.nn.Conv1d(1, 1, 1))
+    model.trunk.insert(2, torch.nn.Flatten())
+    step = mtl.MTLStep.from_model(model)
+    assert step.probes is not None and not step.probes.supported
