@@ -119,6 +119,9 @@ class Trainer:
             self._check_compatible(saved)
             self.model.load_state_dict(saved["model"])
         self._build_step_and_optimizer()
+        # The closure below checks its losses with data-dependent control flow and autocasts inside, neither of
+        # which vmap batches faithfully: SAMO probes one forward per point here (workers.mtl.probes).
+        self.step.probes = None
         self.scheduler = build_scheduler(
             spec.scheduler,
             self.torch_optimizer,
