@@ -81,21 +81,25 @@ class TrunkCut:
         owns), for a batched backward. ``None``: the leaves' gradients summed, for one plain backward.
         Heads reading the same trunk tensor share one output.
         """
-        sources: list[Tensor] = []
-        rows: list[Tensor] = []
-        index: dict[int, int] = {}
+        grouped: dict[int, tuple[Tensor, list[int], list[Tensor]]] = {}
         for entry, grad in zip(self.inputs, leaf_grads, strict=True):
-            if grad is None:
-                continue
-            key = id(entry.source)
-            if key not in index:
-                index[key] = len(sources)
-                sources.append(entry.source)
-                shape = (num_tasks, *grad.shape) if num_tasks is not None else grad.shape
-                rows.append(torch.zeros(shape, dtype=grad.dtype, device=grad.device))
-            target = rows[index[key]]
-            if num_tasks is None:
-                target.add_(grad)
-            else:
-                target[entry.task].add_(grad)
-        return sources, rows
+            if grad is not None:
+                _, tasks, grads = grouped.setdefault(id(entry.source), (entry.source, [], []))
+                tasks.append(entry.task)
+                grads.append(grad)
+        sources = [source for source, _, _ in grouped.values()]
+        if num_tasks is None:
+            return sources, [
+                grads[0] if len(grads) == 1 else torch.stack(grads).sum(0) for _, _, grads in grouped.values()
+            ]
+        return sources, [_task_rows(tasks, grads, num_tasks) for _, tasks, grads in grouped.values()]
+
+
+def _task_rows(tasks: list[int], grads: list[Tensor], num_tasks: int) -> Tensor:
+    """[K, *shape]: row k sums the gradients of the leaves task k's head owns (one stack where each task
+    owns exactly one, in order, as with one head per task on a shared representation)."""
+    stacked = torch.stack(grads)
+    if tasks == list(range(num_tasks)):
+        return stacked
+    index = torch.tensor(tasks, device=stacked.device)
+    return stacked.new_zeros(num_tasks, *stacked.shape[1:]).index_add_(0, index, stacked)
