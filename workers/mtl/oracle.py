@@ -237,11 +237,10 @@ class GradientOracle:
                 rep_grads = self.gradient_engine.backward(sources, rows, [self._representation], retain_graph=True)[0]
             representation = rep_grads.reshape(self.num_tasks, -1)
         if sources:
-            grads = self.gradient_engine.backward(sources, rows, self.shared.params, retain_graph=retain_graph)
+            shared = self.gradient_engine.flat_backward(sources, rows, self.shared, retain_graph=retain_graph)
         else:
-            grads = [None] * len(self.shared.params)
+            shared = self.shared.flatten_batched([None] * len(self.shared.params), self.num_tasks)
         self.record.backward_passes += self.num_tasks
-        shared = self.shared.flatten_batched(grads, self.num_tasks)
         return TaskGradients(self.comm.reduce_task_gradients(shared), self._reduce_heads(heads), representation)
 
     def _reduce_heads(self, heads: list[Tensor]) -> list[Tensor]:

@@ -15,19 +15,26 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from workers.mtl import linear_trunk
 from workers.mtl.errors import MethodError
+from workers.mtl.flat import FlatParams
 
 GradientMode = Literal["auto", "batched", "sequential"]
 GRADIENT_MODES: tuple[GradientMode, ...] = ("auto", "batched", "sequential")
 
 
 class TaskGradientEngine:
-    """Computes d losses[k] / d params for every k, as one [K, *shape] tensor per parameter."""
+    """Computes d losses[k] / d params for every k, as one [K, *shape] tensor per parameter.
+
+    ``linear_trunk`` (on by default; off measures the vmapped backward alone): in the batched modes,
+    ``flat_backward`` from a trunk of linear layers and activations takes ``workers.mtl.linear_trunk``.
+    """
 
     def __init__(self, mode: GradientMode = "auto") -> None:
         if mode not in GRADIENT_MODES:
             raise MethodError(f"gradient_mode={mode!r} is not allowed; allowed: {', '.join(GRADIENT_MODES)}")
         self.mode: GradientMode = mode
+        self.linear_trunk = True
 
     def __call__(self, losses: Tensor, params: Sequence[Tensor], *, retain_graph: bool = False) -> list[Tensor]:
         return self.backward([losses], [_basis(losses)], params, retain_graph=retain_graph)
@@ -52,6 +59,18 @@ class TaskGradientEngine:
             return sequential_backward(outputs, rows, params, retain_graph=retain_graph)
         self.mode = "batched"
         return grads
+
+    def flat_backward(
+        self, outputs: Sequence[Tensor], rows: Sequence[Tensor], params: FlatParams, *, retain_graph: bool = False
+    ) -> Tensor:
+        """``backward`` as one [K, P] matrix: batched matrix products where ``outputs`` is one tensor
+        computed by linear layers and activations from the data, else ``backward`` and a concatenation."""
+        if self.linear_trunk and self.mode != "sequential" and len(outputs) == 1:
+            plan = linear_trunk.plan(outputs[0], params)
+            if plan is not None:
+                return linear_trunk.task_gradients(plan, rows[0], params)
+        grads = self.backward(outputs, rows, params.params, retain_graph=retain_graph)
+        return params.flatten_batched(grads, rows[0].shape[0])
 
 
 def batched_task_gradients(losses: Tensor, params: Sequence[Tensor], *, retain_graph: bool) -> list[Tensor]:

@@ -1,0 +1,168 @@
+"""Per-task gradients of a trunk of linear layers and elementwise activations, as batched matrix products.
+
+The vmapped trunk backward (``task_gradients.batched_backward``) goes through every node's batching
+rule and returns one [K, *shape] tensor per parameter, which then costs a concatenation into [K, P].
+For a chain of linear layers and activations (an MLP encoder) the backward is a few products: the K
+output gradients go down as one [K, N, features] tensor, one matrix product per layer, and each layer's
+K weight gradients are one batched product written straight into its columns of the [K, P] result.
+
+The chain is read from the autograd graph of the forward just run, so it is what the code computed,
+whichever modules or functional calls produced it. Any node outside the supported set (convolutions,
+normalisation, branches, a parameter used twice) gives no plan, and the caller falls back to the
+vmapped backward. Gradient hooks on the trunk's intermediate tensors are not run (parameters with
+hooks give no plan).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+from torch.autograd.graph import Node
+
+from workers.mtl.flat import FlatParams
+
+ELEMENTWISE = frozenset(
+    {
+        "ReluBackward0",
+        "LeakyReluBackward0",
+        "EluBackward0",
+        "GeluBackward0",
+        "SiluBackward0",
+        "TanhBackward0",
+        "SigmoidBackward0",
+    }
+)
+"""Backward nodes of elementwise functions: called on a [K, *shape] gradient, they broadcast their saved
+[*shape] tensors over the K rows."""
+
+VIEWS = frozenset({"ViewBackward0", "UnsafeViewBackward0"})
+
+
+class _UnsupportedError(Exception):
+    """The graph holds a node this module does not differentiate."""
+
+
+@dataclass(frozen=True)
+class Linear:
+    """``out = input @ weight.T (+ bias)`` (an addmm or mm node): the saved input (None where the weight
+    is not trained), ``weight.T`` (None where nothing below needs a gradient) and the parameters' columns."""
+
+    input: Tensor | None
+    weight_t: Tensor | None
+    weight: slice | None
+    bias: slice | None
+
+
+@dataclass(frozen=True)
+class Elementwise:
+    node: Node
+
+
+@dataclass(frozen=True)
+class View:
+    shape: tuple[int, ...]
+
+
+@dataclass
+class Plan:
+    """The steps from the trunk's output down to the data, and the parameters none of them reaches."""
+
+    steps: list[Linear | Elementwise | View] = field(default_factory=list)
+    unreached: list[slice] = field(default_factory=list)
+
+
+def plan(source: Tensor, shared: FlatParams) -> Plan | None:
+    """How to differentiate ``source`` w.r.t. the shared parameters, or None where the graph leaves the
+    supported set (the caller then takes the vmapped backward)."""
+    if source.grad_fn is None:
+        return None
+    walk = _Walk(shared)
+    try:
+        steps = walk.steps(source.grad_fn)
+    except _UnsupportedError:
+        return None
+    return Plan(steps, [cols for key, (cols, _) in walk.columns.items() if key not in walk.used])
+
+
+@torch.no_grad()
+def task_gradients(trunk: Plan, rows: Tensor, shared: FlatParams) -> Tensor:
+    """[K, P]: row k is the gradient of ``<source, rows[k]>`` w.r.t. the shared parameters (all of them,
+    as ``FlatParams.flatten_batched`` gives, also where ``shared`` is one rank's shard view)."""
+    num_rows = rows.shape[0]
+    out = rows.new_empty(num_rows, shared.bounds[-1])
+    grad = rows
+    for step in trunk.steps:
+        if isinstance(step, Elementwise):
+            grad = step.node(grad)
+        elif isinstance(step, View):
+            grad = grad.reshape(num_rows, *step.shape)
+        else:
+            if step.weight is not None and step.input is not None:
+                weight = out[:, step.weight].view(num_rows, grad.shape[-1], step.input.shape[-1])
+                torch.matmul(grad.transpose(1, 2), step.input, out=weight)
+            if step.bias is not None:
+                torch.sum(grad, dim=1, out=out[:, step.bias])
+            if step.weight_t is not None:
+                grad = grad @ step.weight_t.T
+    for cols in trunk.unreached:
+        out[:, cols].zero_()
+    return out
+
+
+class _Walk:
+    """Reads the chain of nodes below a trunk output, claiming each shared parameter at most once."""
+
+    def __init__(self, shared: FlatParams) -> None:
+        self.columns = {
+            id(p): (slice(a, b), p)
+            for p, a, b in zip(shared.params, shared.bounds[:-1], shared.bounds[1:], strict=True)
+        }
+        self.used: set[int] = set()
+
+    def steps(self, node: Node | None) -> list[Linear | Elementwise | View]:
+        steps: list[Linear | Elementwise | View] = []
+        while node is not None:
+            name = type(node).__name__
+            nexts = [fn for fn, _ in node.next_functions]
+            if name in ELEMENTWISE and len(nexts) == 1:
+                steps.append(Elementwise(node))
+            elif name in VIEWS and len(nexts) == 1:
+                steps.append(View(tuple(node._saved_self_sym_sizes)))
+            elif name == "AddmmBackward0" and node._saved_alpha == 1 and node._saved_beta == 1:
+                bias, nexts = nexts[0], nexts[1:]
+                steps.append(self.linear(node, node._saved_mat1, bias, nexts[1]))
+            elif name == "MmBackward0":
+                steps.append(self.linear(node, node._saved_self, None, nexts[1]))
+            else:
+                raise _UnsupportedError
+            node = nexts[0]
+        return steps
+
+    def linear(self, node: Node, saved_input: Tensor | None, bias: Node | None, weight_t: Node | None) -> Linear:
+        """An addmm/mm node whose second factor is ``weight.T`` of a shared parameter (``nn.Linear``)."""
+        in_features, out_features = node._saved_mat2_sym_sizes
+        weight = None
+        if weight_t is not None:
+            if type(weight_t).__name__ != "TBackward0":
+                raise _UnsupportedError
+            weight = self.claim(weight_t.next_functions[0][0], (out_features, in_features))
+        return Linear(
+            saved_input,
+            node._saved_mat2,
+            weight,
+            None if bias is None else self.claim(bias, (out_features,)),
+        )
+
+    def claim(self, node: Node | None, shape: tuple[int, ...]) -> slice:
+        """The columns of the shared parameter that ``node`` accumulates into (hook-free, used once)."""
+        param = getattr(node, "variable", None)
+        key = id(param)
+        if param is None or key not in self.columns or key in self.used:
+            raise _UnsupportedError
+        cols, owner = self.columns[key]
+        if tuple(owner.shape) != shape or owner._backward_hooks:
+            raise _UnsupportedError
+        self.used.add(key)
+        return cols
