@@ -41,6 +41,7 @@ Identifier = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-
 JobName = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")]
 MetricName = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_./\-]+$")]
 Sharding = Literal["none", "zero1", "zero2", "zero3"]
+ShardingBackend = Literal["flatmtl", "deepspeed"]
 MAX_TRIALS = 10_000
 
 
@@ -223,6 +224,11 @@ class TrainSpec(SpecModel):
     seed: int = Field(0, ge=0, le=2**32 - 1)
     processes: int = Field(1, ge=1, le=1024, description="Data-parallel workers (DDP ranks).")
     sharding: Sharding = Field("none", description="zero1: optimizer state; zero2: + gradients; zero3: + parameters.")
+    sharding_backend: ShardingBackend = Field(
+        "flatmtl",
+        description="Who partitions parameters and optimizer state: the engine's own flat layout, or DeepSpeed ZeRO "
+        "(float32 master weights). Per-task gradients are reduced by the engine either way.",
+    )
     resources: Resources = Field(default_factory=Resources)
     precision: Literal["fp32", "bf16"] = Field(
         "fp32", description="bf16: forward passes and losses under bfloat16 autocast (CPU or CUDA); fp32 weights."
@@ -242,6 +248,13 @@ class TrainSpec(SpecModel):
 
     @model_validator(mode="after")
     def _shardable(self, info: ValidationInfo) -> TrainSpec:
+        if self.sharding_backend == "deepspeed" and self.sharding == "none":
+            raise field_error(
+                "the deepspeed backend partitions state, so it needs a ZeRO stage",
+                subloc=("sharding",),
+                value=self.sharding,
+                allowed="zero1, zero2, zero3 (or sharding_backend 'flatmtl')",
+            )
         if self.sharding in ("zero2", "zero3"):
             catalog = _catalog(info)
             for kind in ("weighting", "aggregator", "wrapper"):

@@ -129,6 +129,14 @@ def test_sharding_gradients_needs_shardable_methods() -> None:
     assert (problem.field, problem.value, problem.allowed) == ("sharding", "zero3", "none, zero1")
 
 
+def test_deepspeed_backend_needs_a_zero_stage() -> None:
+    spec = train(sharding="zero2", sharding_backend="deepspeed", processes=2)
+    assert TrainSpec.model_validate(spec, context=CONTEXT).sharding_backend == "deepspeed"
+    problem = refusal(TrainSpec, {**spec, "sharding": "none"})
+    assert (problem.field, problem.value) == ("sharding", "none") and "zero1, zero2, zero3" in problem.allowed
+    assert refusal(TrainSpec, {**spec, "sharding_backend": "fsdp"}).field == "sharding_backend"
+
+
 def test_sweep_over_rho_and_alpha_counts_the_grid() -> None:
     document = sweep(
         {

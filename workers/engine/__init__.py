@@ -14,12 +14,15 @@ after an ``engine.backward`` (one extra backward per step), and partition the fl
 the layout the shard-local Gram and norm statistics need; ZeRO-3 frees the gathered parameters after the
 first backward, so the second per-task backward fails on zero-sized parameters. The engine therefore owns
 one flat layout (``ShardLayout``) for gradients, optimizer state and parameters, and its wrappers run
-unchanged on shards.
+unchanged on shards. DeepSpeed remains available as the owner of the partitions (``DeepSpeedZero``): the
+engine still reduces and aggregates the per-task gradients and hands DeepSpeed only the finished update
+through its public backward, which costs one extra reduction of P numbers per step.
 """
 
 from workers.engine.buffers import RunningStatisticsAverager, running_statistics
 from workers.engine.collectives import Collectives, TrafficCounter
 from workers.engine.comm import DataParallelComm, ShardedComm
+from workers.engine.deepspeed_zero import DeepSpeedZero
 from workers.engine.launch import launch
 from workers.engine.layout import ShardLayout
 from workers.engine.partition import PartitionedParameters
@@ -29,6 +32,7 @@ from workers.engine.sharded_step import ShardedMTLStep, ShardedOracle, check_sha
 __all__ = [
     "Collectives",
     "DataParallelComm",
+    "DeepSpeedZero",
     "PartitionedParameters",
     "RunningStatisticsAverager",
     "ShardLayout",

@@ -11,6 +11,9 @@ Modes, by ``processes`` and ``sharding``:
   optimizes only its shard; only shardable methods (TrainSpec refuses the others).
 - zero3: as zero2, and the shared parameters themselves are kept only as this rank's shard between steps,
   all-gathered for each step (and for evaluation and checkpoints, which hold the full model on rank 0).
+- ``sharding_backend="deepspeed"``: the same per-task reduction (all-reduce for zero1, reduce-scatter for
+  zero2/zero3), but DeepSpeed's ZeRO engine of that stage owns the partitions of the optimizer state (and of
+  gradients and parameters) and takes the aggregated update (``workers.engine.DeepSpeedZero``).
 
 Distributed runs average the normalization layers' running statistics over ranks after every step
 (``RunningStatisticsAverager``), so every rank evaluates with the same buffers.
@@ -99,6 +102,8 @@ class Trainer:
         self.on_epoch = on_epoch
         self.dtype = getattr(torch, options.dtype)
         self.sharded_optimizer = spec.sharding in ("zero1", "zero2", "zero3")
+        self.hands_over_updates = spec.sharding_backend == "deepspeed"
+        """DeepSpeed takes the step's update through its own backward, inside the step's gathered parameters."""
         self.started = time.perf_counter()
 
         checkpoint.seed_everything(spec.seed)
@@ -118,7 +123,7 @@ class Trainer:
         if saved is not None:
             self._check_compatible(saved)
             self.model.load_state_dict(saved["model"])
-        self._build_step_and_optimizer()
+        self._build_step_and_optimizer(saved)
         # The closure below checks its losses with data-dependent control flow and autocasts inside, neither of
         # which vmap batches faithfully: SAMO probes one forward per point here (workers.mtl.probes).
         self.step.probes = None
@@ -137,7 +142,7 @@ class Trainer:
             self._restore(saved)
 
     # ---- building ----------------------------------------------------------------------------------
-    def _build_step_and_optimizer(self) -> None:
+    def _build_step_and_optimizer(self, saved: dict[str, Any] | None) -> None:
         from workers import engine
 
         method = self.spec.method
@@ -156,45 +161,67 @@ class Trainer:
         self.traffic: engine.TrafficCounter | None = None
         if not self.ctx.distributed:
             self.step = mtl.MTLStep.from_model(self.model, **kwargs)
+            self._load_weighting_parameters(saved)
             self.optimizer: Any = build_optimizer(
                 self.spec.optimizer, [*self.model.parameters(), *self.step.parameters()]
             )
             self.torch_optimizer: torch.optim.Optimizer = self.optimizer
+            self.optimizer_state: Any = self.torch_optimizer
+            """What checkpoints save and restore: the torch optimizer, or DeepSpeed's view of its partitions."""
             return
         collectives = engine.Collectives()
         self.traffic = collectives.counter
         self.running_statistics = engine.RunningStatisticsAverager(self.model, collectives)
         factory, opt_options = optimizer_options(self.spec.optimizer)
         shared = self.model.shared_parameters()
-        if self.spec.sharding in ("zero2", "zero3"):
+        sharding = self.spec.sharding
+        if sharding in ("zero2", "zero3"):
             comm = engine.sharded_comm(shared, collectives)
+            own_zero3 = sharding == "zero3" and self.spec.sharding_backend == "flatmtl"
             self.step = engine.ShardedMTLStep.from_model(
-                self.model, comm=comm, partition_parameters=self.spec.sharding == "zero3", **kwargs
-            )
-            self.optimizer = engine.ShardedOptimizer(
-                self.step.shared,
-                [*heads, *self.step.parameters()],
-                factory,
-                partition=self.step.partition,
-                **opt_options,
+                self.model, comm=comm, partition_parameters=own_zero3, **kwargs
             )
         else:
             self.step = mtl.MTLStep.from_model(self.model, comm=engine.DataParallelComm(collectives), **kwargs)
-            if self.spec.sharding == "zero1":
-                self.shard_view = engine.ShardedFlatParams(shared, engine.sharded_comm(shared, collectives))
-                self.optimizer = engine.ShardedOptimizer(
-                    self.shard_view, [*heads, *self.step.parameters()], factory, **opt_options
-                )
-            else:
-                self.optimizer = build_optimizer(
-                    self.spec.optimizer, [*self.model.parameters(), *self.step.parameters()]
-                )
+        self._load_weighting_parameters(saved)
+        replicated = [*heads, *self.step.parameters()]
+        if self.spec.sharding_backend == "deepspeed":
+            sharded_step = isinstance(self.step, engine.ShardedMTLStep)
+            self.optimizer = engine.DeepSpeedZero(
+                int(sharding.removeprefix("zero")),
+                shared,
+                replicated,
+                factory,
+                shard=self.step.shared if sharded_step else None,
+                world_size=self.ctx.world_size,
+                **opt_options,
+            )
+        elif isinstance(self.step, engine.ShardedMTLStep):
+            self.optimizer = engine.ShardedOptimizer(
+                self.step.shared, replicated, factory, partition=self.step.partition, **opt_options
+            )
+        elif sharding == "zero1":
+            self.shard_view = engine.ShardedFlatParams(shared, engine.sharded_comm(shared, collectives))
+            self.optimizer = engine.ShardedOptimizer(self.shard_view, replicated, factory, **opt_options)
+        else:
+            self.optimizer = build_optimizer(self.spec.optimizer, [*self.model.parameters(), *self.step.parameters()])
         self.torch_optimizer = self.optimizer.optimizer if self.sharded_optimizer else self.optimizer
+        self.optimizer_state = self.optimizer if self.hands_over_updates else self.torch_optimizer
+
+    def _load_weighting_parameters(self, saved: dict[str, Any] | None) -> None:
+        """Before the optimizer exists: DeepSpeed's stage 3 partitions these parameters when it is built."""
+        if saved is None:
+            return
+        with torch.no_grad():
+            for param, value in zip(self.step.parameters(), saved["weighting_parameters"], strict=True):
+                param.copy_(value)
 
     def _full_parameters(self) -> AbstractContextManager[None]:
         """The whole model inside the block: under zero3 a gather on every rank, otherwise nothing to do."""
         from workers import engine
 
+        if isinstance(self.optimizer, engine.DeepSpeedZero):
+            return self.optimizer.gathered()
         return self.step.full_parameters() if isinstance(self.step, engine.ShardedMTLStep) else nullcontext()
 
     # ---- checkpoints -------------------------------------------------------------------------------
@@ -225,12 +252,13 @@ class Trainer:
 
     def save(self, *, epoch_end: bool = False) -> None:
         """Write ``latest`` (and ``epoch_NNNN`` at an epoch end when asked); a collective on every rank."""
-        optimizer_states = self._gather(self.torch_optimizer.state_dict())
+        optimizer_states = self._gather(self.optimizer_state.state_dict())
         rng_states = self._gather(checkpoint.capture_rng())
         with self._full_parameters():
-            # a copy: zero3 frees the gathered tensors when the block ends
+            # copies: zero3 frees the gathered tensors when the block ends
             state = self.model.state_dict() if self.ctx.leader else {}
             model_state = {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
+            weighting_parameters = [p.detach().to("cpu", copy=True) for p in self.step.parameters()]
         if not self.ctx.leader:
             return
         payload = {
@@ -242,7 +270,7 @@ class Trainer:
             "optimizer": optimizer_states,
             "scheduler": self.scheduler.state_dict(),
             "mtl_step": _to_cpu(self.step.state_dict()),
-            "weighting_parameters": [p.detach().cpu().clone() for p in self.step.parameters()],
+            "weighting_parameters": weighting_parameters,
             "sampler": {"seed": self.plan.seed, "epoch": self.epoch, "batch": self.batch},
             "rng": rng_states,
             "accumulator": self.accumulator.state_dict(),
@@ -254,13 +282,10 @@ class Trainer:
 
     def _restore(self, saved: dict[str, Any]) -> None:
         rank = self.ctx.rank
-        self.torch_optimizer.load_state_dict(saved["optimizer"][rank])
+        self.optimizer_state.load_state_dict(saved["optimizer"][rank])
         self.scheduler.load_state_dict(saved["scheduler"])
         method_state = saved["mtl_step"]
         self.step.load_state_dict({**_on_device(method_state, self.ctx.device), "generator": method_state["generator"]})
-        with torch.no_grad():
-            for param, value in zip(self.step.parameters(), saved["weighting_parameters"], strict=True):
-                param.copy_(value)
         position = saved["position"]
         self.epoch, self.batch, self.global_step = position["epoch"], position["batch"], position["step"]
         self.accumulator = EpochAccumulator.from_state(saved["accumulator"])
@@ -306,14 +331,17 @@ class Trainer:
         if self.traffic is not None:
             self.traffic.reset()
         inputs, targets = to_device(collate(self.train_data, indices), self.ctx.device, self.dtype)
-        try:
-            record = self.step(self._closure(model_input(inputs), targets))
-        except MethodError as error:
-            raise TrainingFailedError(
-                f"step {self.global_step + 1} (epoch {self.epoch + 1}) failed: {error}",
-                step=self.global_step + 1,
-                epoch=self.epoch + 1,
-            ) from error
+        with self._full_parameters():
+            try:
+                record = self.step(self._closure(model_input(inputs), targets))
+            except MethodError as error:
+                raise TrainingFailedError(
+                    f"step {self.global_step + 1} (epoch {self.epoch + 1}) failed: {error}",
+                    step=self.global_step + 1,
+                    epoch=self.epoch + 1,
+                ) from error
+            if self.hands_over_updates:
+                self.optimizer.hand_over()
         if self.running_statistics is not None:
             self.running_statistics()
         if self.shard_view is not None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from workers.mtl.base import LossWeighting
 from workers.mtl.checks import check_num_tasks
@@ -31,7 +31,8 @@ class LearnedLogScales(LossWeighting):
         if self._log_scales is not None:
             check_num_tasks(self.method_name, self._log_scales.shape[0], num_tasks)
             return
-        self._log_scales = torch.zeros(num_tasks, dtype=dtype, device=device, requires_grad=True)
+        # a Parameter, not a bare leaf: optimizer wrappers that own parameters through a module (DeepSpeed) need one
+        self._log_scales = nn.Parameter(torch.zeros(num_tasks, dtype=dtype, device=device))
 
     @property
     def log_scales(self) -> Tensor:
