@@ -92,6 +92,7 @@ SUPPORTED: dict[str, Callable[[], nn.Module]] = {
     "functional": Functional,
     "sequence_3d": Sequence3d,
     "linear_output": lambda: nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 4)),
+    "one_output": lambda: nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 1)),
 }
 UNSUPPORTED: dict[str, Callable[[], nn.Module]] = {
     "layer_norm": lambda: nn.Sequential(nn.Linear(6, 8), nn.LayerNorm(8), nn.ReLU()),
@@ -102,10 +103,11 @@ UNSUPPORTED: dict[str, Callable[[], nn.Module]] = {
 }
 
 
+@pytest.mark.parametrize("batch", [10, 1])
 @pytest.mark.parametrize("name", sorted(SUPPORTED))
-def test_products_equal_sequential_backwards(name: str) -> None:
+def test_products_equal_sequential_backwards(name: str, batch: int) -> None:
     torch.manual_seed(0)
-    source, rows, shared = trunk_output(SUPPORTED[name]().double(), torch.randn(10, 6, dtype=torch.float64))
+    source, rows, shared = trunk_output(SUPPORTED[name]().double(), torch.randn(batch, 6, dtype=torch.float64))
     plan = linear_trunk.plan(source, shared)
     assert plan is not None
     expected = sequential_reference(source, rows, shared)

@@ -100,8 +100,9 @@ def task_gradients(trunk: Plan, rows: Tensor, shared: FlatParams) -> Tensor:
             grad = grad.reshape(num_rows, *step.shape)
         else:
             if step.weight is not None and step.input is not None:
-                weight = out[:, step.weight].view(num_rows, grad.shape[-1], step.input.shape[-1])
-                torch.matmul(grad.transpose(1, 2), step.input, out=weight)
+                inputs = step.input.expand(num_rows, *step.input.shape)
+                weight = out[:, step.weight].view(num_rows, grad.shape[-1], inputs.shape[-1])
+                torch.bmm(grad.transpose(1, 2), inputs, out=weight)
             if step.bias is not None:
                 torch.sum(grad, dim=1, out=out[:, step.bias])
             if step.weight_t is not None:
