@@ -1,5 +1,5 @@
-"""Distributed step cost: data-parallel, ZeRO-2 and ZeRO-3 (2 gloo ranks) against the local run on the
-same global batch.
+"""Distributed step cost: data-parallel, ZeRO-2 and ZeRO-3 (2 gloo ranks), on the engine's own partitions
+and on DeepSpeed's ZeRO stages 1-3 (``ds-zero*``), against the local run on the same global batch.
 
 Prints, per mode: median step time and its ratio to the local step; bytes each rank sends per step
 (ring cost of every collective, counted by the engine's shim) against K*P values of the gradient
@@ -7,7 +7,8 @@ dtype, the size of the per-task gradient matrix that must be reduced; the per-ta
 each rank keeps after the reduction (peak over the run) relative to data-parallel (target 1/N); and
 the shared-parameter values each rank keeps between steps (allocated storage of the model's shared
 tensors plus any master shard) relative to data-parallel (ZeRO-3 target 1/N; ZeRO-2 keeps the full
-tensors and a shard master copy).
+tensors and a shard master copy). DeepSpeed's own collectives are counted at ``deepspeed.comm`` by the
+same ring cost; its float32 master partitions count as held parameters.
 
     .venv/bin/python benchmarks/distributed_step.py [--aggregator mean] [--wrapper none] [--steps 20]
 """
@@ -30,17 +31,20 @@ from workers import mtl
 from workers.engine import (
     Collectives,
     DataParallelComm,
+    DeepSpeedZero,
     ShardedMTLStep,
     ShardedOptimizer,
+    TrafficCounter,
     launch,
     sharded_comm,
 )
+from workers.engine.deepspeed_zero import import_deepspeed
 
 NUM_TASKS = 4
 IN_FEATURES = 64
 HIDDEN = 256
 GLOBAL_BATCH = 256
-MODES = ("ddp", "zero2", "zero3")
+MODES = ("ddp", "zero2", "zero3", "ds-zero1", "ds-zero2", "ds-zero3")
 
 
 class MLPHPS(nn.Module):
@@ -76,7 +80,7 @@ def _model() -> MLPHPS:
 
 def _time_steps(
     step: Callable[[Callable[[], Tensor]], object],
-    optimizer: torch.optim.Optimizer | ShardedOptimizer,
+    optimizer: torch.optim.Optimizer | ShardedOptimizer | DeepSpeedZero,
     closure: Callable[[], Tensor],
     steps: int,
     before_step: Callable[[], None] = lambda: None,
@@ -86,7 +90,12 @@ def _time_steps(
     for _ in range(steps + 2):
         before_step()
         started = time.perf_counter()
-        step(closure)
+        if isinstance(optimizer, DeepSpeedZero):
+            with optimizer.gathered():
+                step(closure)
+                optimizer.hand_over()
+        else:
+            step(closure)
         optimizer.step()
         optimizer.zero_grad()
         times.append(time.perf_counter() - started)
@@ -102,38 +111,97 @@ def run_local(args: argparse.Namespace) -> float:
     return statistics.median(_time_steps(step, optimizer, lambda: model.task_losses(x, y), args.steps))
 
 
-def _persistent_parameter_bytes(model: MLPHPS, optimizer: torch.optim.Optimizer | ShardedOptimizer) -> int:
-    """Shared-parameter bytes held between steps: the shared tensors' storage and the sharded master copy."""
+def _persistent_parameter_bytes(
+    model: MLPHPS, optimizer: torch.optim.Optimizer | ShardedOptimizer | DeepSpeedZero
+) -> int:
+    """Shared-parameter bytes held between steps: the shared tensors' storage and the sharded master copy.
+
+    DeepSpeed: the shared tensors' own elements (views into its flat buffer at stages 1-2, empty at stage 3),
+    its stage-3 partitions and its float32 master partitions (heads included).
+    """
+    if isinstance(optimizer, DeepSpeedZero):
+        shared = model.shared_parameters()
+        held = sum(p.numel() * p.element_size() for p in shared)
+        held += sum(p.ds_tensor.numel() * p.ds_tensor.element_size() for p in shared if hasattr(p, "ds_tensor"))
+        with optimizer._optimizer_groups():
+            groups = optimizer.optimizer.param_groups
+            return held + sum(t.numel() * t.element_size() for group in groups for t in group["params"])
     held = sum(p.untyped_storage().nbytes() for p in model.shared_parameters())
     if isinstance(optimizer, ShardedOptimizer):
         held += optimizer.master.numel() * optimizer.master.element_size()
     return held
 
 
+def _count_deepspeed_traffic(counter: TrafficCounter, world: int) -> None:
+    """Count DeepSpeed's collectives (it calls them through ``deepspeed.comm``) by their ring cost."""
+    comm = import_deepspeed().comm
+    share = (world - 1) / world
+
+    def nbytes(tensor: Tensor) -> int:
+        return tensor.numel() * tensor.element_size()
+
+    costs = {
+        "all_reduce": lambda tensor, *a, **k: 2 * share * nbytes(tensor),
+        "reduce_scatter_tensor": lambda output, tensor, *a, **k: share * nbytes(tensor),
+        "reduce_scatter_fn": lambda output, tensor, *a, **k: share * nbytes(tensor),
+        "all_gather_into_tensor": lambda output, tensor, *a, **k: share * nbytes(output),
+        "allgather_fn": lambda output, tensor, *a, **k: share * nbytes(output),
+        "broadcast": lambda tensor, *a, **k: nbytes(tensor),
+    }
+    for name, cost in costs.items():
+        original = getattr(comm, name)
+
+        def counted(*args: object, _original: Callable = original, _cost: Callable = cost, **kwargs: object) -> object:
+            counter.add(_cost(*args, **kwargs))
+            return _original(*args, **kwargs)
+
+        setattr(comm, name, counted)
+
+
 def _rank_main(rank: int, world: int, out: str, aggregator: str, wrapper: str, steps: int) -> None:
     x, y = _data()
     xs, ys = x.chunk(world)[rank], y.chunk(world)[rank]
     results = {}
+    counter = TrafficCounter()
+    _count_deepspeed_traffic(counter, world)
     for mode in MODES:
         model = _model()
-        collectives = Collectives()
+        collectives = Collectives(counter=counter)
         kwargs = {"aggregator": aggregator, "wrapper": wrapper}
+        heads = [p for head in model.task_parameters() for p in head]
         if mode == "ddp":
             comm = DataParallelComm(collectives)
             step = mtl.MTLStep.from_model(model, comm=comm, **kwargs)
             optimizer = torch.optim.SGD([*model.parameters(), *step.parameters()], lr=0.01)
+        elif mode == "ds-zero1":
+            comm = DataParallelComm(collectives)
+            step = mtl.MTLStep.from_model(model, comm=comm, **kwargs)
+            optimizer = DeepSpeedZero(
+                1, model.shared_parameters(), [*heads, *step.parameters()], torch.optim.SGD, world_size=world, lr=0.01
+            )
+        elif mode.startswith("ds-"):
+            comm = sharded_comm(model.shared_parameters(), collectives)
+            step = ShardedMTLStep.from_model(model, comm=comm, **kwargs)
+            optimizer = DeepSpeedZero(
+                int(mode[-1]),
+                model.shared_parameters(),
+                [*heads, *step.parameters()],
+                torch.optim.SGD,
+                shard=step.shared,
+                world_size=world,
+                lr=0.01,
+            )
         else:
             comm = sharded_comm(model.shared_parameters(), collectives)
             step = ShardedMTLStep.from_model(model, comm=comm, partition_parameters=mode == "zero3", **kwargs)
-            heads = [p for head in model.task_parameters() for p in head]
             optimizer = ShardedOptimizer(
                 step.shared, [*heads, *step.parameters()], torch.optim.SGD, partition=step.partition, lr=0.01
             )
         closure = functools.partial(model.task_losses, xs, ys)
-        times = _time_steps(step, optimizer, closure, steps, collectives.counter.reset)
+        times = _time_steps(step, optimizer, closure, steps, counter.reset)
         results[mode] = {
             "seconds": statistics.median(times),
-            "bytes_sent": collectives.counter.bytes_sent,
+            "bytes_sent": counter.bytes_sent,
             "buffer_bytes": comm.peak_task_gradient_bytes,
             "parameter_bytes": _persistent_parameter_bytes(model, optimizer),
             "shared_numel": sum(p.numel() for p in model.shared_parameters()),
@@ -164,7 +232,7 @@ def main() -> None:
     for mode in MODES:
         r = results[mode]
         print(
-            f"{mode:5s} step {r['seconds'] * 1e3:7.2f} ms ({r['seconds'] / local:.2f}x local)  "
+            f"{mode:8s} step {r['seconds'] * 1e3:7.2f} ms ({r['seconds'] / local:.2f}x local)  "
             f"bytes/step/rank {r['bytes_sent']:>9d} ({r['bytes_sent'] / lower_bound:.3f}x K*P)  "
             f"task-grad buffer {r['buffer_bytes']:>8d} B ({r['buffer_bytes'] / ddp['buffer_bytes']:.3f}x DDP)  "
             f"params held {r['parameter_bytes']:>7d} B ({r['parameter_bytes'] / ddp['parameter_bytes']:.3f}x DDP)"

@@ -106,7 +106,8 @@ class DeepSpeedZero:
         config = {
             "train_micro_batch_size_per_gpu": 1,
             "gradient_accumulation_steps": 1,
-            "zero_optimization": {"stage": stage},
+            # every parameter partitioned at stage 3 (DeepSpeed keeps small ones whole by default)
+            "zero_optimization": {"stage": stage, "stage3_param_persistence_threshold": 0},
             "zero_allow_untested_optimizer": True,
             "gradient_clipping": 0.0,
             "steps_per_print": 2**62,
