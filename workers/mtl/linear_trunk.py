@@ -81,7 +81,7 @@ def plan(source: Tensor, shared: FlatParams) -> Plan | None:
     walk = _Walk(shared)
     try:
         steps = walk.steps(source.grad_fn)
-    except _UnsupportedError:
+    except (_UnsupportedError, AttributeError):  # AttributeError: a node's saved fields differ (another torch)
         return None
     return Plan(steps, [cols for key, (cols, _) in walk.columns.items() if key not in walk.used])
 
