@@ -6,17 +6,15 @@ Sharding modes: zero1 partitions the shared parameters' optimizer state; zero2 a
 per-task gradients [K, P] so each rank keeps and aggregates only its [K, P/N] shard; zero3 also keeps
 only the shard of the shared parameters between steps and all-gathers them for the step.
 
-Why ZeRO's partitioning is implemented here rather than taken from DeepSpeed: an MTL step differentiates
-the shared parameters K times (once per task, plus the SAM variants' perturbed passes) and must reduce
-the [K, P] matrix before any aggregation. DeepSpeed's ZeRO hooks assume one backward per step. Tried with
-DeepSpeed 0.19.8 on CPU: ZeRO-1/2 accept an externally computed gradient (``safe_set_full_grad``) only
-after an ``engine.backward`` (one extra backward per step), and partition the flat buffer differently from
-the layout the shard-local Gram and norm statistics need; ZeRO-3 frees the gathered parameters after the
-first backward, so the second per-task backward fails on zero-sized parameters. The engine therefore owns
-one flat layout (``ShardLayout``) for gradients, optimizer state and parameters, and its wrappers run
-unchanged on shards. DeepSpeed remains available as the owner of the partitions (``DeepSpeedZero``): the
-engine still reduces and aggregates the per-task gradients and hands DeepSpeed only the finished update
-through its public backward, which costs one extra reduction of P numbers per step.
+Two owners of the partitions, one reduction. An MTL step differentiates the shared parameters K times
+(once per task, plus the SAM variants' perturbed passes) and must reduce the [K, P] matrix before any
+aggregation, which DeepSpeed's ZeRO hooks (one backward per step) cannot do. So the engine always reduces,
+aggregates and perturbs on its own flat layout (``ShardLayout``: shard-local Gram and norm statistics), and
+either keeps the partitions itself (``ShardedOptimizer``, ``PartitionedParameters``; the default) or hands
+the finished update to DeepSpeed's ZeRO engine of the same stage (``DeepSpeedZero``, through a backward that
+touches no model computation; one extra reduction of P numbers per step, float32 master weights). DeepSpeed's
+own route fails here: ``safe_set_full_grad`` is refused at stages 1-2 before an ``engine.backward``, and its
+stage-3 hooks free the parameters after the first of the step's backward passes.
 """
 
 from workers.engine.buffers import RunningStatisticsAverager, running_statistics
