@@ -46,13 +46,13 @@ class _UnsupportedError(Exception):
 
 @dataclass(frozen=True)
 class Linear:
-    """``out = input @ weight.T (+ bias)`` (an addmm or mm node): the saved input (None where the weight
-    is not trained), ``weight.T`` (None where nothing below needs a gradient) and the parameters' columns."""
+    """``out = input @ weight.T (+ bias)`` (an addmm or mm node): the weight's columns with the saved
+    input (None where the weight is not trained), the bias's columns, and ``weight.T`` for the gradient
+    below (None where nothing below needs one)."""
 
-    input: Tensor | None
-    weight_t: Tensor | None
-    weight: slice | None
+    weight: tuple[slice, Tensor] | None
     bias: slice | None
+    weight_t: Tensor | None
 
 
 @dataclass(frozen=True)
@@ -99,9 +99,10 @@ def task_gradients(trunk: Plan, rows: Tensor, shared: FlatParams) -> Tensor:
         elif isinstance(step, View):
             grad = grad.reshape(num_rows, *step.shape)
         else:
-            if step.weight is not None and step.input is not None:
-                inputs = step.input.expand(num_rows, *step.input.shape)
-                weight = out[:, step.weight].view(num_rows, grad.shape[-1], inputs.shape[-1])
+            if step.weight is not None:
+                cols, saved_input = step.weight
+                inputs = saved_input.expand(num_rows, *saved_input.shape)
+                weight = out[:, cols].view(num_rows, grad.shape[-1], inputs.shape[-1])
                 torch.bmm(grad.transpose(1, 2), inputs, out=weight)
             if step.bias is not None:
                 torch.sum(grad, dim=1, out=out[:, step.bias])
@@ -146,15 +147,11 @@ class _Walk:
         in_features, out_features = node._saved_mat2_sym_sizes
         weight = None
         if weight_t is not None:
-            if type(weight_t).__name__ != "TBackward0":
+            if type(weight_t).__name__ != "TBackward0" or saved_input is None:
                 raise _UnsupportedError
-            weight = self.claim(weight_t.next_functions[0][0], (out_features, in_features))
-        return Linear(
-            saved_input,
-            node._saved_mat2,
-            weight,
-            None if bias is None else self.claim(bias, (out_features,)),
-        )
+            weight = (self.claim(weight_t.next_functions[0][0], (out_features, in_features)), saved_input)
+        bias_cols = None if bias is None else self.claim(bias, (out_features,))
+        return Linear(weight, bias_cols, node._saved_mat2)
 
     def claim(self, node: Node | None, shape: tuple[int, ...]) -> slice:
         """The columns of the shared parameter that ``node`` accumulates into (hook-free, used once)."""
