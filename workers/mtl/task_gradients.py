@@ -3,7 +3,9 @@ sequential backwards.
 
 The batched path (``is_grads_batched``) pushes K one-hot output gradients through the graph at
 once, sharing the kernel launches and Python overhead of K separate passes. Some operators have
-no batching rule; ``auto`` tries the batched path once and falls back for good if it fails.
+no batching rule; ``auto`` tries the batched path once and falls back for good if it fails. From a
+trunk of linear layers and activations, both batched modes skip autograd for batched matrix products
+(``workers.mtl.linear_trunk``).
 """
 
 from __future__ import annotations

@@ -6,8 +6,9 @@ head k only ever carries task k's: K x K head passes and, where the heads meet t
 dependence of a task's loss on the shared parameters), the forward hands each head a detached copy
 of its input (a leaf). One backward of the summed losses then gives each head its own gradient and
 each leaf ``d loss_k / d input_k``; the trunk is left for one backward from the heads' inputs with
-those gradients stacked per task (or summed, for a single objective). Same numbers, about half the work
-at K=14 on an MLP.
+those gradients stacked per task (or summed, for a single objective): batched matrix products where the
+trunk is linear layers and activations (``workers.mtl.linear_trunk``), else one vmapped backward. Same
+numbers, about half the work at K=14 on an MLP.
 """
 
 from __future__ import annotations
