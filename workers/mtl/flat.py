@@ -72,14 +72,16 @@ class FlatParams:
             p.grad = view.detach().clone()
 
     def layer_sq_norms(self, flat: Tensor) -> Tensor:
-        """Squared norm of each layer's slice of a [P] (or [K, P]) vector: [L] (or [K, L])."""
-        ids = self.segment_ids.to(flat.device)
-        squared = flat.pow(2)
-        if flat.dim() == 1:
-            return torch.zeros(self.num_layers, dtype=flat.dtype, device=flat.device).index_add_(0, ids, squared)
-        out = torch.zeros(flat.shape[0], self.num_layers, dtype=flat.dtype, device=flat.device)
-        return out.index_add_(1, ids, squared)
+        """Squared norm of each layer's slice of a [P] (or [K, P]) vector: [L] (or [K, L]).
+
+        One reduction per contiguous slice: several times faster than a scatter over the P coordinates."""
+        parts = [part.pow(2).sum(-1) for part in flat.split(self.numels, dim=-1)]
+        return torch.stack(parts, dim=-1) if parts else flat.new_zeros(*flat.shape[:-1], 0)
 
     def expand_layers(self, per_layer: Tensor) -> Tensor:
         """Broadcast one value per layer ([L] or [K, L]) to every coordinate ([P] or [K, P])."""
-        return per_layer[..., self.segment_ids.to(per_layer.device)]
+        pieces = [
+            value.unsqueeze(-1).expand(*value.shape, numel)
+            for value, numel in zip(per_layer.unbind(-1), self.numels, strict=True)
+        ]
+        return torch.cat(pieces, dim=-1) if pieces else per_layer.new_zeros(*per_layer.shape[:-1], 0)
