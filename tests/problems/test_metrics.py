@@ -16,7 +16,16 @@ from workers.problems.metrics import (
     SegmentationMeter,
     expected_calibration_error,
 )
-from workers.problems.tasks import Depth, Normal, Segmentation
+from workers.problems.tasks import (
+    Binary,
+    Classification,
+    Depth,
+    Normal,
+    Regression,
+    Segmentation,
+    Task,
+    stack_losses,
+)
 
 
 def logits_for(probs: list[list[float]]) -> torch.Tensor:
@@ -165,3 +174,38 @@ def test_delta_m_rejects_metrics_without_direction_or_result() -> None:
         delta_m({"a/entropy": 1.0}, {"a/entropy": 2.0}, {"a/entropy": None})
     with pytest.raises(ProblemError, match="no result"):
         delta_m({}, {"a/accuracy": 0.5}, {"a/accuracy": True})
+
+
+def test_stacked_losses_score_columnwise_tasks_together_exactly_as_one_by_one() -> None:
+    generator = torch.Generator().manual_seed(0)
+    tasks = [
+        Task("b0", Binary()),
+        Task("r0", Regression(scale=2.0)),
+        Task("c", Classification(3)),
+        Task("b1", Binary()),
+        Task("r1", Regression(scale=2.0)),
+        Task("b2", Binary(ece_bins=5)),
+    ]
+    n = 7
+    outputs = [
+        torch.randn(n, task.kind.out_channels, generator=generator, dtype=torch.float64, requires_grad=True)
+        for task in tasks
+    ]
+    targets = [
+        torch.randint(0, 3, (n,), generator=generator)
+        if isinstance(task.kind, Classification)
+        else torch.randint(0, 2, (n,), generator=generator).double()
+        for task in tasks
+    ]
+    stacked = stack_losses(tasks, outputs, targets)
+    one_by_one = torch.stack([t.kind.loss(o, y) for t, o, y in zip(tasks, outputs, targets, strict=True)])
+    torch.testing.assert_close(stacked, one_by_one, rtol=1e-12, atol=0)
+    weights = torch.arange(1.0, len(tasks) + 1, dtype=torch.float64)
+    grouped = torch.autograd.grad(stacked @ weights, outputs)
+    separate = torch.autograd.grad(one_by_one @ weights, outputs)
+    for a, b in zip(grouped, separate, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-15)
+    all_binary = [Task(f"b{k}", Binary()) for k in range(3)]
+    assert stack_losses(all_binary, outputs[:1] * 3, targets[:1] * 3).shape == (3,)
+    with pytest.raises(ValueError, match="3 tasks, 2 outputs"):
+        stack_losses(all_binary, outputs[:2], targets[:3])
