@@ -55,6 +55,29 @@ def test_resnet18_at_full_width_has_the_published_parameter_count() -> None:
     assert sum(p.numel() for p in encoder.parameters()) == 11_689_512 - 513_000
 
 
+def test_heads_without_a_graph_are_one_product_with_the_same_outputs() -> None:
+    torch.manual_seed(0)
+    model = build_model("mlp", (6,), CLASSIFY, hidden=(8,)).double()
+    x = torch.randn(5, 6, dtype=torch.float64)
+    separate = [head(model.encoder(x)) for head in model.heads]
+    with torch.no_grad():
+        calls = []
+        handle = torch.nn.modules.module.register_module_forward_hook(lambda module, *_: calls.append(module))
+        try:
+            fused = model(x)
+        finally:
+            handle.remove()
+    assert not any(isinstance(module, nn.Linear) and module in list(model.heads) for module in calls)
+    assert [tuple(out.shape) for out in fused] == [(5, 10), (5, 4), (5, 1)]
+    for out, reference in zip(fused, separate, strict=True):
+        torch.testing.assert_close(out, reference.detach(), rtol=1e-12, atol=1e-14)
+    seen = []
+    model.heads[1].register_forward_pre_hook(lambda module, args: seen.append(module))
+    with torch.no_grad():
+        model(x)
+    assert seen == [model.heads[1]], "a head with a hook is called as itself"
+
+
 def test_multi_input_model_routes_each_input_to_its_head() -> None:
     torch.manual_seed(0)
     tasks = [Task("art", Classification(6)), Task("clipart", Classification(6))]

@@ -39,9 +39,27 @@ class HardSharing(MultiTaskNet):
             if not isinstance(x, Tensor):
                 raise ProblemError("this model takes one input tensor, got a list (multi_input is off)")
             representation = self.encoder(x)
-            return [head(representation) for head in self.heads], representation
+            return self._heads(representation), representation
         if isinstance(x, Tensor) or len(x) != len(self.heads):
             raise ProblemError(f"this multi-input model takes a list of {len(self.heads)} inputs, one per task")
         representation = torch.cat([self.encoder(xt) for xt in x])
         parts = representation.split([len(xt) for xt in x])
         return [head(part) for head, part in zip(self.heads, parts, strict=True)], representation
+
+    def _heads(self, representation: Tensor) -> list[Tensor]:
+        """Every head on one representation. Without a graph (evaluation, SAMO's forward-only probes) plain
+        linear heads run as one matrix product, K times fewer calls; with one, each head is called as
+        itself, so per-head hooks (the core's trunk cut) see their inputs."""
+        heads = list(self.heads)
+        if torch.is_grad_enabled() or not _plain_linears(heads):
+            return [head(representation) for head in heads]
+        weight = torch.cat([head.weight for head in heads])
+        bias = None if heads[0].bias is None else torch.cat([head.bias for head in heads])
+        fused = nn.functional.linear(representation, weight, bias)
+        return list(fused.split([head.out_features for head in heads], dim=-1))
+
+
+def _plain_linears(heads: Sequence[nn.Module]) -> bool:
+    """Hook-free ``nn.Linear`` heads, all with a bias or all without: one matrix product computes them all."""
+    linear = all(type(head) is nn.Linear and not (head._forward_hooks or head._forward_pre_hooks) for head in heads)
+    return linear and len({head.bias is None for head in heads}) == 1  # type: ignore[union-attr]
