@@ -3,7 +3,8 @@
 Each stage trains the same model as one process on the concatenated batches (the engine reduces the per-task
 gradients before aggregation; DeepSpeed only owns the partitions and applies the update). SGD with momentum,
 which unlike Adam is not invariant to the update's scale, so a rank-sum in place of DeepSpeed's rank-mean
-would show. A stage-3 run stopped and resumed ends bit-identical to one that never stopped.
+would show. A stage-3 run stopped and resumed ends bit-identical to one that never stopped (with UW, whose learnable
+log-scales DeepSpeed partitions too).
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ OPTIONS = RunOptions(dtype="float32", plots=False)
 SGD = {"name": "sgd", "lr": 0.1, "momentum": 0.9}
 CASES = {
     "zero1": {"weighting": "ew", "aggregator": "mgda", "wrapper": {"name": "fmtl", "hparams": {}}},
-    "zero2": {"weighting": "uw", "aggregator": "cagrad", "wrapper": {"name": "samo", "hparams": {}}},
-    "zero3": {"weighting": "rlw", "aggregator": "pcgrad", "wrapper": {"name": "sam", "hparams": {}}},
+    "zero2": {"weighting": "rlw", "aggregator": "cagrad", "wrapper": {"name": "samo", "hparams": {}}},
+    "zero3": {"weighting": "uw", "aggregator": "pcgrad", "wrapper": {"name": "sam", "hparams": {}}},
 }
 
 
@@ -72,6 +73,11 @@ def test_deepspeed_zero3_resumes_bit_identically(tmp_path: Path) -> None:
     done, resumed = load(RunDirectory(tmp_path / "straight").latest), load(RunDirectory(interrupted).latest)
     for name, value in done["model"].items():
         assert torch.equal(value, resumed["model"][name]), name
+    for saved in (done, resumed):  # whole, though DeepSpeed keeps only a partition of them between steps
+        assert saved["mtl_step"]["weighting"]["log_scales"].shape == (2,)
+        assert torch.equal(saved["mtl_step"]["weighting"]["log_scales"], saved["weighting_parameters"][0])
+    assert torch.equal(done["weighting_parameters"][0], resumed["weighting_parameters"][0])
+    assert not torch.equal(done["weighting_parameters"][0], torch.zeros(2)), "UW's log-scales never moved"
     assert len(done["optimizer"]) == 2 and done["optimizer"][0]["state"], "no momentum state was checkpointed"
     for rank_done, rank_resumed in zip(done["optimizer"], resumed["optimizer"], strict=True):
         for index, state in rank_done["state"].items():

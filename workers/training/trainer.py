@@ -161,7 +161,7 @@ class Trainer:
         self.traffic: engine.TrafficCounter | None = None
         if not self.ctx.distributed:
             self.step = mtl.MTLStep.from_model(self.model, **kwargs)
-            self._load_weighting_parameters(saved)
+            self._load_method_state(saved)
             self.optimizer: Any = build_optimizer(
                 self.spec.optimizer, [*self.model.parameters(), *self.step.parameters()]
             )
@@ -183,7 +183,7 @@ class Trainer:
             )
         else:
             self.step = mtl.MTLStep.from_model(self.model, comm=engine.DataParallelComm(collectives), **kwargs)
-        self._load_weighting_parameters(saved)
+        self._load_method_state(saved)
         replicated = [*heads, *self.step.parameters()]
         if self.spec.sharding_backend == "deepspeed":
             sharded_step = isinstance(self.step, engine.ShardedMTLStep)
@@ -208,10 +208,13 @@ class Trainer:
         self.torch_optimizer = self.optimizer.optimizer if self.sharded_optimizer else self.optimizer
         self.optimizer_state = self.optimizer if self.hands_over_updates else self.torch_optimizer
 
-    def _load_weighting_parameters(self, saved: dict[str, Any] | None) -> None:
-        """Before the optimizer exists: DeepSpeed's stage 3 partitions these parameters when it is built."""
+    def _load_method_state(self, saved: dict[str, Any] | None) -> None:
+        """The method's state and learnable weights, before the optimizer exists: DeepSpeed's stage 3 partitions
+        the learnable weights when it is built."""
         if saved is None:
             return
+        method_state = saved["mtl_step"]
+        self.step.load_state_dict({**_on_device(method_state, self.ctx.device), "generator": method_state["generator"]})
         with torch.no_grad():
             for param, value in zip(self.step.parameters(), saved["weighting_parameters"], strict=True):
                 param.copy_(value)
@@ -259,6 +262,7 @@ class Trainer:
             state = self.model.state_dict() if self.ctx.leader else {}
             model_state = {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
             weighting_parameters = [p.detach().to("cpu", copy=True) for p in self.step.parameters()]
+            method_state = _to_cpu(self.step.state_dict())
         if not self.ctx.leader:
             return
         payload = {
@@ -269,7 +273,7 @@ class Trainer:
             "model": model_state,
             "optimizer": optimizer_states,
             "scheduler": self.scheduler.state_dict(),
-            "mtl_step": _to_cpu(self.step.state_dict()),
+            "mtl_step": method_state,
             "weighting_parameters": weighting_parameters,
             "sampler": {"seed": self.plan.seed, "epoch": self.epoch, "batch": self.batch},
             "rng": rng_states,
@@ -284,8 +288,6 @@ class Trainer:
         rank = self.ctx.rank
         self.optimizer_state.load_state_dict(saved["optimizer"][rank])
         self.scheduler.load_state_dict(saved["scheduler"])
-        method_state = saved["mtl_step"]
-        self.step.load_state_dict({**_on_device(method_state, self.ctx.device), "generator": method_state["generator"]})
         position = saved["position"]
         self.epoch, self.batch, self.global_step = position["epoch"], position["batch"], position["step"]
         self.accumulator = EpochAccumulator.from_state(saved["accumulator"])
