@@ -209,3 +209,19 @@ def test_stacked_losses_score_columnwise_tasks_together_exactly_as_one_by_one() 
     assert stack_losses(all_binary, outputs[:1] * 3, targets[:1] * 3).shape == (3,)
     with pytest.raises(ValueError, match="3 tasks, 2 outputs"):
         stack_losses(all_binary, outputs[:2], targets[:3])
+
+
+def test_stacked_losses_under_bf16_autocast_match_one_by_one_and_group_by_batch_size() -> None:
+    generator = torch.Generator().manual_seed(1)
+    tasks = [Task("r0", Regression()), Task("b0", Binary()), Task("r1", Regression()), Task("b1", Binary())]
+    sizes = [6, 6, 6, 4]  # the last task's input is another batch (multi-input problems)
+    layer = torch.nn.Linear(3, 1)
+    inputs = [torch.randn(n, 3, generator=generator) for n in sizes]
+    targets = [torch.randint(0, 2, (n,), generator=generator).float() for n in sizes]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        outputs = [layer(x) for x in inputs]
+        assert outputs[0].dtype == torch.bfloat16
+        stacked = stack_losses(tasks, outputs, targets)
+        one_by_one = torch.stack([t.kind.loss(o, y) for t, o, y in zip(tasks, outputs, targets, strict=True)])
+    assert stacked.dtype == one_by_one.dtype == torch.float32
+    torch.testing.assert_close(stacked, one_by_one, rtol=1e-6, atol=1e-7)

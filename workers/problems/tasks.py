@@ -146,7 +146,7 @@ class Regression(TaskKind):
         return F.mse_loss(output.reshape(-1), target.reshape(-1).to(output.dtype))
 
     def column_losses(self, outputs: Tensor, targets: Tensor) -> Tensor:
-        return (outputs - targets.to(outputs.dtype)).pow(2).mean(0)
+        return F.mse_loss(outputs, targets.to(outputs.dtype), reduction="none").mean(0)
 
     def meter(self) -> metrics.Meter:
         return metrics.RegressionMeter(self.scale)
@@ -169,12 +169,13 @@ def stack_losses(tasks: list[Task], outputs: list[Tensor], targets: list[Tensor]
     """
     if len(outputs) != len(tasks) or len(targets) != len(tasks):
         raise ValueError(f"{len(tasks)} tasks, {len(outputs)} outputs, {len(targets)} targets: one each per task")
-    groups: dict[TaskKind, list[int]] = {}
+    groups: dict[tuple[TaskKind, int], list[int]] = {}  # one group per kind and batch size (multi-input)
     for index, task in enumerate(tasks):
-        if task.kind.columnwise and outputs[index].numel() == targets[index].numel():
-            groups.setdefault(task.kind, []).append(index)
+        numel = outputs[index].numel()
+        if task.kind.columnwise and numel == targets[index].numel():
+            groups.setdefault((task.kind, numel), []).append(index)
     losses: list[Tensor | None] = [None] * len(tasks)
-    for kind, members in groups.items():
+    for (kind, _), members in groups.items():
         columns = kind.column_losses(
             torch.stack([outputs[i].reshape(-1) for i in members], dim=1),
             torch.stack([targets[i].reshape(-1) for i in members], dim=1),
