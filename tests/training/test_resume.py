@@ -15,7 +15,7 @@ import torch
 
 from tests.training.specs import spec
 from workers.training import ConfigError, RunDirectory, RunOptions, train
-from workers.training.checkpoint import load
+from workers.training.checkpoint import load, save
 
 METHOD = {"weighting": "uw", "aggregator": "pcgrad", "wrapper": {"name": "sam", "hparams": {"rho": 0.05}}}
 SPEC = {"method": METHOD, "scheduler": {"name": "cosine", "warmup_epochs": 1}, "epochs": 2}
@@ -77,3 +77,13 @@ def test_resume_refuses_a_different_spec_and_fresh_runs_refuse_an_existing_one(t
         train(spec(**SPEC), tmp_path, resume=True, options=RunOptions(dtype="float64"))
     with pytest.raises(ConfigError, match="already holds a run"):
         train(spec(**SPEC), tmp_path)
+
+
+def test_a_checkpoint_from_before_a_spec_field_existed_resumes_with_its_default(tmp_path: Path) -> None:
+    train(spec(**SPEC), tmp_path, options=RunOptions(max_steps=1, plots=False))
+    latest = RunDirectory(tmp_path).latest
+    saved = load(latest)
+    del saved["spec"]["sharding_backend"]  # written by a version that had no such field
+    save(latest, {key: value for key, value in saved.items() if key != "format"})
+    resumed = train(spec(**SPEC), tmp_path, resume=True, options=RunOptions(max_steps=2, plots=False))
+    assert resumed.summary["steps"] == 2

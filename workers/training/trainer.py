@@ -19,7 +19,8 @@ Distributed runs average the normalization layers' running statistics over ranks
 (``RunningStatisticsAverager``), so every rank evaluates with the same buffers.
 
 ``precision="bf16"`` runs every forward pass and loss (training, SAM's perturbed passes, evaluation) under
-bfloat16 autocast on the run's device; weights, gradients, the Gram matrix and the optimizer stay in ``dtype``.
+bfloat16 autocast on the run's device; weights, gradients, the Gram matrix and the optimizer stay in ``dtype``
+(DeepSpeed's master weights and optimizer state are float32 whatever ``dtype`` is).
 
 Steps are counted from 1 across epochs. Between steps the loop checks the stop request (``should_stop``
 locally, a shared event across ranks, agreed on with one tiny all-reduce so every rank stops at the same
@@ -37,6 +38,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from pydantic_core import to_jsonable_python
 from torch import Tensor
 from tqdm import tqdm
 
@@ -223,7 +225,7 @@ class Trainer:
         """The whole model inside the block: under zero3 a gather on every rank, otherwise nothing to do."""
         from workers import engine
 
-        if isinstance(self.optimizer, engine.DeepSpeedZero):
+        if self.hands_over_updates:
             return self.optimizer.gathered()
         return self.step.full_parameters() if isinstance(self.step, engine.ShardedMTLStep) else nullcontext()
 
@@ -232,10 +234,11 @@ class Trainer:
         from workers.training.errors import ConfigError, ConfigProblem
 
         current = self.spec.model_dump(mode="json")
+        recorded = {key: _recorded(saved["spec"], key) for key in current}
         mismatches = [
-            ConfigProblem(key, current[key], f"differs from the checkpoint's {saved['spec'][key]!r}", "the same value")
+            ConfigProblem(key, current[key], f"differs from the checkpoint's {recorded[key]!r}", "the same value")
             for key in current
-            if current[key] != saved["spec"].get(key)
+            if current[key] != recorded[key]
         ]
         if saved["dtype"] != self.options.dtype:
             mismatches.append(
@@ -496,6 +499,13 @@ class Trainer:
             if self.options.plots:
                 plots.draw(self.rundir, self.tasks)
         return summary
+
+
+def _recorded(spec: dict[str, Any], key: str) -> Any:
+    """A spec field as a checkpoint recorded it; the field's default where the checkpoint predates the field."""
+    if key in spec:
+        return spec[key]
+    return to_jsonable_python(TrainSpec.model_fields[key].get_default(call_default_factory=True))
 
 
 def _on_device(value: Any, device: torch.device) -> Any:
