@@ -12,7 +12,8 @@ aggregation, which DeepSpeed's ZeRO hooks (one backward per step) cannot do. So 
 aggregates and perturbs on its own flat layout (``ShardLayout``: shard-local Gram and norm statistics), and
 either keeps the partitions itself (``ShardedOptimizer``, ``PartitionedParameters``; the default) or hands
 the finished update to DeepSpeed's ZeRO engine of the same stage (``DeepSpeedZero``, through a backward that
-touches no model computation; one extra reduction of P numbers per step, float32 master weights). DeepSpeed's
+touches no model computation; one more reduction of every trainable parameter's gradient per step, float32
+master weights). DeepSpeed's
 own route fails here: ``safe_set_full_grad`` is refused at stages 1-2 before an ``engine.backward``, and its
 stage-3 hooks free the parameters after the first of the step's backward passes.
 """

@@ -5,10 +5,11 @@ stage 1, ``ShardedComm``'s reduce-scatter for stages 2 and 3): DeepSpeed's hooks
 step, while the step differentiates the shared parameters once per task and again in SAM's perturbed passes.
 DeepSpeed receives only the finished update, through its public ``engine.backward``: a loss whose backward
 hands each parameter a given gradient (``_GradientInjection``) and touches no model computation. Its usual
-gradient reduction then averages over ranks, so every rank contributes its update scaled to survive that
-average: the replicated update as it is, this rank's shard of a sharded update times N with zeros elsewhere
-(exact for a power-of-two N). ``safe_set_full_grad`` would skip that reduction but stages 1-2 refuse it
-before a backward.
+gradient reduction then averages over ranks (one more reduction of every trainable parameter's gradient per
+step), so every rank contributes its update scaled to survive that average: the replicated update (heads,
+and stage 1's shared update) as it is, this rank's shard of a sharded update times N with zeros elsewhere
+(exact for a power-of-two N, within an ulp otherwise). ``safe_set_full_grad`` would skip that reduction, but
+stages 1-2 refuse it before a backward.
 
 Stage 3 partitions the parameters themselves, so the step, evaluation and checkpoints run inside
 ``gathered()`` (DeepSpeed's ``GatheredParameters`` over every trainable parameter: the MTL step's several
@@ -40,7 +41,7 @@ def import_deepspeed() -> Any:
         import deepspeed
     except ImportError as error:
         raise RuntimeError(
-            "sharding_backend='deepspeed' needs the deepspeed package: pip install 'flatmtl[deepspeed]'"
+            "sharding_backend='deepspeed' needs the deepspeed package: pip install 'flatmtl[engine]'"
         ) from error
     logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
     # DeepSpeed's own collectives still call the old names; the engine's go through workers.engine.collectives.
@@ -67,8 +68,9 @@ class _GradientInjection(torch.autograd.Function):
         return tensors[0].new_zeros(())
 
     @staticmethod
-    def backward(ctx: Any, _output: Tensor) -> tuple[Tensor | None, ...]:
-        return (*ctx.grads, *(None for _ in ctx.grads))
+    def backward(ctx: Any, output: Tensor) -> tuple[Tensor | None, ...]:
+        """``output`` carries whatever scale DeepSpeed puts on the loss (1 in fp32 without accumulation)."""
+        return (*(grad * output for grad in ctx.grads), *(None for _ in ctx.grads))
 
 
 class DeepSpeedZero:
@@ -100,7 +102,6 @@ class DeepSpeedZero:
         self.world_size = world_size
         self.shared = list(shared)
         self.params = [*self.shared, *replicated]
-        self._shapes = [p.shape for p in self.params]
         self.optimizer = factory(self.params, **options)
         """The torch optimizer DeepSpeed steps on its float32 partitions: the scheduler and checkpoints use it."""
         config = {
@@ -132,18 +133,16 @@ class DeepSpeedZero:
                 self._gathered = False
 
     def _updates(self) -> list[Tensor]:
-        count = len(self.shared)
-        shared_shapes, replicated_shapes = self._shapes[:count], self._shapes[count:]
-        replicated = [_grad_or_zeros(p, s) for p, s in zip(self.params[count:], replicated_shapes, strict=True)]
+        """Each parameter's contribution to DeepSpeed's rank-mean (the parameters are whole: see ``hand_over``)."""
+        replicated = [_grad_or_zeros(p) for p in self.params[len(self.shared) :]]
         if self.shard is None:
-            return [*(_grad_or_zeros(p, s) for p, s in zip(self.shared, shared_shapes, strict=True)), *replicated]
+            return [*(_grad_or_zeros(p) for p in self.shared), *replicated]
         if self.shard.grad_shard is None:
             raise RuntimeError("no shard update: run the step (which writes it) before hand_over()")
         layout = self.shard.layout
         full = self.shard.grad_shard.new_zeros(layout.numel)
         full[layout.start : layout.stop] = self.shard.grad_shard[: layout.local_numel] * self.world_size
-        pieces = full.split([shape.numel() for shape in shared_shapes])
-        return [*(piece.view(shape) for piece, shape in zip(pieces, shared_shapes, strict=True)), *replicated]
+        return [*self.shard.views(full), *replicated]
 
     def hand_over(self) -> None:
         """Give the step's update to DeepSpeed (inside ``gathered()`` at stage 3): its reduction averages it."""
@@ -183,5 +182,5 @@ class DeepSpeedZero:
             zero._clear_fp32_optimizer_param_groups()
 
 
-def _grad_or_zeros(param: Tensor, shape: torch.Size) -> Tensor:
-    return param.grad.detach() if param.grad is not None else torch.zeros(shape, dtype=param.dtype, device=param.device)
+def _grad_or_zeros(param: Tensor) -> Tensor:
+    return torch.zeros_like(param) if param.grad is None else param.grad.detach()

@@ -9,8 +9,9 @@ forward and backward pass it takes, SAM's perturbed ones included) and frees the
 Granularity is the whole shared trunk, not per module: the core takes K per-task backward passes (and
 SAM variants several forward/backward rounds) through one graph, and autograd keeps references to the
 parameters it saved, so releasing a module's weights after its forward would break the next backward
-(DeepSpeed's ZeRO-3 fails that way). Peak memory inside a step is therefore a full copy of the shared
-parameters; what is saved is the persistent copy and everything that lives across steps.
+(DeepSpeed's own ZeRO-3 hooks fail that way; ``DeepSpeedZero.gathered()`` gathers the whole trunk too).
+Peak memory inside a step is therefore a full copy of the shared parameters; what is saved is the
+persistent copy and everything that lives across steps.
 """
 
 from __future__ import annotations
