@@ -74,12 +74,18 @@ class FlatParams:
     def layer_sq_norms(self, flat: Tensor) -> Tensor:
         """Squared norm of each layer's slice of a [P] (or [K, P]) vector: [L] (or [K, L]).
 
-        One reduction per contiguous slice: several times faster than a scatter over the P coordinates."""
-        parts = [part.pow(2).sum(-1) for part in flat.split(self.numels, dim=-1)]
-        return torch.stack(parts, dim=-1) if parts else flat.new_zeros(*flat.shape[:-1], 0)
+        One reduction per contiguous slice (one fused kernel for a [P] vector), several times faster than a
+        scatter over the P coordinates."""
+        if not self.params:
+            return flat.new_zeros(*flat.shape[:-1], 0)
+        parts = flat.split(self.numels, dim=-1)
+        if flat.dim() == 1:
+            return torch.stack(torch._foreach_norm(list(parts))).pow(2)
+        return torch.stack([part.pow(2).sum(-1) for part in parts], dim=-1)
 
     def expand_layers(self, per_layer: Tensor) -> Tensor:
-        """Broadcast one value per layer ([L] or [K, L]) to every coordinate ([P] or [K, P])."""
+        """Broadcast one value per layer ([L] or [K, L]) to every coordinate ([P] or [K, P]); expanded slices
+        joined, which measured faster than ``repeat_interleave`` or an index over P."""
         pieces = [
             value.unsqueeze(-1).expand(*value.shape, numel)
             for value, numel in zip(per_layer.unbind(-1), self.numels, strict=True)

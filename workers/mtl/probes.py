@@ -9,7 +9,8 @@ updating running statistics in training mode, data-dependent Python) raise insid
 reports itself unsupported and the caller takes one forward per point from then on, which gives the
 same losses. Models with convolutions take one forward per point from the start: vmap runs a convolution
 over batched weights as a grouped convolution, which on CPU measured slower than the separate forwards
-(LeNet, K=2: SAMO step 2.8x EW batched against 2.0x one forward per point; MLP, K=14: 5.6x against 8.1x).
+(LeNet, K=2, when that was measured: SAMO step 2.8x EW batched against 2.0x one forward per point).
+``benchmarks/mtl_core.py`` times both ways side by side ("samo" and "samo, a forward/probe").
 """
 
 from __future__ import annotations
