@@ -133,7 +133,8 @@ def _persistent_parameter_bytes(
 
 
 def _count_deepspeed_traffic(counter: TrafficCounter, world: int) -> None:
-    """Count DeepSpeed's collectives (it calls them through ``deepspeed.comm``) by their ring cost."""
+    """Count DeepSpeed's collectives (it calls them through ``deepspeed.comm``) by their ring cost; its
+    ``allgather_fn``/``reduce_scatter_fn`` call the counted ``all_gather_into_tensor``/``reduce_scatter_tensor``."""
     comm = import_deepspeed().comm
     share = (world - 1) / world
 
@@ -143,9 +144,7 @@ def _count_deepspeed_traffic(counter: TrafficCounter, world: int) -> None:
     costs = {
         "all_reduce": lambda tensor, *a, **k: 2 * share * nbytes(tensor),
         "reduce_scatter_tensor": lambda output, tensor, *a, **k: share * nbytes(tensor),
-        "reduce_scatter_fn": lambda output, tensor, *a, **k: share * nbytes(tensor),
         "all_gather_into_tensor": lambda output, tensor, *a, **k: share * nbytes(output),
-        "allgather_fn": lambda output, tensor, *a, **k: share * nbytes(output),
         "broadcast": lambda tensor, *a, **k: nbytes(tensor),
     }
     for name, cost in costs.items():
