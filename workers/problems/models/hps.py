@@ -60,6 +60,8 @@ class HardSharing(MultiTaskNet):
 
 
 def _plain_linears(heads: Sequence[nn.Module]) -> bool:
-    """Hook-free ``nn.Linear`` heads, all with a bias or all without: one matrix product computes them all."""
+    """Hook-free ``nn.Linear`` heads of one dtype and device, all with a bias or all without: one matrix
+    product computes them all."""
     linear = all(type(head) is nn.Linear and not (head._forward_hooks or head._forward_pre_hooks) for head in heads)
-    return linear and len({head.bias is None for head in heads}) == 1  # type: ignore[union-attr]
+    alike = {(head.weight.dtype, head.weight.device, head.bias is None) for head in heads}  # type: ignore[union-attr]
+    return linear and len(alike) == 1
