@@ -62,6 +62,7 @@ class HardSharing(MultiTaskNet):
 def _plain_linears(heads: Sequence[nn.Module]) -> bool:
     """Hook-free ``nn.Linear`` heads of one dtype and device, all with a bias or all without: one matrix
     product computes them all."""
-    linear = all(type(head) is nn.Linear and not (head._forward_hooks or head._forward_pre_hooks) for head in heads)
+    if not all(type(head) is nn.Linear and not (head._forward_hooks or head._forward_pre_hooks) for head in heads):
+        return False
     alike = {(head.weight.dtype, head.weight.device, head.bias is None) for head in heads}  # type: ignore[union-attr]
-    return linear and len(alike) == 1
+    return len(alike) == 1
