@@ -158,11 +158,12 @@ def paired_wrapper_ratios(setting: Setting, repeats: int) -> dict[str, float]:
     generator = torch.Generator().manual_seed(0)
     runs["draws"] = lambda: torch.randn(len(setting.tasks), numel, generator=generator)
     times = interleaved_seconds(runs, repeats)
-    return {
-        name: statistics.median(t / f for t, f in zip(times[name], times["fmtl"], strict=True))
-        for name in [*variants, "draws"]
-        if name != "fmtl"
-    }
+    return {name: median_ratio(seconds, times["fmtl"]) for name, seconds in times.items() if name != "fmtl"}
+
+
+def median_ratio(seconds: list[float], reference: list[float]) -> float:
+    """Median over repeats of one run's time over the reference run's time in the same repeat."""
+    return statistics.median(t / r for t, r in zip(seconds, reference, strict=True))
 
 
 def main() -> None:
@@ -199,10 +200,7 @@ def main() -> None:
                 f"{name} {count / flops['none']:.2f}" for name, count in flops.items()
             ))  # fmt: skip
         paths = gradient_paths(setting, args.repeats)
-        ratios = {
-            name: statistics.median(t / r for t, r in zip(seconds, paths["sequential"], strict=True))
-            for name, seconds in paths.items()
-        }
+        ratios = {name: median_ratio(seconds, paths["sequential"]) for name, seconds in paths.items()}
         print("per-task gradients (forward included; median ms, median ratio to sequential in the same repeat): "
               + ", ".join(f"{name} {statistics.median(paths[name]) * 1e3:.2f} ms ({ratio:.2f}x)"
                           for name, ratio in ratios.items()))  # fmt: skip
