@@ -12,14 +12,14 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
 
-from api import errors
-from api.limits import BodySizeLimit
-from api.observe import RequestTimer
-from api.routes import jobs, meta
-from service import telemetry
-from service.db import Database
-from service.settings import Settings, load_settings
-from service.tokens import TokenCache
+from flatmtl.api import errors
+from flatmtl.api.limits import BodySizeLimit
+from flatmtl.api.observe import RequestTimer
+from flatmtl.api.routes import jobs, meta
+from flatmtl.service import telemetry
+from flatmtl.service.db import Database
+from flatmtl.service.settings import Settings, load_settings
+from flatmtl.service.tokens import TokenCache
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

@@ -12,10 +12,10 @@ from fastapi import Depends, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from api.errors import ApiError
-from service.db import Database
-from service.settings import Settings
-from service.tokens import Principal, TokenCache
+from flatmtl.api.errors import ApiError
+from flatmtl.service.db import Database
+from flatmtl.service.settings import Settings
+from flatmtl.service.tokens import Principal, TokenCache
 
 bearer = HTTPBearer(auto_error=False, description="An API token from `flatmtl token create`.")
 ANONYMOUS = Principal("anonymous", frozenset({"read"}))

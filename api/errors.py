@@ -15,8 +15,8 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from service.errors import ConflictError, ForbiddenError, NotFoundError, ServiceError
-from service.validation import json_safe, problems_from
+from flatmtl.service.errors import ConflictError, ForbiddenError, NotFoundError, ServiceError
+from flatmtl.service.validation import json_safe, problems_from
 
 log = logging.getLogger("flatmtl.api")
 

@@ -6,7 +6,7 @@ import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service import telemetry
+from flatmtl.service import telemetry
 
 UNMATCHED = "unmatched"
 

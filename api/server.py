@@ -20,9 +20,9 @@ import uvicorn
 from fastapi import FastAPI
 from uvicorn.supervisors import Multiprocess
 
-from api.app import create_app
-from service.db import Database
-from service.settings import Settings, load_settings
+from flatmtl.api.app import create_app
+from flatmtl.service.db import Database
+from flatmtl.service.settings import Settings, load_settings
 
 PREFIX = "FLATMTL_"
 
@@ -68,7 +68,12 @@ def serve(
     settings.token_key()  # created once here, not raced by the workers
     os.environ.update(environment(settings.model_copy(update={"migrate_on_start": False})))
     config = uvicorn.Config(
-        "api.server:app_from_environment", factory=True, host=host, port=port, workers=workers, access_log=access_log
+        "flatmtl.api.server:app_from_environment",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        access_log=access_log,
     )
     Multiprocess(config, sockets=[listener(host, port)]).run()
 

@@ -1,7 +1,7 @@
 """Control-plane cost: job submissions over REST, and a training job through the service against the same run
 called directly.
 
-1. ``POST /v1/jobs`` against a real API (``api.server.serve``: uvicorn, no access log, 1 or more processes) on
+1. ``POST /v1/jobs`` against a real API (``flatmtl.api.server.serve``: uvicorn, no access log, 1 or more processes) on
    SQLite and, when a PostgreSQL URL is given, on PostgreSQL: submissions per second and p50/p99 latency for
    each client count (targets on SQLite on 2 cores: >= 300/s, p99 < 50 ms). The clients are separate processes
    with one keep-alive ``http.client`` connection each, so they stay cheap; their CPU share (CPU seconds per
@@ -9,7 +9,7 @@ called directly.
    Side by side, the floors on the same machine: an empty FastAPI route served the same way, and a bare
    INSERT + COMMIT of the same job row (sqlite3 with the API's pragmas; psycopg on PostgreSQL).
 2. One training job (DDP, 2 processes) through REST + queue + worker + Ray Train, against
-   ``workers.training.api.train`` on the same spec and options: training throughput (the runs' own
+   ``flatmtl.workers.training.local.train`` on the same spec and options: training throughput (the runs' own
    ``train/samples_per_s``, epoch means; target ratio >= 0.9) and, for information, samples per second of wall
    time from submission to the job's success (the worker's Ray already started; trial start-up included).
 
@@ -38,7 +38,14 @@ from typing import Any
 import httpx
 import psutil
 
-from workers.worker.demo import api_call, create_demo_token, free_port, process, service_env, wait_healthy
+from flatmtl.workers.worker.service_demo import (
+    api_call,
+    create_demo_token,
+    free_port,
+    process,
+    service_env,
+    wait_healthy,
+)
 
 SUBMITTED: dict[str, Any] = {"problem": "multi_digits", "model": "mlp", "epochs": 1}
 TRAINING: dict[str, Any] = {
@@ -51,9 +58,9 @@ TRAINING: dict[str, Any] = {
     "seed": 0,
     "processes": 2,
 }
-WORKER = [sys.executable, "-c", "from workers.worker.cli import worker_command; worker_command()"]
+WORKER = [sys.executable, "-c", "from flatmtl.workers.worker.cli import worker_command; worker_command()"]
 SERVE = (
-    "import sys; from api.server import serve; from service.settings import load_settings; "
+    "import sys; from flatmtl.api.server import serve; from flatmtl.service.settings import load_settings; "
     "serve(load_settings(), port=int(sys.argv[1]), workers=int(sys.argv[2]), access_log=False)"
 )
 EMPTY_APP = """
@@ -97,9 +104,9 @@ def api_server(out: Path, database_url: str | None, workers: int = 1) -> Iterato
     extra = {"FLATMTL_DATABASE_URL": database_url} if database_url else {}
     env = service_env(out, **extra)
     if database_url:
-        from service.db import Database
-        from service.settings import Settings
-        from service.tokens import create_token
+        from flatmtl.service.db import Database
+        from flatmtl.service.settings import Settings
+        from flatmtl.service.tokens import create_token
 
         settings = Settings(data_dir=out.resolve(), database_url=database_url)
         database = Database.from_settings(settings)
@@ -251,7 +258,7 @@ def total_samples(spec: dict[str, Any]) -> int:
 
 
 def bench_training(ray_cpus: int) -> dict[str, Any]:
-    from workers.training import RunOptions, train
+    from flatmtl.workers.training import RunOptions, train
 
     with tempfile.TemporaryDirectory() as directory:
         root = Path(directory)

@@ -27,8 +27,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from workers import mtl
-from workers.engine import (
+from flatmtl.workers import mtl
+from flatmtl.workers.engine import (
     Collectives,
     DataParallelComm,
     DeepSpeedZero,
@@ -38,7 +38,7 @@ from workers.engine import (
     launch,
     sharded_comm,
 )
-from workers.engine.deepspeed_zero import import_deepspeed
+from flatmtl.workers.engine.deepspeed_zero import import_deepspeed
 
 NUM_TASKS = 4
 IN_FEATURES = 64

@@ -26,9 +26,9 @@ import torch
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from workers import mtl
-from workers.problems.models import build_model
-from workers.problems.tasks import Binary, Classification, Task, stack_losses
+from flatmtl.workers import mtl
+from flatmtl.workers.problems.models import build_model
+from flatmtl.workers.problems.tasks import Binary, Classification, Task, stack_losses
 
 
 @dataclass

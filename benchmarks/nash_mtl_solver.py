@@ -39,7 +39,7 @@ from functools import partial
 import numpy as np
 import torch
 
-from workers import mtl
+from flatmtl.workers import mtl
 
 
 class ConvexConcaveNash:

@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from service.errors import NotFoundError
+from flatmtl.service.errors import NotFoundError
 
 LOG_NAME = "job.log"
 

@@ -1,6 +1,6 @@
-"""The method catalog (generated from the registry by ``python -m workers.catalog``), without torch.
+"""The method catalog (generated from the registry by ``python -m flatmtl.workers.catalog_export``), without torch.
 
-Job specs are validated here with the same rules as ``workers.mtl.registry.HParam.validate``, so a
+Job specs are validated here with the same rules as ``flatmtl.workers.mtl.registry.HParam.validate``, so a
 spec the API accepts is one the workers can build.
 """
 

@@ -63,15 +63,15 @@ def _call(client: httpx.Client, method: str, path: str, **kwargs: Any) -> Any:
 )
 def serve(host: str | None, port: int | None, config: Path | None, workers: int, access_log: bool) -> None:
     """Run the REST API (migrates the database first)."""
-    from api.server import serve as serve_api
-    from service.settings import load_settings
+    from flatmtl.api.server import serve as serve_api
+    from flatmtl.service.settings import load_settings
 
     serve_api(load_settings(config), host=host, port=port, workers=workers, access_log=access_log)
 
 
 def _read_submission(path: Path) -> dict[str, Any]:
     """A spec file (YAML or JSON): either a bare train/sweep spec or ``{spec: ..., priority: ...}``."""
-    from service.specs import load_yaml
+    from flatmtl.service.specs import load_yaml
 
     try:
         document = load_yaml(path.read_text())
@@ -219,9 +219,9 @@ def token() -> None:
 @click.option("--config", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None)
 def token_create(user: str, scopes: tuple[str, ...], config: Path | None) -> None:
     """Create a token and print it (it is stored hashed and cannot be shown again)."""
-    from service.db import Database
-    from service.settings import load_settings
-    from service.tokens import create_token
+    from flatmtl.service.db import Database
+    from flatmtl.service.settings import load_settings
+    from flatmtl.service.tokens import create_token
 
     settings = load_settings(config)
     database = Database.from_settings(settings)
@@ -240,10 +240,10 @@ def token_create(user: str, scopes: tuple[str, ...], config: Path | None) -> Non
 @click.option("--config", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None)
 def token_revoke(prefix: str, config: Path | None) -> None:
     """Revoke the tokens whose shown prefix (first 11 characters) is PREFIX."""
-    from service.db import Database
-    from service.errors import NotFoundError
-    from service.settings import load_settings
-    from service.tokens import revoke_token
+    from flatmtl.service.db import Database
+    from flatmtl.service.errors import NotFoundError
+    from flatmtl.service.settings import load_settings
+    from flatmtl.service.tokens import revoke_token
 
     database = Database.from_settings(load_settings(config))
     try:

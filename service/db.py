@@ -23,7 +23,7 @@ from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
-from service.settings import Settings
+from flatmtl.service.settings import Settings
 
 ALEMBIC_INI = Path(__file__).resolve().parent / "alembic.ini"
 

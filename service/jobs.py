@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from service.errors import NotFoundError
-from service.models import Event, Job, Metric, Trial
+from flatmtl.service.errors import NotFoundError
+from flatmtl.service.models import Event, Job, Metric, Trial
 
 
 def get_job(session: Session, job_id: int) -> Job:

@@ -4,7 +4,7 @@ Every claim increments ``jobs.lease_token``; heartbeats, completions and worker 
 only while the job is running under the token the worker was given. A worker whose lease expired
 and was reaped (or whose job was cancelled) therefore can never overwrite the job's new owner.
 PostgreSQL claims with ``SELECT ... FOR UPDATE SKIP LOCKED``; SQLite serialises writers with
-``BEGIN IMMEDIATE`` (see :mod:`service.db`).
+``BEGIN IMMEDIATE`` (see :mod:`flatmtl.service.db`).
 """
 
 from __future__ import annotations
@@ -20,10 +20,10 @@ from sqlalchemy import JSON, Connection, bindparam, case, func, insert, select, 
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from service.db import Database
-from service.errors import ConflictError, LeaseLostError, NotFoundError
-from service.models import TERMINAL_STATES, Event, Job, Metric, Trial, UTCDateTime, utcnow
-from service.specs import SweepSpec, TrainSpec
+from flatmtl.service.db import Database
+from flatmtl.service.errors import ConflictError, LeaseLostError, NotFoundError
+from flatmtl.service.models import TERMINAL_STATES, Event, Job, Metric, Trial, UTCDateTime, utcnow
+from flatmtl.service.specs import SweepSpec, TrainSpec
 
 HeartbeatStatus = Literal["ok", "cancelled", "lost"]
 Outcome = Literal["succeeded", "failed"]

@@ -11,7 +11,7 @@ reads ``1e-3`` as a number as JSON does (PyYAML alone reads it as a string).
 
 Errors name the field path, the value and what is allowed. Errors raised inside validators carry
 ``subloc`` (the path below the validated field) in their context so that the path points at the
-offending key; :mod:`service.validation` appends it.
+offending key; :mod:`flatmtl.service.validation` appends it.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from service.catalog import KINDS, Catalog, CatalogError, Kind, load_catalog
+from flatmtl.service.catalog import KINDS, Catalog, CatalogError, Kind, load_catalog
 
 Identifier = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z][A-Za-z0-9_\-]*$")]
 JobName = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")]

@@ -32,9 +32,9 @@ from sqlalchemy import Float, case, cast, func, or_, select
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
-from service.db import Database
-from service.models import JOB_STATES, Event, Job, Trial, utcnow
-from service.models import Metric as MetricRow
+from flatmtl.service.db import Database
+from flatmtl.service.models import JOB_STATES, Event, Job, Trial, utcnow
+from flatmtl.service.models import Metric as MetricRow
 
 __all__ = ["CONTENT_TYPE_LATEST"]
 
@@ -260,9 +260,9 @@ def training_points(
     communication_bytes: float = 0.0,
     sharpness: Sequence[float] | None = None,
 ) -> list[Point]:
-    """One step's metrics as ``(step, name, value)`` points for ``service.queue.record_metrics``.
+    """One step's metrics as ``(step, name, value)`` points for ``flatmtl.service.queue.record_metrics``.
 
-    ``cosines`` and ``magnitude_similarities`` are K x K (``workers.mtl.diagnostics``); per-pair points
+    ``cosines`` and ``magnitude_similarities`` are K x K (``flatmtl.workers.mtl.diagnostics``); per-pair points
     are written only for K <= MAX_PAIR_TASKS so a 40-task job adds 2 series, not 1560. Phase seconds
     become shares of ``step_seconds``.
     """

@@ -20,9 +20,9 @@ from dataclasses import dataclass
 
 from sqlalchemy import select, update
 
-from service.db import Database
-from service.errors import NotFoundError
-from service.models import SCOPES, ApiToken, utcnow
+from flatmtl.service.db import Database
+from flatmtl.service.errors import NotFoundError
+from flatmtl.service.models import SCOPES, ApiToken, utcnow
 
 TOKEN_PREFIX = "fmtl_"
 IMPLIED: dict[str, frozenset[str]] = {

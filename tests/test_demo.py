@@ -11,10 +11,10 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from workers import mtl
-from workers.cli import main
-from workers.demo.problems import PROBLEMS, distance_to_polyline
-from workers.demo.runner import RunSpec, run, wrapper_hparams
+from flatmtl.workers import mtl
+from flatmtl.workers.cli import main
+from flatmtl.workers.toy.problems import PROBLEMS, distance_to_polyline
+from flatmtl.workers.toy.trajectory import RunSpec, run, wrapper_hparams
 
 
 def run_demo(out: Path, *extra: str) -> tuple[int, str]:
@@ -131,8 +131,8 @@ def test_toy_radius_reaches_every_wrapper_radius() -> None:
 
 @pytest.mark.parametrize(("problem", "wrapper"), [("multi_digits", "samo"), ("multi_fashion", "fmtl")])
 def test_the_service_demo_submits_a_valid_rho_by_alpha_sweep(tmp_path: Path, problem: str, wrapper: str) -> None:
-    from service.specs import SweepSpec
-    from workers.worker.demo import RADII, ServiceDemo
+    from flatmtl.service.specs import SweepSpec
+    from flatmtl.workers.worker.service_demo import RADII, ServiceDemo
 
     demo = ServiceDemo(out=tmp_path, problem=problem, wrapper=wrapper, rhos=(0.001, 0.01), alphas=(0.25, 0.75))
     spec = SweepSpec.model_validate(demo.sweep())
@@ -142,8 +142,8 @@ def test_the_service_demo_submits_a_valid_rho_by_alpha_sweep(tmp_path: Path, pro
 
 
 def test_the_service_demo_uses_fashion_mnist_exactly_when_its_files_are_installed() -> None:
-    from workers.problems.multi_image import FASHION_MNIST_DIR
-    from workers.worker.demo import default_problem
+    from flatmtl.workers.problems.multi_image import FASHION_MNIST_DIR
+    from flatmtl.workers.worker.service_demo import default_problem
 
     installed = FASHION_MNIST_DIR.is_dir() and len(list(FASHION_MNIST_DIR.glob("*-ubyte*"))) == 4
     assert default_problem() == ("multi_fashion" if installed else "multi_digits")

@@ -1,1 +1,1 @@
-"""Execution side of FlatMTL: the MTL core (``workers.mtl``), training engine and worker loop."""
+"""Execution side of FlatMTL: the MTL core (``flatmtl.workers.mtl``), training engine and worker loop."""

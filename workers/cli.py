@@ -11,10 +11,11 @@ from typing import TYPE_CHECKING
 import click
 
 if TYPE_CHECKING:
-    from workers.mtl.registry import Kind
+    from flatmtl.workers.mtl.registry import Kind
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="flatmtl", prog_name="flatmtl")
 def main() -> None:
     """FlatMTL: multi-task learning methods, training jobs and sweeps."""
 
@@ -24,7 +25,7 @@ def main() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def methods_command(kind: str | None, as_json: bool) -> None:
     """List every loss weighting, gradient aggregator and wrapper with its hyper-parameters."""
-    from workers.mtl import methods
+    from flatmtl.workers.mtl import methods
 
     listed = methods(kind)  # type: ignore[arg-type]
     if as_json:
@@ -86,8 +87,8 @@ def demo_toy_command(
     each run ended, its two objectives and its distance to the Pareto set). Without --aggregators or
     --wrappers, the default methods run.
     """
-    from workers.demo import toy
-    from workers.mtl.errors import MethodError
+    from flatmtl.workers.mtl.errors import MethodError
+    from flatmtl.workers.toy import demo as toy
 
     def choose(kind: Kind, option: str, given: str | None, defaults: tuple[str, ...]) -> tuple[str, ...]:
         try:
@@ -114,11 +115,11 @@ def demo_toy_command(
 
 def _add_commands() -> None:
     """Subcommands of the other parts of the product; each imports its heavy dependencies lazily."""
-    from service.cli import commands as control_plane_commands
-    from workers.reproduce.cli import commands as reproduce_commands
-    from workers.training.cli import commands as training_commands
-    from workers.worker.cli import commands as worker_commands
-    from workers.worker.cli import demo_commands
+    from flatmtl.service.cli import commands as control_plane_commands
+    from flatmtl.workers.reproduce.cli import commands as reproduce_commands
+    from flatmtl.workers.training.cli import commands as training_commands
+    from flatmtl.workers.worker.cli import commands as worker_commands
+    from flatmtl.workers.worker.cli import demo_commands
 
     for command in [*control_plane_commands, *training_commands, *worker_commands, *reproduce_commands]:
         main.add_command(command)

@@ -9,9 +9,9 @@ from fastapi import APIRouter, Path, Query, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
 
-from api.deps import DatabaseDep, Reader, SettingsDep, Submitter
-from api.errors import ApiError, responses
-from api.schemas import (
+from flatmtl.api.deps import DatabaseDep, Reader, SettingsDep, Submitter
+from flatmtl.api.errors import ApiError, responses
+from flatmtl.api.schemas import (
     ArtifactList,
     ArtifactOut,
     EventList,
@@ -24,11 +24,11 @@ from api.schemas import (
     TrialList,
     TrialOut,
 )
-from service import artifacts, jobs, queue
-from service.db import Database
-from service.models import Job
-from service.specs import JobSubmission
-from service.tokens import Principal
+from flatmtl.service import artifacts, jobs, queue
+from flatmtl.service.db import Database
+from flatmtl.service.models import Job
+from flatmtl.service.specs import JobSubmission
+from flatmtl.service.tokens import Principal
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 JobId = Annotated[int, Path(ge=1, le=2**62, description="The job's id.")]

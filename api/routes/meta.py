@@ -7,11 +7,11 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Query, Response
 from fastapi.concurrency import run_in_threadpool
 
-from api.deps import DatabaseDep, Reader
-from api.errors import ApiError, responses
-from api.schemas import Health, MethodList, MethodOut
-from service import telemetry
-from service.catalog import load_catalog
+from flatmtl.api.deps import DatabaseDep, Reader
+from flatmtl.api.errors import ApiError, responses
+from flatmtl.api.schemas import Health, MethodList, MethodOut
+from flatmtl.service import telemetry
+from flatmtl.service.catalog import load_catalog
 
 router = APIRouter()
 

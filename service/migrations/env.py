@@ -1,11 +1,11 @@
-"""Alembic environment: uses the caller's connection (service.db.migrate) or the settings' URL."""
+"""Alembic environment: uses the caller's connection (flatmtl.service.db.migrate) or the settings' URL."""
 
 from __future__ import annotations
 
 from alembic import context
 from sqlalchemy import Connection
 
-from service.models import Base
+from flatmtl.service.models import Base
 
 
 def run(connection: Connection) -> None:
@@ -24,8 +24,8 @@ def main() -> None:
     if connection is not None:
         run(connection)
         return
-    from service.db import Database
-    from service.settings import load_settings
+    from flatmtl.service.db import Database
+    from flatmtl.service.settings import load_settings
 
     database = Database.from_settings(load_settings())
     with database.engine.begin() as own:

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-import service.specs
-from api.app import create_app
-from service.db import Database
-from service.settings import Settings
-from service.tokens import create_token
+import flatmtl.service.specs
+from flatmtl.api.app import create_app
+from flatmtl.service.db import Database
+from flatmtl.service.settings import Settings
+from flatmtl.service.tokens import create_token
 from tests.service.catalogs import CATALOG
 from tests.service.databases import database_url, postgres_migrated, sqlite_template
 
@@ -34,7 +34,7 @@ class Api:
 @pytest.fixture(autouse=True)
 def test_catalog(monkeypatch: pytest.MonkeyPatch) -> None:
     """Specs validate against the hand-written catalog (which has F-MTL and SAMO with rho and alpha)."""
-    monkeypatch.setattr(service.specs, "load_catalog", lambda: CATALOG)
+    monkeypatch.setattr(flatmtl.service.specs, "load_catalog", lambda: CATALOG)
 
 
 def make_api(database_url: str, tmp_path: Path, **overrides: object) -> Iterator[Api]:

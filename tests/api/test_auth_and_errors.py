@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from service.tokens import Principal, TokenCache, revoke_token
+from flatmtl.service.tokens import Principal, TokenCache, revoke_token
 from tests.api.conftest import Api, make_api
 from tests.api.test_jobs_api import SWEEP, TRAIN, submit
 
@@ -175,8 +175,8 @@ def test_openapi_declares_every_error_response(api: Api) -> None:
 
 def test_importing_the_api_loads_neither_torch_nor_ray() -> None:
     code = (
-        "import sys, api.app, service.cli, service.queue, service.specs;"
-        "api.app.create_app;"
+        "import sys, flatmtl.api.app, flatmtl.service.cli, flatmtl.service.queue, flatmtl.service.specs;"
+        "flatmtl.api.app.create_app;"
         "loaded = [m for m in ('torch', 'ray') if m in sys.modules];"
         "assert not loaded, loaded"
     )

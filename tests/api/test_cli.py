@@ -12,12 +12,12 @@ import yaml
 from click.testing import CliRunner
 from fastapi.testclient import TestClient
 
-import service.cli
-from service import artifacts, queue
-from service.cli import commands
-from service.db import Database
-from service.settings import Settings
-from service.tokens import authenticate
+import flatmtl.service.cli
+from flatmtl.service import artifacts, queue
+from flatmtl.service.cli import commands
+from flatmtl.service.db import Database
+from flatmtl.service.settings import Settings
+from flatmtl.service.tokens import authenticate
 from tests.api.conftest import Api
 from tests.api.test_jobs_api import TRAIN
 
@@ -43,7 +43,7 @@ class BorrowedClient:
 
 @pytest.fixture
 def cli(api: Api, monkeypatch: pytest.MonkeyPatch) -> CliRunner:
-    monkeypatch.setattr(service.cli, "make_client", lambda _url, token: BorrowedClient(api.client, token))
+    monkeypatch.setattr(flatmtl.service.cli, "make_client", lambda _url, token: BorrowedClient(api.client, token))
     monkeypatch.setenv("FLATMTL_TOKEN", api.tokens["alice"])
     return CliRunner()
 

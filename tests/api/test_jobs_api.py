@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from service import artifacts, queue
-from service.catalog import load_catalog
+from flatmtl.service import artifacts, queue
+from flatmtl.service.catalog import load_catalog
 from tests.api.conftest import Api
 
 TRAIN = {"problem": "multi_digits", "method": {"wrapper": {"name": "fmtl", "hparams": {"rho": 0.05, "alpha": 0.5}}}}

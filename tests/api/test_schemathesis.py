@@ -17,12 +17,12 @@ from hypothesis import HealthCheck, given, settings
 from schemathesis import GenerationMode
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
-from api.app import create_app
-from service import queue
-from service.db import Database
-from service.settings import Settings
-from service.specs import parse_spec
-from service.tokens import create_token
+from flatmtl.api.app import create_app
+from flatmtl.service import queue
+from flatmtl.service.db import Database
+from flatmtl.service.settings import Settings
+from flatmtl.service.specs import parse_spec
+from flatmtl.service.tokens import create_token
 from tests.service.catalogs import CATALOG
 
 EXAMPLES = {GenerationMode.POSITIVE: 30, GenerationMode.NEGATIVE: 15}

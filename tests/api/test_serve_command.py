@@ -1,4 +1,4 @@
-"""``flatmtl serve``: its options reach ``api.server.serve``, bad ones are usage errors, and a real
+"""``flatmtl serve``: its options reach ``flatmtl.api.server.serve``, bad ones are usage errors, and a real
 two-process server started from the command line answers /healthz."""
 
 from __future__ import annotations
@@ -17,21 +17,23 @@ import httpx
 import pytest
 from click.testing import CliRunner
 
-import api.server
-from service.cli import serve
-from service.settings import Settings
+import flatmtl.api.server
+from flatmtl.service.cli import serve
+from flatmtl.service.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
 def calls(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> list[dict[str, Any]]:
-    """What ``api.server.serve`` was called with (nothing is started)."""
+    """What ``flatmtl.api.server.serve`` was called with (nothing is started)."""
     for name in [n for n in os.environ if n.startswith("FLATMTL_")]:
         monkeypatch.delenv(name)
     monkeypatch.setenv("FLATMTL_DATA_DIR", str(tmp_path))
     found: list[dict[str, Any]] = []
-    monkeypatch.setattr(api.server, "serve", lambda settings, **kwargs: found.append({"settings": settings, **kwargs}))
+    monkeypatch.setattr(
+        flatmtl.api.server, "serve", lambda settings, **kwargs: found.append({"settings": settings, **kwargs})
+    )
     return found
 
 
@@ -75,7 +77,7 @@ def test_two_worker_processes_answer_without_an_access_log(tmp_path: Path) -> No
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLATMTL_")}
     env["FLATMTL_DATA_DIR"] = str(tmp_path)
-    command = [sys.executable, "-c", "from workers.cli import main; main()", "serve", "--port", str(port)]
+    command = [sys.executable, "-c", "from flatmtl.workers.cli import main; main()", "serve", "--port", str(port)]
     process = subprocess.Popen(
         [*command, "--workers", "2", "--no-access-log"],
         cwd=ROOT,

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from api.server import environment, listener
-from service.settings import Settings, load_settings
+from flatmtl.api.server import environment, listener
+from flatmtl.service.settings import Settings, load_settings
 
 
 def test_workers_rebuild_the_parents_settings_from_the_environment(

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-import service.cli
+import flatmtl.service.cli
 from tests.api.conftest import Api
 from tests.api.test_cli import BorrowedClient
 from tests.api.test_jobs_api import TRAIN
@@ -43,13 +43,13 @@ def test_typed_fields_refuse_strings_with_422(
 
 
 def test_cli_submits_a_yaml_spec_with_exponents(api: Api, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setattr(service.cli, "make_client", lambda _url, token: BorrowedClient(api.client, token))
+    monkeypatch.setattr(flatmtl.service.cli, "make_client", lambda _url, token: BorrowedClient(api.client, token))
     path = tmp_path / "job.yaml"
     path.write_text(
         "problem: multi_digits\nepochs: 2\noptimizer:\n  lr: 1e-3\n  weight_decay: 5E-4\n"
         "method:\n  wrapper: {name: fmtl, hparams: {rho: 5e-2}}\n"
     )
-    result = CliRunner().invoke(service.cli.submit, [str(path), "--token", api.tokens["alice"]])
+    result = CliRunner().invoke(flatmtl.service.cli.submit, [str(path), "--token", api.tokens["alice"]])
     assert result.exit_code == 0, result.output
     job = api.client.get(f"/v1/jobs/{int(result.output)}", headers=api.as_user("alice")).json()
     assert (job["spec"]["optimizer"]["lr"], job["spec"]["optimizer"]["weight_decay"]) == (0.001, 0.0005)

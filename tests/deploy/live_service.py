@@ -76,9 +76,9 @@ def _env(data: Path, port: int) -> dict[str, str]:
 
 
 def _token(data: Path) -> str:
-    from service.db import Database
-    from service.settings import Settings
-    from service.tokens import create_token
+    from flatmtl.service.db import Database
+    from flatmtl.service.settings import Settings
+    from flatmtl.service.tokens import create_token
 
     settings = Settings(data_dir=data, database_url=f"sqlite:///{data / 'flatmtl.db'}")
     database = Database.from_settings(settings)

@@ -6,8 +6,8 @@ from __future__ import annotations
 import itertools
 import math
 
-from service import telemetry
-from service.telemetry import HistogramCounts, RunningJob, Snapshot, TrainingSeries
+from flatmtl.service import telemetry
+from flatmtl.service.telemetry import HistogramCounts, RunningJob, Snapshot, TrainingSeries
 
 TASKS = ("segmentation", "depth", "normal")
 

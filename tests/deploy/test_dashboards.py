@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from service import telemetry
+from flatmtl.service import telemetry
 from tests.deploy.promql import (
     DASHBOARD_FILES,
     PROMETHEUS_SERIES,
@@ -75,7 +75,7 @@ def test_expressions_refer_only_to_exported_metrics(where: str, expr: str) -> No
     names = metric_names(expr)
     assert names, f"{where}: no metric found in {expr!r}"
     unknown = names - telemetry.sample_names() - PROMETHEUS_SERIES
-    assert not unknown, f"{where}: {sorted(unknown)} are not exported by service.telemetry"
+    assert not unknown, f"{where}: {sorted(unknown)} are not exported by flatmtl.service.telemetry"
 
 
 @pytest.mark.parametrize(

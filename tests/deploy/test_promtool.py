@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from service import telemetry
+from flatmtl.service import telemetry
 from tests.deploy.promql import PROMETHEUS_CONFIG, RULE_FILES, RULE_TESTS, binary
 from tests.deploy.samples import growing_telemetry
 

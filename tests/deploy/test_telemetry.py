@@ -1,4 +1,4 @@
-"""service.telemetry: the worker-side point names, the scrape-time collector and the database source."""
+"""flatmtl.service.telemetry: the worker-side point names, the scrape-time collector and the database source."""
 
 from __future__ import annotations
 
@@ -9,13 +9,13 @@ import pytest
 import torch
 from prometheus_client.parser import text_string_to_metric_families
 
-from service import telemetry
-from service.db import Database
-from service.models import Event, Job, Trial
-from service.models import Metric as MetricRow
-from service.telemetry import HistogramCounts, RunningJob, Snapshot, Telemetry, TrainingSeries
+from flatmtl.service import telemetry
+from flatmtl.service.db import Database
+from flatmtl.service.models import Event, Job, Trial
+from flatmtl.service.models import Metric as MetricRow
+from flatmtl.service.telemetry import HistogramCounts, RunningJob, Snapshot, Telemetry, TrainingSeries
+from flatmtl.workers.mtl import diagnostics
 from tests.deploy.samples import snapshot
-from workers.mtl import diagnostics
 
 
 def _samples(metrics: Telemetry) -> list[tuple[str, dict[str, str], float]]:

@@ -15,9 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.mtl.models import TinyHPS
-from workers import mtl
-from workers.engine import (
+from flatmtl.workers import mtl
+from flatmtl.workers.engine import (
     Collectives,
     DataParallelComm,
     RunningStatisticsAverager,
@@ -27,7 +26,8 @@ from workers.engine import (
     running_statistics,
     sharded_comm,
 )
-from workers.mtl.registry import methods
+from flatmtl.workers.mtl.registry import methods
+from tests.mtl.models import TinyHPS
 
 WORLD = 2
 STEPS = 4
@@ -127,7 +127,7 @@ def _rank_main(rank: int, world: int, out: str, combos: list[Combo]) -> None:
 
 def _sharded_direction(step: ShardedMTLStep) -> torch.Tensor:
     """Gathered SPSA direction drawn through the sharded oracle's random_direction."""
-    from workers.engine.sharded_step import ShardedOracle
+    from flatmtl.workers.engine.sharded_step import ShardedOracle
 
     oracle = ShardedOracle(
         lambda: torch.zeros(NUM_TASKS),

@@ -10,8 +10,8 @@ import pytest
 import torch
 from torch import nn
 
-from workers.engine import PartitionedParameters, ShardedFlatParams, ShardLayout
-from workers.mtl.flat import FlatParams
+from flatmtl.workers.engine import PartitionedParameters, ShardedFlatParams, ShardLayout
+from flatmtl.workers.mtl.flat import FlatParams
 
 
 def _partition(params: list[nn.Parameter]) -> PartitionedParameters:

@@ -9,10 +9,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from workers.engine import ShardedFlatParams, ShardLayout, check_shardable
-from workers.mtl import registry
-from workers.mtl.errors import MethodError
-from workers.mtl.flat import FlatParams
+from flatmtl.workers.engine import ShardedFlatParams, ShardLayout, check_shardable
+from flatmtl.workers.mtl import registry
+from flatmtl.workers.mtl.errors import MethodError
+from flatmtl.workers.mtl.flat import FlatParams
 
 SHAPES = [(3, 2), (4,), (1,), (5, 1)]  # P = 16, L = 4: with N = 3, S = 6 and rank 2 has 2 padding slots
 WORLD = 3

@@ -10,9 +10,9 @@ import pytest
 import torch
 from torch import Tensor
 
-from workers import mtl
-from workers.mtl.aggregators.aligned_mtl import alignment_matrix
-from workers.mtl.aggregators.upgrad import dual_cone_projection_weights
+from flatmtl.workers import mtl
+from flatmtl.workers.mtl.aggregators.aligned_mtl import alignment_matrix
+from flatmtl.workers.mtl.aggregators.upgrad import dual_cone_projection_weights
 
 GRAM_METHODS = ("mgda", "mgda_ub", "cagrad", "imtl_g", "nash_mtl", "fairgrad", "aligned_mtl", "upgrad", "config")
 

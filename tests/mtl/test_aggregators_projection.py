@@ -7,10 +7,10 @@ import pytest
 import torch
 from torch import Tensor
 
-from workers import mtl
-from workers.mtl.aggregators.moco import project_to_simplex
-from workers.mtl.errors import MethodError
-from workers.mtl.random_weights import sample_simplex_weights
+from flatmtl.workers import mtl
+from flatmtl.workers.mtl.aggregators.moco import project_to_simplex
+from flatmtl.workers.mtl.errors import MethodError
+from flatmtl.workers.mtl.random_weights import sample_simplex_weights
 
 
 def generator(seed: int = 0) -> torch.Generator:

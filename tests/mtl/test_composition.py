@@ -8,8 +8,8 @@ import itertools
 import pytest
 import torch
 
+from flatmtl.workers import mtl
 from tests.mtl.models import tiny_problem
-from workers import mtl
 
 TRIPLES = list(
     itertools.product(

@@ -10,9 +10,9 @@ import pytest
 import torch
 from torch.nn.functional import cosine_similarity
 
+from flatmtl.workers import mtl
+from flatmtl.workers.mtl import diagnostics as diag
 from tests.mtl.models import tiny_problem
-from workers import mtl
-from workers.mtl import diagnostics as diag
 
 
 def gram_of(grads: torch.Tensor) -> torch.Tensor:

@@ -13,12 +13,12 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from workers import mtl
-from workers.mtl import linear_trunk
-from workers.mtl.flat import FlatParams
-from workers.mtl.task_gradients import TaskGradientEngine
-from workers.problems.models.encoders import MLPEncoder
-from workers.problems.models.hps import HardSharing
+from flatmtl.workers import mtl
+from flatmtl.workers.mtl import linear_trunk
+from flatmtl.workers.mtl.flat import FlatParams
+from flatmtl.workers.mtl.task_gradients import TaskGradientEngine
+from flatmtl.workers.problems.models.encoders import MLPEncoder
+from flatmtl.workers.problems.models.hps import HardSharing
 
 NUM_ROWS = 5
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import Tensor
 
+from flatmtl.workers import mtl
 from tests.mtl.models import TinyHPS
-from workers import mtl
 
 K = 3
 

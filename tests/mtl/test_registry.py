@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from workers import mtl
-from workers.mtl.errors import MethodError
+from flatmtl.workers import mtl
+from flatmtl.workers.mtl.errors import MethodError
 
 
 def test_every_kind_is_populated_and_described() -> None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import torch
 
+from flatmtl.workers import mtl
 from tests.mtl.models import tiny_problem
-from workers import mtl
 
 
 def test_plain_mean_step_is_mean_loss_gradient_and_heads_get_their_own_task() -> None:

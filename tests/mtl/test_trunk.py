@@ -11,11 +11,11 @@ import pytest
 import torch
 from torch import Tensor, nn
 
+from flatmtl.workers import mtl
+from flatmtl.workers.mtl.step import ParameterSplit
+from flatmtl.workers.problems.models.encoders import MLPEncoder
+from flatmtl.workers.problems.models.hps import HardSharing
 from tests.mtl.models import TinyHPS
-from workers import mtl
-from workers.mtl.step import ParameterSplit
-from workers.problems.models.encoders import MLPEncoder
-from workers.problems.models.hps import HardSharing
 
 
 class DeclaredHeads(TinyHPS):

@@ -11,11 +11,11 @@ import pytest
 import torch
 from torch import Tensor
 
+from flatmtl.workers import mtl
+from flatmtl.workers.mtl.base import LossWeighting
+from flatmtl.workers.mtl.errors import MethodError
+from flatmtl.workers.mtl.random_weights import DISTRIBUTIONS, sample_simplex_weights
 from tests.mtl.models import tiny_problem
-from workers import mtl
-from workers.mtl.base import LossWeighting
-from workers.mtl.errors import MethodError
-from workers.mtl.random_weights import DISTRIBUTIONS, sample_simplex_weights
 
 
 def generator(seed: int = 0) -> torch.Generator:

@@ -13,11 +13,11 @@ import pytest
 import torch
 from torch import Tensor
 
+from flatmtl.workers import mtl
+from flatmtl.workers.mtl.base import Aggregator, GramAggregator
+from flatmtl.workers.mtl.oracle import GradientOracle
+from flatmtl.workers.mtl.wrappers.samo import central_differences
 from tests.mtl.models import TinyHPS, tiny_problem
-from workers import mtl
-from workers.mtl.base import Aggregator, GramAggregator
-from workers.mtl.oracle import GradientOracle
-from workers.mtl.wrappers.samo import central_differences
 
 K = 3
 SAM_WRAPPERS = ("g_sam", "l_sam", "fmtl", "samo")

@@ -9,11 +9,11 @@ import pytest
 import torch
 from sklearn.datasets import load_digits
 
+from flatmtl.workers import problems
+from flatmtl.workers.problems.canvas import compose
+from flatmtl.workers.problems.errors import DataNotFoundError, ProblemError
+from flatmtl.workers.problems.idx import load_mnist_split, read_idx
 from tests.problems.fixtures import SHARED_MNIST, write_idx, write_mnist_like
-from workers import problems
-from workers.problems.canvas import compose
-from workers.problems.errors import DataNotFoundError, ProblemError
-from workers.problems.idx import load_mnist_split, read_idx
 
 
 def test_compose_places_corners_and_takes_max_where_they_overlap() -> None:
@@ -120,7 +120,7 @@ def test_multi_fashion_mnist_puts_a_digit_top_left_and_a_fashion_item_bottom_rig
 
 
 def test_multi_fashion_reads_the_debian_package_by_default() -> None:
-    from workers.problems.multi_image import FASHION_MNIST_DIR
+    from flatmtl.workers.problems.multi_image import FASHION_MNIST_DIR
 
     if not FASHION_MNIST_DIR.is_dir():
         pytest.skip("dataset-fashion-mnist is not installed")

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
+from flatmtl.workers import problems
+from flatmtl.workers.problems.errors import DataNotFoundError, ProblemError
+from flatmtl.workers.problems.qm9 import TARGETS, coulomb_features
 from tests.problems.fixtures import write_celeba, write_dense, write_office_home
-from workers import problems
-from workers.problems.errors import DataNotFoundError, ProblemError
-from workers.problems.qm9 import TARGETS, coulomb_features
 
 
 def test_nyuv2_serves_channels_first_maps_for_three_tasks(tmp_path: Path) -> None:

@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from workers.problems import ProblemError, delta_m
-from workers.problems.metrics import (
+from flatmtl.workers.problems import ProblemError, delta_m
+from flatmtl.workers.problems.metrics import (
     ClassificationMeter,
     DepthMeter,
     NormalMeter,
@@ -16,7 +16,7 @@ from workers.problems.metrics import (
     SegmentationMeter,
     expected_calibration_error,
 )
-from workers.problems.tasks import (
+from flatmtl.workers.problems.tasks import (
     Binary,
     Classification,
     Depth,

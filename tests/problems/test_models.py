@@ -7,9 +7,9 @@ import pytest
 import torch
 from torch import nn
 
-from workers.mtl import MTLStep, ParameterSplit
-from workers.problems import MultiTaskNet, ProblemError, build_model
-from workers.problems.tasks import Binary, Classification, Depth, Normal, Regression, Segmentation, Task
+from flatmtl.workers.mtl import MTLStep, ParameterSplit
+from flatmtl.workers.problems import MultiTaskNet, ProblemError, build_model
+from flatmtl.workers.problems.tasks import Binary, Classification, Depth, Normal, Regression, Segmentation, Task
 
 CLASSIFY = [Task("a", Classification(10)), Task("b", Classification(4)), Task("c", Binary())]
 DENSE = [Task("seg", Segmentation(5)), Task("depth", Depth()), Task("normal", Normal())]

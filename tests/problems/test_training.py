@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch.utils.data import DataLoader
 
-from workers import problems
-from workers.mtl import MTLStep
+from flatmtl.workers import problems
+from flatmtl.workers.mtl import MTLStep
 
 
 def test_sgd_on_multi_digits_lifts_both_tasks_well_above_chance() -> None:

@@ -13,15 +13,23 @@ from typing import Any
 import pytest
 import torch
 
-from service.specs import SweepSpec
-from workers.reproduce import design
-from workers.reproduce.claims import conflict, flat_methods, optimizers, random_weighting, sensitivity, stl_mtl, toy
-from workers.reproduce.claims.base import Context
-from workers.reproduce.runs import Results, RunRecord, RunRequest, merge, run_key
-from workers.reproduce.scale import QUICK
-from workers.reproduce.sweeps import SweepOutcome, Trial
-from workers.reproduce.verdict import NOT, PARTLY, REPRODUCED
-from workers.worker.plan import search_points, trial_spec
+from flatmtl.service.specs import SweepSpec
+from flatmtl.workers.reproduce import design
+from flatmtl.workers.reproduce.claims import (
+    conflict,
+    flat_methods,
+    optimizers,
+    random_weighting,
+    sensitivity,
+    stl_mtl,
+    toy,
+)
+from flatmtl.workers.reproduce.claims.base import Context
+from flatmtl.workers.reproduce.runs import Results, RunRecord, RunRequest, merge, run_key
+from flatmtl.workers.reproduce.scale import QUICK
+from flatmtl.workers.reproduce.sweeps import SweepOutcome, Trial
+from flatmtl.workers.reproduce.verdict import NOT, PARTLY, REPRODUCED
+from flatmtl.workers.worker.plan import search_points, trial_spec
 
 Outcome = tuple[float, float, str, list[float]]
 """(top-left accuracy %, bottom-right accuracy %, status, per-step conflict indicators)."""

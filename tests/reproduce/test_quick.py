@@ -11,14 +11,14 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from flatmtl.workers.reproduce import sweeps
+from flatmtl.workers.reproduce.claims import sensitivity
+from flatmtl.workers.reproduce.claims.base import Context
+from flatmtl.workers.reproduce.cli import reproduce_command
+from flatmtl.workers.reproduce.pipeline import CLAIMS
+from flatmtl.workers.reproduce.scale import QUICK
+from flatmtl.workers.reproduce.verdict import VERDICTS, Check, verdict
 from tests.worker.cluster import require_ray
-from workers.reproduce import sweeps
-from workers.reproduce.claims import sensitivity
-from workers.reproduce.claims.base import Context
-from workers.reproduce.cli import reproduce_command
-from workers.reproduce.pipeline import CLAIMS
-from workers.reproduce.scale import QUICK
-from workers.reproduce.verdict import VERDICTS, Check, verdict
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -6,10 +6,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from workers.reproduce import design
-from workers.reproduce.runs import RunRequest, adopt
-from workers.reproduce.scale import QUICK
-from workers.training.config import parse_spec
+from flatmtl.workers.reproduce import design
+from flatmtl.workers.reproduce.runs import RunRequest, adopt
+from flatmtl.workers.reproduce.scale import QUICK
+from flatmtl.workers.training.config import parse_spec
 
 
 def older_config(spec: dict) -> dict:

@@ -6,8 +6,8 @@ import math
 
 import pytest
 
-from workers.reproduce.stats import paired_difference, summarize
-from workers.reproduce.verdict import NOT, PARTLY, REPRODUCED, Check, at_most, greater, verdict
+from flatmtl.workers.reproduce.stats import paired_difference, summarize
+from flatmtl.workers.reproduce.verdict import NOT, PARTLY, REPRODUCED, Check, at_most, greater, verdict
 
 
 def checks(held: int, total: int) -> list[Check]:

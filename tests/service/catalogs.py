@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from service.catalog import Catalog
+from flatmtl.service.catalog import Catalog
 
 
 def hparam(

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
-from service.db import Database
+from flatmtl.service.db import Database
 
 POSTGRES_ENV = "FLATMTL_TEST_POSTGRES_URL"
 TABLES = ("metrics", "trials", "events", "api_tokens", "jobs")

@@ -8,15 +8,15 @@ from typing import Any
 
 import pytest
 
-from service.catalog import CATALOG_PATH, Catalog, CatalogError
-from workers.catalog import render_catalog
-from workers.mtl import methods
-from workers.mtl.errors import MethodError
-from workers.mtl.registry import HParam
+from flatmtl.service.catalog import CATALOG_PATH, Catalog, CatalogError
+from flatmtl.workers.catalog_export import render_catalog
+from flatmtl.workers.mtl import methods
+from flatmtl.workers.mtl.errors import MethodError
+from flatmtl.workers.mtl.registry import HParam
 
 
 def test_committed_catalog_matches_the_registry() -> None:
-    assert CATALOG_PATH.read_text() == render_catalog(), "stale catalog; run: python -m workers.catalog"
+    assert CATALOG_PATH.read_text() == render_catalog(), "stale catalog; run: python -m flatmtl.workers.catalog_export"
 
 
 def probes(hp: HParam) -> list[Any]:

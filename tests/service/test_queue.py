@@ -11,12 +11,12 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import func, select
 
-from service import queue
-from service.db import Database
-from service.errors import ConflictError, LeaseLostError
-from service.jobs import get_job, metric_history
-from service.models import Event, Job
-from service.specs import TrainSpec
+from flatmtl.service import queue
+from flatmtl.service.db import Database
+from flatmtl.service.errors import ConflictError, LeaseLostError
+from flatmtl.service.jobs import get_job, metric_history
+from flatmtl.service.models import Event, Job
+from flatmtl.service.specs import TrainSpec
 
 T0 = datetime(2030, 1, 1, tzinfo=UTC)
 LEASE = 30.0

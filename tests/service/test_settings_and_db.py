@@ -9,9 +9,9 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import text
 
-from service.db import Database
-from service.models import Base
-from service.settings import Settings, load_settings
+from flatmtl.service.db import Database
+from flatmtl.service.models import Base
+from flatmtl.service.settings import Settings, load_settings
 
 
 def test_paths_derive_from_the_data_dir(tmp_path: Path) -> None:

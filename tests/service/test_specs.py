@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from service.specs import JobSubmission, SweepSpec, TrainSpec
-from service.validation import FieldProblem, problems
+from flatmtl.service.specs import JobSubmission, SweepSpec, TrainSpec
+from flatmtl.service.validation import FieldProblem, problems
 from tests.service.catalogs import CONTEXT
 
 

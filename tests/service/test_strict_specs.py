@@ -9,8 +9,8 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from service.specs import JobSubmission, SweepSpec, TrainSpec, load_yaml
-from service.validation import FieldProblem, problems
+from flatmtl.service.specs import JobSubmission, SweepSpec, TrainSpec, load_yaml
+from flatmtl.service.validation import FieldProblem, problems
 from tests.service.catalogs import CONTEXT
 
 TRAIN: dict[str, Any] = {"problem": "multi_digits"}

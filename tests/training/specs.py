@@ -6,8 +6,8 @@ import copy
 from functools import cache
 from typing import Any
 
-from service.catalog import Catalog
-from service.specs import TrainSpec
+from flatmtl.service.catalog import Catalog
+from flatmtl.service.specs import TrainSpec
 
 TASKS = ("top_left", "bottom_right")
 TRAIN_SIZE = 192
@@ -35,7 +35,7 @@ def document(**overrides: Any) -> dict[str, Any]:
 def registry_catalog() -> Catalog:
     """The catalog as the registry describes it now, so tests may use any registered method even while the
     committed service/method_catalog.json lags behind."""
-    from workers.catalog import build_catalog
+    from flatmtl.workers.catalog_export import build_catalog
 
     return Catalog(build_catalog())
 

@@ -11,13 +11,13 @@ import torch
 import yaml
 from click.testing import CliRunner
 
-from service.specs import TrainSpec
+from flatmtl.service.specs import TrainSpec
+from flatmtl.workers import problems
+from flatmtl.workers.training.checkpoint import load
+from flatmtl.workers.training.cli import flatness_command, train_command
+from flatmtl.workers.training.config import load_spec
+from flatmtl.workers.training.rundir import RunDirectory
 from tests.training.specs import TASKS, TEST_SIZE, TRAIN_SIZE, document
-from workers import problems
-from workers.training.checkpoint import load
-from workers.training.cli import flatness_command, train_command
-from workers.training.config import load_spec
-from workers.training.rundir import RunDirectory
 
 REFERENCES = {"top_left/accuracy": 0.8, "bottom_right/accuracy": 0.7}
 STEP_KEYS = (

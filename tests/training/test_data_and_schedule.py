@@ -7,9 +7,9 @@ import math
 import numpy as np
 import pytest
 
-from service.specs import SchedulerConfig
-from workers.training.data import BatchPlan
-from workers.training.optim import lr_factor
+from flatmtl.service.specs import SchedulerConfig
+from flatmtl.workers.training.data import BatchPlan
+from flatmtl.workers.training.optim import lr_factor
 
 
 def test_rank_shards_partition_the_one_process_global_batches() -> None:

@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 import torch
 
+from flatmtl.workers.training import RunDirectory, RunOptions, train
+from flatmtl.workers.training.checkpoint import load
 from tests.training.specs import spec
-from workers.training import RunDirectory, RunOptions, train
-from workers.training.checkpoint import load
 
 OPTIONS = RunOptions(dtype="float32", plots=False)
 SGD = {"name": "sgd", "lr": 0.1, "momentum": 0.9}

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import torch
 
+from flatmtl.workers import problems
+from flatmtl.workers.training import RunDirectory, RunOptions, train
+from flatmtl.workers.training.checkpoint import load, seed_everything
 from tests.training.specs import TASKS, TEST_SIZE, TRAIN_SIZE, spec
-from workers import problems
-from workers.training import RunDirectory, RunOptions, train
-from workers.training.checkpoint import load, seed_everything
 
 METHOD = {"weighting": "uw", "aggregator": "pcgrad", "wrapper": {"name": "sam", "hparams": {"rho": 0.05}}}
 

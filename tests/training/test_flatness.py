@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from workers.training.flatness import ball_direction, rho_sharpness, top_hessian_eigenvalue
+from flatmtl.workers.training.flatness import ball_direction, rho_sharpness, top_hessian_eigenvalue
 
 
 def _symmetric(eigenvalues: list[float], seed: int) -> torch.Tensor:

@@ -9,9 +9,9 @@ import pytest
 import torch
 from torch import Tensor
 
+from flatmtl.workers.problems.multi_image import MultiDigits
+from flatmtl.workers.training import NonFiniteLossError, RunDirectory, RunOptions, train
 from tests.training.specs import spec
-from workers.problems.multi_image import MultiDigits
-from workers.training import NonFiniteLossError, RunDirectory, RunOptions, train
 
 BAD_STEP = 3
 

@@ -8,10 +8,10 @@ from typing import Any
 import pytest
 import torch
 
+from flatmtl.workers import engine
+from flatmtl.workers.training import local
+from flatmtl.workers.training.errors import ConfigError
 from tests.training.specs import document
-from workers import engine
-from workers.training import api
-from workers.training.errors import ConfigError
 
 
 @pytest.mark.parametrize("processes", [1, 2])
@@ -26,7 +26,7 @@ def test_gpus_without_cuda_are_refused_naming_the_field_and_value(
     monkeypatch.setattr(engine, "launch", no_launch)
     spec = document(processes=processes, resources={"cpus": 1, "gpus": 0.5})
     with pytest.raises(ConfigError) as refused:
-        api.train(spec, tmp_path / "run")
+        local.train(spec, tmp_path / "run")
     [problem] = refused.value.problems
     assert (problem.field, problem.value) == ("resources.gpus", 0.5)
     assert "resources.gpus" in str(refused.value) and "0.5" in str(refused.value) and "CUDA" in str(refused.value)

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from flatmtl.workers.training import ConfigError, RunDirectory, RunOptions, train
+from flatmtl.workers.training.checkpoint import load, save
 from tests.training.specs import spec
-from workers.training import ConfigError, RunDirectory, RunOptions, train
-from workers.training.checkpoint import load, save
 
 METHOD = {"weighting": "uw", "aggregator": "pcgrad", "wrapper": {"name": "sam", "hparams": {"rho": 0.05}}}
 SPEC = {"method": METHOD, "scheduler": {"name": "cosine", "warmup_epochs": 1}, "epochs": 2}

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import torch
 
+from flatmtl.workers.training import RunDirectory, RunOptions, train
+from flatmtl.workers.training.checkpoint import load
 from tests.training.specs import spec
-from workers.training import RunDirectory, RunOptions, train
-from workers.training.checkpoint import load
 
 METHOD = {"weighting": "uw", "aggregator": "pcgrad", "wrapper": {"name": "sam", "hparams": {"rho": 0.05}}}
 OPTIONS = RunOptions(dtype="float64", plots=False)

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from workers.worker.demo import WORKER_COMMAND
+from flatmtl.workers.worker.service_demo import WORKER_COMMAND
 
 TASKS = ("top_left", "bottom_right")
 TRAIN_SIZE = 128

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from service.specs import SweepSpec
-from workers.worker.cli import commands, demo_commands, demo_service_command, worker_command
-from workers.worker.demo import RADII, ServiceDemo
+from flatmtl.service.specs import SweepSpec
+from flatmtl.workers.worker.cli import commands, demo_commands, demo_service_command, worker_command
+from flatmtl.workers.worker.service_demo import RADII, ServiceDemo
 
 
 @pytest.mark.parametrize("wrapper", sorted(RADII))

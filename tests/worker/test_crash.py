@@ -9,11 +9,14 @@ from typing import Any
 
 import pytest
 
-from service import queue
-from service.db import Database
-from service.jobs import get_job, list_events
-from service.settings import Settings
-from service.specs import TrainSpec
+from flatmtl.service import queue
+from flatmtl.service.db import Database
+from flatmtl.service.jobs import get_job, list_events
+from flatmtl.service.settings import Settings
+from flatmtl.service.specs import TrainSpec
+from flatmtl.workers.training import RunOptions, checkpoint, train
+from flatmtl.workers.training.rundir import STATUS_SUCCEEDED
+from flatmtl.workers.worker.service_demo import service_env
 from tests.worker.cluster import (
     kill_tree,
     line_count,
@@ -24,9 +27,6 @@ from tests.worker.cluster import (
     tiny,
     wait_until,
 )
-from workers.training import RunOptions, checkpoint, train
-from workers.training.rundir import STATUS_SUCCEEDED
-from workers.worker.demo import service_env
 
 LEASE_SECONDS = 5
 EPOCHS = 3

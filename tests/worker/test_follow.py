@@ -10,7 +10,7 @@ from typing import cast
 import httpx
 import pytest
 
-from workers.worker.demo import METRIC, DemoError, follow
+from flatmtl.workers.worker.service_demo import METRIC, DemoError, follow
 
 
 class Worker:

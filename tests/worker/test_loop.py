@@ -13,18 +13,18 @@ from typing import Any
 
 import pytest
 
-from service import queue, telemetry
-from service.db import Database
-from service.jobs import get_job, list_trials, metric_history
-from service.models import utcnow
-from service.settings import Settings
-from service.specs import SweepSpec, TrainSpec
-from workers.training import RunDirectory
-from workers.worker.job import JobRun
-from workers.worker.loop import Keeper, Worker, WorkerOptions
-from workers.worker.plan import JobPaths, plan_job
-from workers.worker.ranks import TELEMETRY_KEY
-from workers.worker.runner import RaySettings
+from flatmtl.service import queue, telemetry
+from flatmtl.service.db import Database
+from flatmtl.service.jobs import get_job, list_trials, metric_history
+from flatmtl.service.models import utcnow
+from flatmtl.service.settings import Settings
+from flatmtl.service.specs import SweepSpec, TrainSpec
+from flatmtl.workers.training import RunDirectory
+from flatmtl.workers.worker.job import JobRun
+from flatmtl.workers.worker.loop import Keeper, Worker, WorkerOptions
+from flatmtl.workers.worker.plan import JobPaths, plan_job
+from flatmtl.workers.worker.ranks import TELEMETRY_KEY
+from flatmtl.workers.worker.trials import RaySettings
 
 BASE: dict[str, Any] = {"problem": "multi_digits", "model": "mlp", "epochs": 2, "method": {"wrapper": "samo"}}
 
@@ -243,7 +243,7 @@ class _Fit:
 def test_every_train_report_reaches_the_trial_in_order_before_fits_outcome(error: Exception | None) -> None:
     from queue import Queue
 
-    from workers.worker.runner import _fit_forwarding
+    from flatmtl.workers.worker.trials import _fit_forwarding
 
     reports: Queue[dict[str, int]] = Queue(maxsize=1)
     seen: list[dict[str, int]] = []

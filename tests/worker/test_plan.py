@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
-from service import artifacts
-from service.specs import SweepSpec, TrainSpec
-from workers.worker.plan import JobPaths, plan_job, search_points
-from workers.worker.runner import TRIAL_ACTOR_CPUS, ClusterTooSmallError, check_fits
+from flatmtl.service import artifacts
+from flatmtl.service.specs import SweepSpec, TrainSpec
+from flatmtl.workers.worker.plan import JobPaths, plan_job, search_points
+from flatmtl.workers.worker.trials import TRIAL_ACTOR_CPUS, ClusterTooSmallError, check_fits
 
 BASE: dict[str, Any] = {
     "problem": "multi_digits",

@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
-from service import telemetry
-from workers.worker.points import epoch_record, result_points
-from workers.worker.ranks import TELEMETRY_KEY, task_means
+from flatmtl.service import telemetry
+from flatmtl.workers.worker.points import epoch_record, result_points
+from flatmtl.workers.worker.ranks import TELEMETRY_KEY, task_means
 
 TASKS = ("top_left", "bottom_right")
 

@@ -8,9 +8,9 @@ from typing import Any
 
 import torch
 
-from service.specs import TrainSpec
-from workers.training import RunDirectory, RunOptions
-from workers.training.trainer import RankContext, Trainer
+from flatmtl.service.specs import TrainSpec
+from flatmtl.workers.training import RunDirectory, RunOptions
+from flatmtl.workers.training.trainer import RankContext, Trainer
 
 SPEC: dict[str, Any] = {
     "problem": "multi_digits",

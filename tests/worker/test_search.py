@@ -11,11 +11,11 @@ from typing import Any
 import pytest
 import torch
 
-from service.specs import SweepSpec, TrainSpec
+from flatmtl.service.specs import SweepSpec, TrainSpec
+from flatmtl.workers.training import RunDirectory, checkpoint
+from flatmtl.workers.worker import lineage, search
+from flatmtl.workers.worker.plan import plan_job
 from tests.worker.cluster import require_ray
-from workers.training import RunDirectory, checkpoint
-from workers.worker import lineage, search
-from workers.worker.plan import plan_job
 
 BASE: dict[str, Any] = {"problem": "multi_digits", "model": "mlp", "method": {"wrapper": "samo"}, "epochs": 4}
 RHOS, ALPHAS = [0.001, 0.01], [0.25, 0.75]

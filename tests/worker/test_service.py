@@ -18,8 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.worker.cluster import TASKS, line_count, require_ray, start_worker, steps_per_epoch, stop, tiny, wait_until
-from workers.worker.demo import (
+from flatmtl.workers.worker.service_demo import (
     API_COMMAND,
     TERMINAL,
     api_call,
@@ -30,7 +29,8 @@ from workers.worker.demo import (
     service_env,
     wait_healthy,
 )
-from workers.worker.runner import PLACEMENT_GROUP_FILE
+from flatmtl.workers.worker.trials import PLACEMENT_GROUP_FILE
+from tests.worker.cluster import TASKS, line_count, require_ray, start_worker, steps_per_epoch, stop, tiny, wait_until
 
 LEASE_SECONDS = 6
 pytestmark = pytest.mark.timeout(300)

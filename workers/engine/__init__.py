@@ -18,15 +18,15 @@ own route fails here: ``safe_set_full_grad`` is refused at stages 1-2 before an 
 stage-3 hooks free the parameters after the first of the step's backward passes.
 """
 
-from workers.engine.buffers import RunningStatisticsAverager, running_statistics
-from workers.engine.collectives import Collectives, TrafficCounter
-from workers.engine.comm import DataParallelComm, ShardedComm
-from workers.engine.deepspeed_zero import DeepSpeedZero
-from workers.engine.launch import launch
-from workers.engine.layout import ShardLayout
-from workers.engine.partition import PartitionedParameters
-from workers.engine.shard import ShardedFlatParams, ShardedOptimizer
-from workers.engine.sharded_step import ShardedMTLStep, ShardedOracle, check_shardable, sharded_comm
+from flatmtl.workers.engine.buffers import RunningStatisticsAverager, running_statistics
+from flatmtl.workers.engine.collectives import Collectives, TrafficCounter
+from flatmtl.workers.engine.communicators import DataParallelComm, ShardedComm
+from flatmtl.workers.engine.deepspeed_zero import DeepSpeedZero
+from flatmtl.workers.engine.launch import launch
+from flatmtl.workers.engine.layout import ShardLayout
+from flatmtl.workers.engine.partition import PartitionedParameters
+from flatmtl.workers.engine.shard import ShardedFlatParams, ShardedOptimizer
+from flatmtl.workers.engine.sharded_step import ShardedMTLStep, ShardedOracle, check_shardable, sharded_comm
 
 __all__ = [
     "Collectives",

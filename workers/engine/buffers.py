@@ -20,7 +20,7 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor, nn
 
-from workers.engine.collectives import Collectives
+from flatmtl.workers.engine.collectives import Collectives
 
 
 def running_statistics(modules: Iterable[nn.Module]) -> list[Tensor]:

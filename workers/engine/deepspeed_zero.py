@@ -13,7 +13,7 @@ stages 1-2 refuse it before a backward.
 
 Stage 3 partitions the parameters themselves, so the step, evaluation and checkpoints run inside
 ``gathered()`` (DeepSpeed's ``GatheredParameters`` over every trainable parameter: the MTL step's several
-backward passes through one graph need the whole trunk for the whole step, as in ``workers.engine.partition``).
+backward passes through one graph need the whole trunk for the whole step, as in ``flatmtl.workers.engine.partition``).
 DeepSpeed keeps float32 master weights whatever the model's dtype.
 """
 
@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from workers.engine.shard import ShardedFlatParams
+from flatmtl.workers.engine.shard import ShardedFlatParams
 
 STAGES = (1, 2, 3)
 
@@ -44,7 +44,7 @@ def import_deepspeed() -> Any:
             "sharding_backend='deepspeed' needs the deepspeed package: pip install 'flatmtl[engine]'"
         ) from error
     logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
-    # DeepSpeed's own collectives still call the old names; the engine's go through workers.engine.collectives.
+    # DeepSpeed's own collectives still call the old names; the engine's go through flatmtl.workers.engine.collectives.
     warnings.filterwarnings("ignore", message=r"`torch\.distributed\.\w+` is deprecated", category=FutureWarning)
     return deepspeed
 

@@ -22,7 +22,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from workers.engine.shard import ShardedFlatParams
+from flatmtl.workers.engine.shard import ShardedFlatParams
 
 
 class PartitionedParameters:

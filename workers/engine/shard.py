@@ -17,11 +17,11 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from workers.engine.comm import ShardedComm
-from workers.mtl.flat import FlatParams
+from flatmtl.workers.engine.communicators import ShardedComm
+from flatmtl.workers.mtl.flat import FlatParams
 
 if TYPE_CHECKING:
-    from workers.engine.partition import PartitionedParameters
+    from flatmtl.workers.engine.partition import PartitionedParameters
 
 
 class ShardedFlatParams(FlatParams):

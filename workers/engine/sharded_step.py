@@ -18,16 +18,16 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from workers.engine.collectives import Collectives
-from workers.engine.comm import ShardedComm
-from workers.engine.layout import ShardLayout
-from workers.engine.partition import PartitionedParameters
-from workers.engine.shard import ShardedFlatParams
-from workers.mtl import registry
-from workers.mtl.errors import MethodError
-from workers.mtl.flat import FlatParams
-from workers.mtl.oracle import GradientOracle, LossClosure, StepRecord
-from workers.mtl.step import MTLStep, ParameterSplit
+from flatmtl.workers.engine.collectives import Collectives
+from flatmtl.workers.engine.communicators import ShardedComm
+from flatmtl.workers.engine.layout import ShardLayout
+from flatmtl.workers.engine.partition import PartitionedParameters
+from flatmtl.workers.engine.shard import ShardedFlatParams
+from flatmtl.workers.mtl import registry
+from flatmtl.workers.mtl.errors import MethodError
+from flatmtl.workers.mtl.flat import FlatParams
+from flatmtl.workers.mtl.oracle import GradientOracle, LossClosure, StepRecord
+from flatmtl.workers.mtl.step import MTLStep, ParameterSplit
 
 
 def check_shardable(weighting: str, aggregator: str, wrapper: str) -> None:

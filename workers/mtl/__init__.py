@@ -11,13 +11,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from workers.mtl import aggregators, weightings, wrappers  # noqa: F401  (registers every method)
-from workers.mtl.base import Aggregator, GramAggregator, LossWeighting, Stateful, Wrapper
-from workers.mtl.comm import Communicator, LocalComm
-from workers.mtl.errors import MethodError
-from workers.mtl.oracle import GradientOracle, StepRecord
-from workers.mtl.registry import HParam, MethodSpec, build, methods, spec
-from workers.mtl.step import MTLStep, ParameterSplit
+from flatmtl.workers.mtl import aggregators, weightings, wrappers  # noqa: F401  (registers every method)
+from flatmtl.workers.mtl.base import Aggregator, GramAggregator, LossWeighting, Stateful, Wrapper
+from flatmtl.workers.mtl.communicator import Communicator, LocalComm
+from flatmtl.workers.mtl.errors import MethodError
+from flatmtl.workers.mtl.oracle import GradientOracle, StepRecord
+from flatmtl.workers.mtl.registry import HParam, MethodSpec, build, methods, spec
+from flatmtl.workers.mtl.step import MTLStep, ParameterSplit
 
 
 def aggregator(name: str, **hparams: Any) -> Aggregator:

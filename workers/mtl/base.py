@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 from torch import Tensor
 
-from workers.mtl.checks import check_gram, check_losses, check_task_matrix
+from flatmtl.workers.mtl.checks import check_gram, check_losses, check_task_matrix
 
 if TYPE_CHECKING:
-    from workers.mtl.oracle import GradientOracle
+    from flatmtl.workers.mtl.oracle import GradientOracle
 
 GramReducer = Callable[[Tensor], Tensor]
 """Sums a locally computed K x K Gram over parameter shards (identity when parameters are whole)."""

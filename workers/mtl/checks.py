@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from workers.mtl.errors import MethodError
+from flatmtl.workers.mtl.errors import MethodError
 
 
 def check_task_matrix(method: str, grads: Tensor) -> None:

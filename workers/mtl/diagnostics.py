@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from workers.mtl.checks import check_gram, check_task_matrix
+from flatmtl.workers.mtl.checks import check_gram, check_task_matrix
 
 NAME = "diagnostics"
 

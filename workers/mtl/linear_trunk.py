@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 from torch.autograd.graph import Node
 
-from workers.mtl.flat import FlatParams
+from flatmtl.workers.mtl.flat import FlatParams
 
 ELEMENTWISE = frozenset(
     {

@@ -18,14 +18,14 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from workers.mtl.base import Aggregator, GramAggregator, LossWeighting
-from workers.mtl.checks import check_finite
-from workers.mtl.comm import Communicator
-from workers.mtl.errors import MethodError
-from workers.mtl.flat import FlatParams
-from workers.mtl.probes import BatchedProbes
-from workers.mtl.task_gradients import TaskGradientEngine
-from workers.mtl.trunk import TrunkCut
+from flatmtl.workers.mtl.base import Aggregator, GramAggregator, LossWeighting
+from flatmtl.workers.mtl.checks import check_finite
+from flatmtl.workers.mtl.communicator import Communicator
+from flatmtl.workers.mtl.errors import MethodError
+from flatmtl.workers.mtl.flat import FlatParams
+from flatmtl.workers.mtl.probes import BatchedProbes
+from flatmtl.workers.mtl.task_gradients import TaskGradientEngine
+from flatmtl.workers.mtl.trunk import TrunkCut
 
 LossClosure = Callable[[], Tensor | tuple[Tensor, Tensor]]
 """Runs the forward pass at the current parameters and returns the K per-task losses (this rank's
@@ -124,7 +124,7 @@ class GradientOracle:
     def probe_losses(self, move: Displacement, offsets: Tensor) -> Tensor:
         """Forward only: the K weighted losses at ``theta + offsets[m]`` (shared parameters moved, heads
         at theta) for every row, [M, K], averaged over ranks. One vmapped forward where the model allows
-        (``workers.mtl.probes``), else one forward per row. Leaves every parameter at theta."""
+        (``flatmtl.workers.mtl.probes``), else one forward per row. Leaves every parameter at theta."""
         move()
         batched = None if self.probes is None else self.probes(self.closure, self.weighting.weigh, self.shared, offsets)
         if batched is None:

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
-from workers.mtl.flat import FlatParams
+from flatmtl.workers.mtl.flat import FlatParams
 
 MAX_PROBE_ELEMENTS = 1 << 24
 """Offsets materialized per vmapped chunk (points x shared parameters): 64 MiB in float32."""

@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from workers.mtl.errors import MethodError
+from flatmtl.workers.mtl.errors import MethodError
 
 DISTRIBUTIONS: tuple[str, ...] = ("normal", "uniform", "dirichlet", "bernoulli", "constrained_bernoulli")
 

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from workers.mtl.errors import MethodError
+from flatmtl.workers.mtl.errors import MethodError
 
 Kind = Literal["weighting", "aggregator", "wrapper"]
 KINDS: tuple[Kind, ...] = ("weighting", "aggregator", "wrapper")

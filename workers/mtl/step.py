@@ -19,15 +19,15 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor, nn
 
-from workers.mtl import registry
-from workers.mtl.base import Aggregator, LossWeighting, Wrapper
-from workers.mtl.comm import Communicator, LocalComm
-from workers.mtl.errors import MethodError
-from workers.mtl.flat import FlatParams
-from workers.mtl.oracle import GradientOracle, LossClosure, StepRecord, model_buffers
-from workers.mtl.probes import BatchedProbes
-from workers.mtl.task_gradients import GradientMode, TaskGradientEngine
-from workers.mtl.trunk import TrunkCut
+from flatmtl.workers.mtl import registry
+from flatmtl.workers.mtl.base import Aggregator, LossWeighting, Wrapper
+from flatmtl.workers.mtl.communicator import Communicator, LocalComm
+from flatmtl.workers.mtl.errors import MethodError
+from flatmtl.workers.mtl.flat import FlatParams
+from flatmtl.workers.mtl.oracle import GradientOracle, LossClosure, StepRecord, model_buffers
+from flatmtl.workers.mtl.probes import BatchedProbes
+from flatmtl.workers.mtl.task_gradients import GradientMode, TaskGradientEngine
+from flatmtl.workers.mtl.trunk import TrunkCut
 
 
 class MultiTaskModel(Protocol):
@@ -42,9 +42,9 @@ class ParameterSplit:
 
     ``task_heads``, where given, are the modules (one per task) whose inputs carry every dependence of
     that task's loss on the shared parameters; per-task gradients then take the two-stage path of
-    ``workers.mtl.trunk``. A model declares them with a ``task_heads()`` method returning them or None.
+    ``flatmtl.workers.mtl.trunk``. A model declares them with a ``task_heads()`` method returning them or None.
     ``model``, where given, owns the shared parameters; forward-only probes (SAMO's SPSA) then batch
-    their points into one vmapped forward (``workers.mtl.probes``).
+    their points into one vmapped forward (``flatmtl.workers.mtl.probes``).
     """
 
     shared: list[nn.Parameter]

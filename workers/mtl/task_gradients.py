@@ -5,7 +5,7 @@ The batched path (``is_grads_batched``) pushes K one-hot output gradients throug
 once, sharing the kernel launches and Python overhead of K separate passes. Some operators have
 no batching rule; ``auto`` tries the batched path once and falls back for good if it fails. From a
 trunk of linear layers and activations, both batched modes skip autograd for batched matrix products
-(``workers.mtl.linear_trunk``).
+(``flatmtl.workers.mtl.linear_trunk``).
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from workers.mtl import linear_trunk
-from workers.mtl.errors import MethodError
-from workers.mtl.flat import FlatParams
+from flatmtl.workers.mtl import linear_trunk
+from flatmtl.workers.mtl.errors import MethodError
+from flatmtl.workers.mtl.flat import FlatParams
 
 GradientMode = Literal["auto", "batched", "sequential"]
 GRADIENT_MODES: tuple[GradientMode, ...] = ("auto", "batched", "sequential")
@@ -29,7 +29,7 @@ class TaskGradientEngine:
     """Computes d losses[k] / d params for every k, as one [K, *shape] tensor per parameter.
 
     ``linear_trunk`` (on by default; off measures the vmapped backward alone): in the batched modes,
-    ``flat_backward`` from a trunk of linear layers and activations takes ``workers.mtl.linear_trunk``.
+    ``flat_backward`` from a trunk of linear layers and activations takes ``flatmtl.workers.mtl.linear_trunk``.
     """
 
     def __init__(self, mode: GradientMode = "auto") -> None:

@@ -7,7 +7,7 @@ dependence of a task's loss on the shared parameters), the forward hands each he
 of its input (a leaf). One backward of the summed losses then gives each head its own gradient and
 each leaf ``d loss_k / d input_k``; the trunk is left for one backward from the heads' inputs with
 those gradients stacked per task (or summed, for a single objective): batched matrix products where the
-trunk is linear layers and activations (``workers.mtl.linear_trunk``), else one vmapped backward. Same
+trunk is linear layers and activations (``flatmtl.workers.mtl.linear_trunk``), else one vmapped backward. Same
 numbers, about half the work at K=14 on an MLP.
 """
 

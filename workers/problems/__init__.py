@@ -14,11 +14,11 @@ The contract, for the training engine:
   ``data_dir``...); ``problem_options(name)`` lists them. Bad names and options raise ``ProblemError``;
   a wrong path raises ``DataNotFoundError`` naming the missing file, when the problem is built.
 - ``problem.tasks``: K ``Task(name, kind)``; the kind fixes the output/target convention, the loss and the
-  meter (see ``workers.problems.tasks``). ``problem.splits`` names the splits (``train``, ``test``; CelebA
+  meter (see ``flatmtl.workers.problems.tasks``). ``problem.splits`` names the splits (``train``, ``test``; CelebA
   also ``val``). Datasets and canvases are a pure function of the options, ``seed`` included.
 - ``problem.model(name, **options)``: a ``MultiTaskNet`` from ``problem.model_names``. ``model(x)`` gives
   the K outputs; ``shared_parameters()`` and ``task_parameters()`` (one list per task) are disjoint and
-  cover every parameter (the contract of ``workers.mtl.step.ParameterSplit``); where
+  cover every parameter (the contract of ``flatmtl.workers.mtl.step.ParameterSplit``); where
   ``model.has_representation``, ``forward_with_representation(x)`` also returns the shared representation
   for MGDA-UB: the loss closure returns ``(problem.losses(outputs, targets), representation)``.
 - ``problem.metrics()``: a ``MetricSet`` to ``update(outputs, targets)`` per batch and ``compute()`` as
@@ -36,13 +36,13 @@ on-disk format.
 
 from __future__ import annotations
 
-from workers.problems.base import MetricSet, Problem, TaskTensorDataset, ZipTasks
-from workers.problems.canvas import CanvasDataset
-from workers.problems.delta import delta_m
-from workers.problems.errors import DataNotFoundError, ProblemError
-from workers.problems.models import MODEL_NAMES, MultiTaskNet, build_model
-from workers.problems.registry import PROBLEMS, build, problem_names, problem_options
-from workers.problems.tasks import Task
+from flatmtl.workers.problems.base import MetricSet, Problem, TaskTensorDataset, ZipTasks
+from flatmtl.workers.problems.canvas import CanvasDataset
+from flatmtl.workers.problems.delta import delta_m
+from flatmtl.workers.problems.errors import DataNotFoundError, ProblemError
+from flatmtl.workers.problems.models import MODEL_NAMES, MultiTaskNet, build_model
+from flatmtl.workers.problems.registry import PROBLEMS, build, problem_names, problem_options
+from flatmtl.workers.problems.tasks import Task
 
 __all__ = [
     "MODEL_NAMES",

@@ -9,9 +9,9 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from workers.problems.errors import ProblemError
-from workers.problems.models import MultiTaskNet, build_model
-from workers.problems.tasks import Task, stack_losses
+from flatmtl.workers.problems.errors import ProblemError
+from flatmtl.workers.problems.models import MultiTaskNet, build_model
+from flatmtl.workers.problems.tasks import Task, stack_losses
 
 Sample = tuple[Any, tuple[Tensor, ...]]
 

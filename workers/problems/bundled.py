@@ -6,7 +6,7 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-from workers.problems.errors import DataNotFoundError, ProblemError
+from flatmtl.workers.problems.errors import DataNotFoundError, ProblemError
 
 
 def bundled_file(package: str, relative: str, extra: str) -> Path:

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from workers.problems.errors import ProblemError
+from flatmtl.workers.problems.errors import ProblemError
 
 
 def split_indices(count: int, test_fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:

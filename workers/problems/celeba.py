@@ -18,10 +18,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from workers.problems.base import Problem, Sample
-from workers.problems.errors import DataNotFoundError, ProblemError
-from workers.problems.images import load_image
-from workers.problems.tasks import Binary, Task
+from flatmtl.workers.problems.base import Problem, Sample
+from flatmtl.workers.problems.errors import DataNotFoundError, ProblemError
+from flatmtl.workers.problems.images import load_image
+from flatmtl.workers.problems.tasks import Binary, Task
 
 PARTITIONS = {"train": 0, "val": 1, "test": 2}
 

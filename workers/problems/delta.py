@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Literal
 
-from workers.problems.errors import ProblemError
+from flatmtl.workers.problems.errors import ProblemError
 
 
 def delta_m(

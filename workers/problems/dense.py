@@ -20,9 +20,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from workers.problems.base import Problem, Sample
-from workers.problems.errors import DataNotFoundError
-from workers.problems.tasks import Depth, Normal, Segmentation, Task
+from flatmtl.workers.problems.base import Problem, Sample
+from flatmtl.workers.problems.errors import DataNotFoundError
+from flatmtl.workers.problems.tasks import Depth, Normal, Segmentation, Task
 
 SPLIT_FOLDERS = {"train": "train", "test": "val"}
 

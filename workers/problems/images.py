@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from workers.problems.errors import DataNotFoundError
+from flatmtl.workers.problems.errors import DataNotFoundError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 

@@ -20,13 +20,13 @@ from pathlib import Path
 
 import numpy as np
 
-from workers.problems.base import Problem
-from workers.problems.bundled import bundled_file
-from workers.problems.canvas import CanvasDataset, Pool, build_canvases, split_indices
-from workers.problems.errors import ProblemError
-from workers.problems.idx import MNIST_FILES, find_idx, load_mnist_split
-from workers.problems.options import check_fraction
-from workers.problems.tasks import Classification, Task
+from flatmtl.workers.problems.base import Problem
+from flatmtl.workers.problems.bundled import bundled_file
+from flatmtl.workers.problems.canvas import CanvasDataset, Pool, build_canvases, split_indices
+from flatmtl.workers.problems.errors import ProblemError
+from flatmtl.workers.problems.idx import MNIST_FILES, find_idx, load_mnist_split
+from flatmtl.workers.problems.options import check_fraction
+from flatmtl.workers.problems.tasks import Classification, Task
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 

@@ -19,11 +19,11 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from workers.problems.base import Problem
-from workers.problems.errors import DataNotFoundError, ProblemError
-from workers.problems.images import IMAGE_SUFFIXES, load_image
-from workers.problems.options import check_fraction
-from workers.problems.tasks import Classification, Task
+from flatmtl.workers.problems.base import Problem
+from flatmtl.workers.problems.errors import DataNotFoundError, ProblemError
+from flatmtl.workers.problems.images import IMAGE_SUFFIXES, load_image
+from flatmtl.workers.problems.options import check_fraction
+from flatmtl.workers.problems.tasks import Classification, Task
 
 DOMAINS = ("Art", "Clipart", "Product", "Real_World")
 

@@ -6,7 +6,7 @@ import inspect
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from workers.problems.errors import ProblemError
+from flatmtl.workers.problems.errors import ProblemError
 
 
 def accepted_options(factory: Callable[..., Any], *, skip: tuple[str, ...] = ()) -> list[str]:

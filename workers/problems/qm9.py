@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from workers.problems.base import Problem, TaskTensorDataset
-from workers.problems.errors import DataNotFoundError, ProblemError
-from workers.problems.tasks import Regression, Task
+from flatmtl.workers.problems.base import Problem, TaskTensorDataset
+from flatmtl.workers.problems.errors import DataNotFoundError, ProblemError
+from flatmtl.workers.problems.tasks import Regression, Task
 
 TARGETS = ("mu", "alpha", "homo", "lumo", "r2", "zpve", "U0", "U", "H", "G", "cv")
 ELEMENTS = (1, 6, 7, 8, 9)

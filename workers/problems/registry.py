@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from workers.problems.base import Problem
-from workers.problems.celeba import CelebA
-from workers.problems.dense import Cityscapes, NYUv2
-from workers.problems.errors import ProblemError
-from workers.problems.multi_image import MultiDigits, MultiFashion, MultiFashionMNIST, MultiMNIST
-from workers.problems.office_home import OfficeHome
-from workers.problems.options import accepted_options, check_options
-from workers.problems.qm9 import QM9
-from workers.problems.yeast import Yeast
+from flatmtl.workers.problems.base import Problem
+from flatmtl.workers.problems.celeba import CelebA
+from flatmtl.workers.problems.dense import Cityscapes, NYUv2
+from flatmtl.workers.problems.errors import ProblemError
+from flatmtl.workers.problems.multi_image import MultiDigits, MultiFashion, MultiFashionMNIST, MultiMNIST
+from flatmtl.workers.problems.office_home import OfficeHome
+from flatmtl.workers.problems.options import accepted_options, check_options
+from flatmtl.workers.problems.qm9 import QM9
+from flatmtl.workers.problems.yeast import Yeast
 
 PROBLEMS: dict[str, type[Problem]] = {
     cls.name: cls

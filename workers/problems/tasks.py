@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F  # noqa: N812
 
-from workers.problems import metrics
+from flatmtl.workers.problems import metrics
 
 
 @dataclass(frozen=True)

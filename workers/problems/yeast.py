@@ -14,10 +14,10 @@ import gzip
 import numpy as np
 import torch
 
-from workers.problems.base import Problem, TaskTensorDataset
-from workers.problems.bundled import bundled_file
-from workers.problems.errors import ProblemError
-from workers.problems.tasks import Binary, Task
+from flatmtl.workers.problems.base import Problem, TaskTensorDataset
+from flatmtl.workers.problems.bundled import bundled_file
+from flatmtl.workers.problems.errors import ProblemError
+from flatmtl.workers.problems.tasks import Binary, Task
 
 NUM_FEATURES = 103
 

@@ -11,7 +11,7 @@ SCALE_NAMES = ("quick", "reduced", "full")
 
 
 def _default_mnist_dir() -> Path | None:
-    from workers.reproduce.design import DEFAULT_MNIST_DIR
+    from flatmtl.workers.reproduce.design import DEFAULT_MNIST_DIR
 
     return DEFAULT_MNIST_DIR if DEFAULT_MNIST_DIR.is_dir() else None
 
@@ -56,8 +56,8 @@ def reproduce_command(
     quick: bool, scale_name: str | None, out: Path, runs_dir: Path | None, mnist_dir: Path | None, workers: int
 ) -> None:
     """Measure the papers' claims (issue 6) and write docs/results.md with tables, figures, configs and verdicts."""
-    from workers.reproduce.pipeline import reproduce
-    from workers.reproduce.scale import SCALES
+    from flatmtl.workers.reproduce.pipeline import reproduce
+    from flatmtl.workers.reproduce.scale import SCALES
 
     if quick and scale_name not in (None, "quick"):
         raise click.BadParameter(f"--quick runs the quick scale, not {scale_name!r}", param_hint="--scale")

@@ -4,7 +4,7 @@ Output, under ``out`` (``docs/`` by default): ``results.md`` (the report), ``res
 ``results/results.json`` (every number, check and verdict) and ``results/configs.json`` (the scale, the
 machine, the wall time, every run's exact TrainSpec with its seed and status, and every sweep's SweepSpec with
 its trials' configs, seeds and states). Training runs go through the engine first; then the sweeps a claim
-asks for (``sweeps(context)``) go through the service (``workers.reproduce.sweeps``).
+asks for (``sweeps(context)``) go through the service (``flatmtl.workers.reproduce.sweeps``).
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from workers.reproduce import machine, runs, sweeps
-from workers.reproduce.claims import (
+from flatmtl.workers.reproduce import machine, runs, sweeps
+from flatmtl.workers.reproduce.claims import (
     calibration,
     conflict,
     cost,
@@ -31,9 +31,9 @@ from workers.reproduce.claims import (
     stl_mtl,
     toy,
 )
-from workers.reproduce.claims.base import ClaimResult, Context
-from workers.reproduce.report import write_markdown
-from workers.reproduce.scale import Scale
+from flatmtl.workers.reproduce.claims.base import ClaimResult, Context
+from flatmtl.workers.reproduce.report import write_markdown
+from flatmtl.workers.reproduce.scale import Scale
 
 CLAIMS: tuple[ModuleType, ...] = (
     conflict,
@@ -149,7 +149,7 @@ def stale_runs(runs_dir: Path, records: dict[str, runs.RunRecord]) -> dict[str, 
 
 def strict_json(value: Any) -> Any:
     """Strict JSON (NaN becomes null), as the run files are written."""
-    from workers.training.rundir import json_ready
+    from flatmtl.workers.training.rundir import json_ready
 
     return json_ready(value)
 

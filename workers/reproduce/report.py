@@ -6,10 +6,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from workers.reproduce.claims.base import ClaimResult
-from workers.reproduce.markdown import table
-from workers.reproduce.scale import PAPER_SIZES, Scale
-from workers.reproduce.verdict import RULE
+from flatmtl.workers.reproduce.claims.base import ClaimResult
+from flatmtl.workers.reproduce.markdown import table
+from flatmtl.workers.reproduce.scale import PAPER_SIZES, Scale
+from flatmtl.workers.reproduce.verdict import RULE
 
 MARKS = {True: "yes", False: "**no**"}
 

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel
 
 if TYPE_CHECKING:
-    from workers.reproduce.sweeps import SweepOutcome, SweepRequest
+    from flatmtl.workers.reproduce.sweeps import SweepOutcome, SweepRequest
 
 WRAPPER_COST = {"none": 1.0, "g_sam": 1.5, "fmtl": 2.3, "samo": 2.7}
 """Rough step cost relative to the plain step, used only to start the longest runs first."""
@@ -32,7 +32,7 @@ WRAPPER_COST = {"none": 1.0, "g_sam": 1.5, "fmtl": 2.3, "samo": 2.7}
 
 @functools.cache
 def _catalog() -> Any:
-    from service.catalog import load_catalog
+    from flatmtl.service.catalog import load_catalog
 
     return load_catalog()
 
@@ -63,7 +63,7 @@ def _without_defaults(model: type[BaseModel], document: dict[str, Any]) -> dict[
 def _digest(resolved: dict[str, Any]) -> str:
     """Hash of a resolved spec without its name: method defaults written out (specs keep them implicit; the
     catalog's defaults may change), every other field at its default left out."""
-    from service.specs import TrainSpec
+    from flatmtl.service.specs import TrainSpec
 
     catalog = _catalog()
     document = _without_defaults(TrainSpec, {k: v for k, v in resolved.items() if k not in ("name", "method")})
@@ -82,7 +82,7 @@ def _digest(resolved: dict[str, Any]) -> str:
 
 @functools.cache
 def _resolved_key(text: str) -> str:
-    from workers.training.config import parse_spec
+    from flatmtl.workers.training.config import parse_spec
 
     return _digest(parse_spec(json.loads(text)).model_dump(mode="json"))
 
@@ -189,8 +189,8 @@ def execute_one(
     reused instead. Module level for spawn."""
     import torch
 
-    from workers.training import RunOptions, train
-    from workers.training.errors import TrainingFailedError
+    from flatmtl.workers.training import RunOptions, train
+    from flatmtl.workers.training.errors import TrainingFailedError
 
     torch.set_num_threads(1)
     path = Path(directory)
@@ -257,7 +257,7 @@ def execute(
 
 
 def load(directory: Path, key: str) -> RunRecord:
-    from workers.training.rundir import RunDirectory
+    from flatmtl.workers.training.rundir import RunDirectory
 
     run = RunDirectory(directory)
     summary = run.read_json(run.summary)

@@ -25,9 +25,10 @@ from typing import Any
 
 import httpx
 
-from service.artifacts import job_dir
-from service.specs import SweepSpec
-from workers.worker.demo import (
+from flatmtl.service.artifacts import job_dir
+from flatmtl.service.specs import SweepSpec
+from flatmtl.workers.worker.plan import search_points
+from flatmtl.workers.worker.service_demo import (
     API_COMMAND,
     TERMINAL,
     WORKER_COMMAND,
@@ -40,11 +41,10 @@ from workers.worker.demo import (
     service_env,
     wait_healthy,
 )
-from workers.worker.plan import search_points
 
 SERVICE_FOLDER = "service"
 TRIAL_ACTOR_CPUS = 0.01
-"""What a trial's Tune actor reserves next to its rank (``workers.worker.runner.TRIAL_ACTOR_CPUS``)."""
+"""What a trial's Tune actor reserves next to its rank (``flatmtl.workers.worker.trials.TRIAL_ACTOR_CPUS``)."""
 
 
 @dataclass(frozen=True)

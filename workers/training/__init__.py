@@ -2,7 +2,7 @@
 TrainSpec names and trains it locally or as a local process group, into a run directory with metrics,
 summary, checkpoints (exact resume) and plots; ``flatness`` measures a trained checkpoint's sharpness.
 
-    >>> from workers.training import RunOptions, train
+    >>> from flatmtl.workers.training import RunOptions, train
     >>> result = train({"problem": "multi_digits", "epochs": 2}, "runs/demo", options=RunOptions(max_steps=50))
     >>> result.status                                   # "STOPPED"; train(..., resume=True) continues it
 
@@ -15,8 +15,8 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "RunResult": "api",
-    "train": "api",
+    "RunResult": "local",
+    "train": "local",
     "RunOptions": "config",
     "check_runnable": "config",
     "load_spec": "config",

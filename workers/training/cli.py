@@ -13,8 +13,8 @@ from typing import Any
 
 import click
 
-from workers.training.config import DEVICES, DTYPES
-from workers.training.errors import ConfigError
+from flatmtl.workers.training.config import DEVICES, DTYPES
+from flatmtl.workers.training.errors import ConfigError
 
 
 def _fail_config(error: ConfigError) -> None:
@@ -68,10 +68,10 @@ def train_command(
     keep_epoch_checkpoints: bool,
 ) -> None:
     """Train the TrainSpec in CONFIG (YAML or JSON) into a run directory."""
-    from workers.training.api import train
-    from workers.training.config import RunOptions, load_spec
-    from workers.training.errors import TrainingFailedError
-    from workers.training.rundir import RunDirectory
+    from flatmtl.workers.training.config import RunOptions, load_spec
+    from flatmtl.workers.training.errors import TrainingFailedError
+    from flatmtl.workers.training.local import train
+    from flatmtl.workers.training.rundir import RunDirectory
 
     if resume_dir is not None:
         if out is not None and out.resolve() != resume_dir.resolve():
@@ -148,7 +148,7 @@ def flatness_command(
     as_json: bool,
 ) -> None:
     """Per-task rho-sharpness, top Hessian eigenvalue and metrics inside an r-ball, into RUN_DIR/flatness.json."""
-    from workers.training.flatness import FlatnessSettings, evaluate_run
+    from flatmtl.workers.training.flatness import FlatnessSettings, evaluate_run
 
     if not (run_dir / "config.json").exists():
         raise click.BadParameter(f"{run_dir} holds no config.json; is it a run directory?", param_hint="RUN_DIR")

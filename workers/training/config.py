@@ -19,9 +19,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import ValidationError
 
-from service.specs import TrainSpec, load_yaml
-from service.validation import problems as validation_problems
-from workers.training.errors import ConfigError, ConfigProblem
+from flatmtl.service.specs import TrainSpec, load_yaml
+from flatmtl.service.validation import problems as validation_problems
+from flatmtl.workers.training.errors import ConfigError, ConfigProblem
 
 REFERENCES_KEY = "references"
 DTYPES = ("float32", "float64")
@@ -135,8 +135,8 @@ def model_name(spec: TrainSpec) -> str | None:
 def check_runnable(spec: TrainSpec, source: str = "") -> None:
     """Build the problem, model and methods once on CPU (no data is loaded) so the config fails now, not
     mid-run. Every ``sharding`` value runs (TrainSpec already refuses methods that cannot be sharded)."""
-    from workers import mtl, problems
-    from workers.mtl.errors import MethodError
+    from flatmtl.workers import mtl, problems
+    from flatmtl.workers.mtl.errors import MethodError
 
     found: list[ConfigProblem] = []
     try:

@@ -11,8 +11,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from workers.problems import MultiTaskNet, Problem
-from workers.training.data import collate, model_input, to_device
+from flatmtl.workers.problems import MultiTaskNet, Problem
+from flatmtl.workers.training.data import collate, model_input, to_device
 
 Reducer = Callable[[Tensor], Tensor]
 

@@ -25,13 +25,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from service.specs import TrainSpec
-from workers import problems
-from workers.training import checkpoint
-from workers.training.config import RunOptions, model_name, split_references
-from workers.training.data import collate, model_input, to_device
-from workers.training.evaluation import evaluate
-from workers.training.rundir import RunDirectory
+from flatmtl.service.specs import TrainSpec
+from flatmtl.workers import problems
+from flatmtl.workers.training import checkpoint
+from flatmtl.workers.training.config import RunOptions, model_name, split_references
+from flatmtl.workers.training.data import collate, model_input, to_device
+from flatmtl.workers.training.evaluation import evaluate
+from flatmtl.workers.training.rundir import RunDirectory
 
 LossFn = Callable[[], Tensor]
 

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from workers.training.rundir import RunDirectory
+from flatmtl.workers.training.rundir import RunDirectory
 
 
 def _series(lines: Sequence[dict[str, Any]], key: str) -> tuple[np.ndarray, np.ndarray]:

@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
-from workers.mtl import diagnostics
-from workers.mtl.oracle import StepRecord
+from flatmtl.workers.mtl import diagnostics
+from flatmtl.workers.mtl.oracle import StepRecord
 
 DIAGNOSTICS = ("conflict_ratio", "cosine_min", "cosine_mean", "magnitude_similarity_mean")
 STEP_MEANS = ("sam_share", "aggregation_share", "communication_bytes")

@@ -13,7 +13,7 @@ Modes, by ``processes`` and ``sharding``:
   all-gathered for each step (and for evaluation and checkpoints, which hold the full model on rank 0).
 - ``sharding_backend="deepspeed"``: the same per-task reduction (all-reduce for zero1, reduce-scatter for
   zero2/zero3), but DeepSpeed's ZeRO engine of that stage owns the partitions of the optimizer state (and of
-  gradients and parameters) and takes the aggregated update (``workers.engine.DeepSpeedZero``).
+  gradients and parameters) and takes the aggregated update (``flatmtl.workers.engine.DeepSpeedZero``).
 
 Distributed runs average the normalization layers' running statistics over ranks after every step
 (``RunningStatisticsAverager``), so every rank evaluates with the same buffers.
@@ -42,18 +42,18 @@ from pydantic_core import to_jsonable_python
 from torch import Tensor
 from tqdm import tqdm
 
-from service.specs import TrainSpec
-from workers import mtl, problems
-from workers.mtl.errors import MethodError
-from workers.problems import delta_m
-from workers.training import checkpoint, plots
-from workers.training.config import RunOptions, model_name, split_references
-from workers.training.data import BatchPlan, collate, model_input, to_device
-from workers.training.errors import NonFiniteLossError, TrainingFailedError
-from workers.training.evaluation import evaluate
-from workers.training.optim import build_optimizer, build_scheduler, optimizer_options
-from workers.training.records import EpochAccumulator, step_metrics
-from workers.training.rundir import STATUS_FAILED, STATUS_STOPPED, STATUS_SUCCEEDED, RunDirectory
+from flatmtl.service.specs import TrainSpec
+from flatmtl.workers import mtl, problems
+from flatmtl.workers.mtl.errors import MethodError
+from flatmtl.workers.problems import delta_m
+from flatmtl.workers.training import checkpoint, plots
+from flatmtl.workers.training.config import RunOptions, model_name, split_references
+from flatmtl.workers.training.data import BatchPlan, collate, model_input, to_device
+from flatmtl.workers.training.errors import NonFiniteLossError, TrainingFailedError
+from flatmtl.workers.training.evaluation import evaluate
+from flatmtl.workers.training.optim import build_optimizer, build_scheduler, optimizer_options
+from flatmtl.workers.training.records import EpochAccumulator, step_metrics
+from flatmtl.workers.training.rundir import STATUS_FAILED, STATUS_STOPPED, STATUS_SUCCEEDED, RunDirectory
 
 EpochCallback = Callable[[dict[str, Any]], None]
 StopCallback = Callable[[], bool]
@@ -127,7 +127,7 @@ class Trainer:
             self.model.load_state_dict(saved["model"])
         self._build_step_and_optimizer(saved)
         # The closure below checks its losses with data-dependent control flow and autocasts inside, neither of
-        # which vmap batches faithfully: SAMO probes one forward per point here (workers.mtl.probes).
+        # which vmap batches faithfully: SAMO probes one forward per point here (flatmtl.workers.mtl.probes).
         self.step.probes = None
         self.scheduler = build_scheduler(
             spec.scheduler,
@@ -145,7 +145,7 @@ class Trainer:
 
     # ---- building ----------------------------------------------------------------------------------
     def _build_step_and_optimizer(self, saved: dict[str, Any] | None) -> None:
-        from workers import engine
+        from flatmtl.workers import engine
 
         method = self.spec.method
         kwargs: dict[str, Any] = {
@@ -223,7 +223,7 @@ class Trainer:
 
     def _full_parameters(self) -> AbstractContextManager[None]:
         """The whole model inside the block: under zero3 a gather on every rank, otherwise nothing to do."""
-        from workers import engine
+        from flatmtl.workers import engine
 
         if self.hands_over_updates:
             return self.optimizer.gathered()
@@ -231,7 +231,7 @@ class Trainer:
 
     # ---- checkpoints -------------------------------------------------------------------------------
     def _check_compatible(self, saved: dict[str, Any]) -> None:
-        from workers.training.errors import ConfigError, ConfigProblem
+        from flatmtl.workers.training.errors import ConfigError, ConfigProblem
 
         current = self.spec.model_dump(mode="json")
         recorded = {key: _recorded(saved["spec"], key) for key in current}

@@ -57,9 +57,9 @@ def worker_command(
     job_timeout: float | None,
 ) -> None:
     """Claim queued jobs and run them on Ray (training jobs as Ray Train runs, sweeps as Ray Tune sweeps)."""
-    from service.settings import load_settings
-    from workers.worker.loop import LOG_FORMAT, Worker, WorkerOptions, default_owner
-    from workers.worker.runner import RaySettings
+    from flatmtl.service.settings import load_settings
+    from flatmtl.workers.worker.loop import LOG_FORMAT, Worker, WorkerOptions, default_owner
+    from flatmtl.workers.worker.trials import RaySettings
 
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT, stream=sys.stderr)
     settings = load_settings(config)
@@ -121,7 +121,7 @@ def demo_service_command(
 ) -> None:
     """Start the API and a worker (embedded SQLite, local Ray), submit a rho x alpha sweep over REST, follow it
     and print the best trial and where its report and plots are."""
-    from workers.worker.demo import DemoError, ServiceDemo, default_problem, run_service_demo
+    from flatmtl.workers.worker.service_demo import DemoError, ServiceDemo, default_problem, run_service_demo
 
     def floats(option: str, text: str) -> list[float]:
         try:

@@ -18,14 +18,14 @@ from typing import Any
 
 from sqlalchemy import func, select
 
-from service import queue
-from service.db import Database
-from service.errors import LeaseLostError
-from service.models import Job, Metric, Trial
-from workers.training import RunDirectory, checkpoint
-from workers.training.rundir import STATUS_SUCCEEDED
-from workers.worker.plan import JobPaths, JobPlan, TrialPlan
-from workers.worker.points import epoch_record, result_points
+from flatmtl.service import queue
+from flatmtl.service.db import Database
+from flatmtl.service.errors import LeaseLostError
+from flatmtl.service.models import Job, Metric, Trial
+from flatmtl.workers.training import RunDirectory, checkpoint
+from flatmtl.workers.training.rundir import STATUS_SUCCEEDED
+from flatmtl.workers.worker.plan import JobPaths, JobPlan, TrialPlan
+from flatmtl.workers.worker.points import epoch_record, result_points
 
 FINAL_TRIAL_STATES = ("succeeded", "stopped", "failed")
 MAX_ERROR_CHARS = 2000

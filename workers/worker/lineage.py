@@ -17,9 +17,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from service.specs import TrainSpec
-from workers.training import RunDirectory, checkpoint
-from workers.worker.plan import set_path
+from flatmtl.service.specs import TrainSpec
+from flatmtl.workers.training import RunDirectory, checkpoint
+from flatmtl.workers.worker.plan import set_path
 
 CHECKPOINT_FILE = "checkpoint.pt"
 ORIGIN_FILE = "origin.json"

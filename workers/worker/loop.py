@@ -19,14 +19,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from service import queue
-from service.db import Database
-from service.errors import LeaseLostError
-from service.settings import Settings
-from workers.training import ConfigError, RunOptions, check_runnable
-from workers.worker.job import JobRun
-from workers.worker.plan import JobPaths, plan_job
-from workers.worker.runner import ClusterTooSmallError, RaySettings, ensure_ray, run_plan
+from flatmtl.service import queue
+from flatmtl.service.db import Database
+from flatmtl.service.errors import LeaseLostError
+from flatmtl.service.settings import Settings
+from flatmtl.workers.training import ConfigError, RunOptions, check_runnable
+from flatmtl.workers.worker.job import JobRun
+from flatmtl.workers.worker.plan import JobPaths, plan_job
+from flatmtl.workers.worker.trials import ClusterTooSmallError, RaySettings, ensure_ray, run_plan
 
 log = logging.getLogger("flatmtl.worker")
 LOG_FORMAT = "%(asctime)s %(levelname)s %(message)s"

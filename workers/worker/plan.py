@@ -4,7 +4,7 @@ A sweep's trials are expanded here, not by Ray Tune's variant generator, so that
 config and the same run directory in every attempt of the job: a requeued sweep resumes each unfinished
 trial from its own checkpoint and keeps the finished ones. Grid search is the Cartesian product of the
 grid domains (paths sorted, values in the given order); random search draws ``num_trials`` points from a
-generator seeded by the base spec's seed. Tune then runs the trials by index (see ``workers.worker.search``).
+generator seeded by the base spec's seed. Tune then runs the trials by index (see ``flatmtl.workers.worker.search``).
 Optuna's trials get their values from Optuna while the sweep runs; their plans hold the base spec until then.
 """
 
@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from service.specs import Domain, SweepSpec, TrainSpec, parse_spec
+from flatmtl.service.specs import Domain, SweepSpec, TrainSpec, parse_spec
 
 SWEEP_STREAM = 0x5EE9
 """Second word of the random search's seed, so it never shares a stream with the training run's own seed."""
@@ -52,11 +52,11 @@ class JobPlan:
 
 
 class JobPaths:
-    """Where a job's files go under the artifact directory (``service.artifacts``' layout): a training job's
+    """Where a job's files go under the artifact directory (``flatmtl.service.artifacts``' layout): a training job's
     run in ``run/``, a sweep's trials in ``trials/NNN/``, Ray's own files in ``ray/``, the log in ``job.log``."""
 
     def __init__(self, artifact_root: Path, job_id: int) -> None:
-        from service.artifacts import job_dir, log_path
+        from flatmtl.service.artifacts import job_dir, log_path
 
         self.root = job_dir(artifact_root, job_id)
         self.log = log_path(artifact_root, job_id)

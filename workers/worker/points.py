@@ -2,7 +2,7 @@
 
 Stored: every metric of the epoch record (``train/...``, ``test/...``, ``<split>/mean/...``, ``lr``,
 ``delta_m``, ``epoch``) at the run's global step, plus the telemetry points the API exports for running
-jobs (``service.telemetry.training_points``): the epoch-mean losses and conflict ratio, the last step's
+jobs (``flatmtl.service.telemetry.training_points``): the epoch-mean losses and conflict ratio, the last step's
 gradient norms, cosines and magnitude similarities, the samples so far and the mean step time. A sweep's
 trials store them too, since the API exports a running trial's series with a ``trial`` label just as a
 training job's. Where both name the same series, the telemetry point is the one stored.
@@ -15,9 +15,9 @@ from typing import Any
 
 import torch
 
-from service import telemetry
-from workers.mtl import diagnostics
-from workers.worker.ranks import TELEMETRY_KEY
+from flatmtl.service import telemetry
+from flatmtl.workers.mtl import diagnostics
+from flatmtl.workers.worker.ranks import TELEMETRY_KEY
 
 Point = tuple[int, str, float]
 RECORD_SCALARS = ("epoch", "lr", "delta_m")

@@ -1,6 +1,6 @@
 """One rank of a Ray Train run: the training package's ``Trainer`` inside the process group Ray Train set up.
 
-``workers.training.api.train`` launches its own process group; under Ray Train the group exists already, so
+``flatmtl.workers.training.local.train`` launches its own process group; under Ray Train the group exists already, so
 each Ray Train worker builds a ``Trainer`` with a distributed ``RankContext`` directly. Epoch records reach
 Ray Tune through ``ray.train.report``, which every rank must call the same number of times, while the
 Trainer hands epoch records to rank 0 only. The Trainer polls its ``stop_event`` on every rank before every
@@ -18,9 +18,9 @@ from typing import Any
 
 import torch
 
-from service.specs import TrainSpec
-from workers.training import RunDirectory, RunOptions, TrainingFailedError
-from workers.training.trainer import RankContext, Trainer
+from flatmtl.service.specs import TrainSpec
+from flatmtl.workers.training import RunDirectory, RunOptions, TrainingFailedError
+from flatmtl.workers.training.trainer import RankContext, Trainer
 
 TELEMETRY_KEY = "flatmtl_telemetry"
 """Result key of rank 0's last-step losses and Gram matrix (read by the driver, never a metric)."""
@@ -110,7 +110,7 @@ def rank_main(config: dict[str, Any]) -> None:
     import ray.train.torch
     from ray.util import get_current_placement_group
 
-    from workers.worker.runner import PLACEMENT_GROUP_FILE
+    from flatmtl.workers.worker.trials import PLACEMENT_GROUP_FILE
 
     context = ray.train.get_context()
     rank, world_size = context.get_world_rank(), context.get_world_size()

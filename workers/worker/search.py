@@ -1,6 +1,6 @@
 """A sweep spec as Ray Tune objects: the scheduler (FIFO, ASHA, PBT), the search algorithm and the param space.
 
-Grid and random search points are expanded by :mod:`workers.worker.plan`, so their Tune config is just the
+Grid and random search points are expanded by :mod:`flatmtl.workers.worker.plan`, so their Tune config is just the
 trial's index. Two cases need values in the Tune config itself: Optuna proposes each trial's values (the
 config holds every field of the space), and PBT perturbs the mutated fields between restarts (the config
 holds those fields; the index is kept too but PBT overwrites it with the cloned trial's, so a trial's
@@ -14,8 +14,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from service.specs import Domain, SweepSpec
-from workers.worker.plan import JobPlan
+from flatmtl.service.specs import Domain, SweepSpec
+from flatmtl.workers.worker.plan import JobPlan
 
 TRIAL_NAME = "trial-{index:03d}"
 

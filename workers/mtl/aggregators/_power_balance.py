@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from workers.mtl.aggregators._gram import symmetric_lstsq
+from flatmtl.workers.mtl.aggregators._gram import symmetric_lstsq
 
 RIDGE = 1e-12
 """Added to the Gram's diagonal (relative to its largest entry) so the solution exists when gradients are

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from workers.mtl.aggregators._gram import symmetric_lstsq
+from flatmtl.workers.mtl.aggregators._gram import symmetric_lstsq
 
 _ENTERING_TOLERANCE = 1e-13
 """A coordinate enters the support when its KKT violation exceeds this fraction of the data's scale."""

@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from workers.mtl.aggregators._gram import as_output, rank_tolerance, to_float64
-from workers.mtl.base import GramAggregator
-from workers.mtl.registry import HParam, register
+from flatmtl.workers.mtl.aggregators._gram import as_output, rank_tolerance, to_float64
+from flatmtl.workers.mtl.base import GramAggregator
+from flatmtl.workers.mtl.registry import HParam, register
 
 SCALES = ("min", "median", "rmse")
 

@@ -7,10 +7,10 @@ import math
 import torch
 from torch import Tensor
 
-from workers.mtl.aggregators._gram import as_output, normalized, symmetric_lstsq, to_float64
-from workers.mtl.aggregators._qp import nonnegative_qp
-from workers.mtl.base import GramAggregator
-from workers.mtl.registry import HParam, register
+from flatmtl.workers.mtl.aggregators._gram import as_output, normalized, symmetric_lstsq, to_float64
+from flatmtl.workers.mtl.aggregators._qp import nonnegative_qp
+from flatmtl.workers.mtl.base import GramAggregator
+from flatmtl.workers.mtl.registry import HParam, register
 
 RESCALINGS = {"1+c^2": lambda c: 1.0 + c * c, "1+c": lambda c: 1.0 + c, "none": lambda c: 1.0}
 

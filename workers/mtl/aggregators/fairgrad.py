@@ -5,10 +5,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from workers.mtl.aggregators._gram import as_output, to_float64
-from workers.mtl.aggregators._power_balance import power_balance
-from workers.mtl.base import GramAggregator
-from workers.mtl.registry import HParam, register
+from flatmtl.workers.mtl.aggregators._gram import as_output, to_float64
+from flatmtl.workers.mtl.aggregators._power_balance import power_balance
+from flatmtl.workers.mtl.base import GramAggregator
+from flatmtl.workers.mtl.registry import HParam, register
 
 
 @register(

@@ -6,8 +6,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from workers.mtl.base import Aggregator, GramReducer
-from workers.mtl.registry import HParam, register
+from flatmtl.workers.mtl.base import Aggregator, GramReducer
+from flatmtl.workers.mtl.registry import HParam, register
 
 SEED_BOUND = 2**62
 

@@ -9,10 +9,10 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from workers.mtl.aggregators.pcgrad import random_order
-from workers.mtl.base import GramAggregator
-from workers.mtl.checks import check_num_tasks
-from workers.mtl.registry import HParam, register
+from flatmtl.workers.mtl.aggregators.pcgrad import random_order
+from flatmtl.workers.mtl.base import GramAggregator
+from flatmtl.workers.mtl.checks import check_num_tasks
+from flatmtl.workers.mtl.registry import HParam, register
 
 PARALLEL_TOLERANCE = 1e-6
 """A target cosine with sqrt(1 - target^2) below this asks for an exactly parallel gradient, which no

@@ -5,11 +5,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from workers.mtl.aggregators._gram import as_output, nonzero_tasks, normalized, to_float64
-from workers.mtl.aggregators._qp import nonnegative_qp
-from workers.mtl.base import GramAggregator
-from workers.mtl.errors import MethodError
-from workers.mtl.registry import HParam, register
+from flatmtl.workers.mtl.aggregators._gram import as_output, nonzero_tasks, normalized, to_float64
+from flatmtl.workers.mtl.aggregators._qp import nonnegative_qp
+from flatmtl.workers.mtl.base import GramAggregator
+from flatmtl.workers.mtl.errors import MethodError
+from flatmtl.workers.mtl.registry import HParam, register
 
 NORMALIZATIONS = ("none", "l2", "loss", "loss+")
 

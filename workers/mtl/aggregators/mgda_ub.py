@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from workers.mtl.aggregators.mgda import MGDA, NORMALIZATION, SCALE
-from workers.mtl.registry import register
+from flatmtl.workers.mtl.aggregators.mgda import MGDA, NORMALIZATION, SCALE
+from flatmtl.workers.mtl.registry import register
 
 
 @register(

@@ -8,10 +8,10 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from workers.mtl.base import Aggregator, GramReducer
-from workers.mtl.checks import check_num_tasks
-from workers.mtl.errors import MethodError
-from workers.mtl.registry import HParam, register
+from flatmtl.workers.mtl.base import Aggregator, GramReducer
+from flatmtl.workers.mtl.checks import check_num_tasks
+from flatmtl.workers.mtl.errors import MethodError
+from flatmtl.workers.mtl.registry import HParam, register
 
 
 def project_to_simplex(vector: Tensor) -> Tensor:

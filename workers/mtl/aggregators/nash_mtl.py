@@ -9,10 +9,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from workers.mtl.aggregators._gram import as_output
-from workers.mtl.aggregators._power_balance import RIDGE
-from workers.mtl.base import GramAggregator
-from workers.mtl.registry import HParam, register
+from flatmtl.workers.mtl.aggregators._gram import as_output
+from flatmtl.workers.mtl.aggregators._power_balance import RIDGE
+from flatmtl.workers.mtl.base import GramAggregator
+from flatmtl.workers.mtl.registry import HParam, register
 
 DECREMENT_TOLERANCE = 1e-5
 """Newton stops after a full step taken at a Newton decrement at or below this. Self-concordance bounds

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from workers.mtl.base import GramAggregator
-from workers.mtl.registry import register
+from flatmtl.workers.mtl.base import GramAggregator
+from flatmtl.workers.mtl.registry import register
 
 
 def random_order(others: list[int], generator: torch.Generator) -> list[int]:

@@ -6,9 +6,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from workers.mtl.base import GramAggregator
-from workers.mtl.random_weights import DISTRIBUTIONS, sample_simplex_weights
-from workers.mtl.registry import HParam, register
+from flatmtl.workers.mtl.base import GramAggregator
+from flatmtl.workers.mtl.random_weights import DISTRIBUTIONS, sample_simplex_weights
+from flatmtl.workers.mtl.registry import HParam, register
 
 
 @register(
@@ -28,7 +28,7 @@ from workers.mtl.registry import HParam, register
     ),
 )
 class RandomGradientWeighting(GramAggregator):
-    """Update = lambda @ G with lambda ~ the chosen distribution (see ``workers.mtl.random_weights``).
+    """Update = lambda @ G with lambda ~ the chosen distribution (see ``flatmtl.workers.mtl.random_weights``).
 
     The Gram matrix is not used: the weights depend only on the draw from ``generator`` (else the
     method's own generator, seeded 0 at construction), so every rank with the same seed agrees.

@@ -5,10 +5,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from workers.mtl.aggregators._gram import as_output, normalized, to_float64
-from workers.mtl.aggregators._qp import nonnegative_qp
-from workers.mtl.base import GramAggregator
-from workers.mtl.registry import register
+from flatmtl.workers.mtl.aggregators._gram import as_output, normalized, to_float64
+from flatmtl.workers.mtl.aggregators._qp import nonnegative_qp
+from flatmtl.workers.mtl.base import GramAggregator
+from flatmtl.workers.mtl.registry import register
 
 
 def dual_cone_projection_weights(matrix: Tensor) -> Tensor:

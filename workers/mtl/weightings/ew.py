@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from workers.mtl.base import LossWeighting
-from workers.mtl.registry import register
+from flatmtl.workers.mtl.base import LossWeighting
+from flatmtl.workers.mtl.registry import register
 
 
 @register(

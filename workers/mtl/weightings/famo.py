@@ -7,10 +7,10 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from workers.mtl.base import LossWeighting
-from workers.mtl.checks import check_num_tasks
-from workers.mtl.registry import HParam, register
-from workers.mtl.weightings.si import check_positive
+from flatmtl.workers.mtl.base import LossWeighting
+from flatmtl.workers.mtl.checks import check_num_tasks
+from flatmtl.workers.mtl.registry import HParam, register
+from flatmtl.workers.mtl.weightings.si import check_positive
 
 
 def famo_weights(logits: Tensor, losses: Tensor) -> Tensor:

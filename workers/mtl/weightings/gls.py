@@ -6,10 +6,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from workers.mtl.base import LossWeighting
-from workers.mtl.checks import check_num_tasks
-from workers.mtl.registry import register
-from workers.mtl.weightings.si import check_positive
+from flatmtl.workers.mtl.base import LossWeighting
+from flatmtl.workers.mtl.checks import check_num_tasks
+from flatmtl.workers.mtl.registry import register
+from flatmtl.workers.mtl.weightings.si import check_positive
 
 
 def geometric_weights(losses: Tensor) -> Tensor:

@@ -8,9 +8,9 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from workers.mtl.base import LossWeighting
-from workers.mtl.checks import check_num_tasks
-from workers.mtl.registry import HParam, register
+from flatmtl.workers.mtl.base import LossWeighting
+from flatmtl.workers.mtl.checks import check_num_tasks
+from flatmtl.workers.mtl.registry import HParam, register
 
 MIN_WEIGHT = 1e-6
 """Floor applied before renormalization so a large step cannot make a weight zero or negative."""

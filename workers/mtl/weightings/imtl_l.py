@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from workers.mtl.registry import register
-from workers.mtl.weightings.uw import LearnedLogScales
+from flatmtl.workers.mtl.registry import register
+from flatmtl.workers.mtl.weightings.uw import LearnedLogScales
 
 
 @register(

@@ -6,11 +6,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from workers.mtl.base import LossWeighting
-from workers.mtl.checks import check_num_tasks
-from workers.mtl.errors import MethodError
-from workers.mtl.random_weights import DISTRIBUTIONS, sample_simplex_weights
-from workers.mtl.registry import HParam, register
+from flatmtl.workers.mtl.base import LossWeighting
+from flatmtl.workers.mtl.checks import check_num_tasks
+from flatmtl.workers.mtl.errors import MethodError
+from flatmtl.workers.mtl.random_weights import DISTRIBUTIONS, sample_simplex_weights
+from flatmtl.workers.mtl.registry import HParam, register
 
 
 @register(
@@ -31,7 +31,7 @@ from workers.mtl.registry import HParam, register
 )
 class RandomLossWeighting(LossWeighting):
     """Weighted loss lambda_i L_i with lambda drawn once per step in ``begin_step`` (see
-    ``workers.mtl.random_weights``) from ``generator`` (else the method's own, seeded 0 at
+    ``flatmtl.workers.mtl.random_weights``) from ``generator`` (else the method's own, seeded 0 at
     construction), so perturbed passes reuse the step's weights and every rank draws the same.
     """
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from workers.mtl.base import LossWeighting
-from workers.mtl.errors import MethodError
-from workers.mtl.registry import register
+from flatmtl.workers.mtl.base import LossWeighting
+from flatmtl.workers.mtl.errors import MethodError
+from flatmtl.workers.mtl.registry import register
 
 
 def check_positive(method: str, losses: Tensor) -> None:

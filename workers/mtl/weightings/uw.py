@@ -8,10 +8,10 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from workers.mtl.base import LossWeighting
-from workers.mtl.checks import check_num_tasks
-from workers.mtl.errors import MethodError
-from workers.mtl.registry import register
+from flatmtl.workers.mtl.base import LossWeighting
+from flatmtl.workers.mtl.checks import check_num_tasks
+from flatmtl.workers.mtl.errors import MethodError
+from flatmtl.workers.mtl.registry import register
 
 
 class LearnedLogScales(LossWeighting):

@@ -12,8 +12,8 @@ from collections.abc import Callable, Iterable, Mapping
 import torch
 from torch import Tensor
 
-from workers.mtl.oracle import GradientOracle
-from workers.mtl.registry import HParam
+from flatmtl.workers.mtl.oracle import GradientOracle
+from flatmtl.workers.mtl.registry import HParam
 
 RHO = HParam("rho", float, 0.05, "perturbation radius (ASAM typically uses ~1-2)", low=0.0)
 ADAPTIVE = HParam("adaptive", bool, False, "ASAM: scale the neighbourhood by |theta| + eta")

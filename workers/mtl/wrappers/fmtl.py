@@ -24,10 +24,10 @@ from typing import Any
 
 from torch import Tensor
 
-from workers.mtl.base import Aggregator, Wrapper
-from workers.mtl.oracle import GradientOracle
-from workers.mtl.registry import HParam, register
-from workers.mtl.wrappers._perturbation import ADAPTIVE, ETA, Ascent, task_point_gradients
+from flatmtl.workers.mtl.base import Aggregator, Wrapper
+from flatmtl.workers.mtl.oracle import GradientOracle
+from flatmtl.workers.mtl.registry import HParam, register
+from flatmtl.workers.mtl.wrappers._perturbation import ADAPTIVE, ETA, Ascent, task_point_gradients
 
 MODES = ("decomposed", "direct")
 

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from workers.mtl.base import Wrapper
-from workers.mtl.oracle import GradientOracle
-from workers.mtl.registry import register
-from workers.mtl.wrappers._perturbation import ADAPTIVE, ETA, RHO, Ascent, task_point_gradients
+from flatmtl.workers.mtl.base import Wrapper
+from flatmtl.workers.mtl.oracle import GradientOracle
+from flatmtl.workers.mtl.registry import register
+from flatmtl.workers.mtl.wrappers._perturbation import ADAPTIVE, ETA, RHO, Ascent, task_point_gradients
 
 
 @register(

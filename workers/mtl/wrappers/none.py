@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from workers.mtl.base import Wrapper
-from workers.mtl.oracle import GradientOracle
-from workers.mtl.registry import register
+from flatmtl.workers.mtl.base import Wrapper
+from flatmtl.workers.mtl.oracle import GradientOracle
+from flatmtl.workers.mtl.registry import register
 
 
 @register(

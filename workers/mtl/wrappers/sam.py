@@ -8,10 +8,10 @@ coordinate, which makes the neighbourhood invariant to layer rescaling.
 
 from __future__ import annotations
 
-from workers.mtl.base import Wrapper
-from workers.mtl.oracle import GradientOracle
-from workers.mtl.registry import register
-from workers.mtl.wrappers._perturbation import ADAPTIVE, ETA, RHO, Ascent
+from flatmtl.workers.mtl.base import Wrapper
+from flatmtl.workers.mtl.oracle import GradientOracle
+from flatmtl.workers.mtl.registry import register
+from flatmtl.workers.mtl.wrappers._perturbation import ADAPTIVE, ETA, RHO, Ascent
 
 
 @register(

@@ -10,7 +10,7 @@ rescaled per layer to ``g0``'s layer norms (eq. 4; ``normalization="global"`` us
 perturbed by ``rho * v_i / ||v_i||`` with ``v_i = alpha g0 + (1 - alpha) g_i_hat`` (eq. 1) and its
 gradient there is its SAMO gradient (eq. 2); the K SAMO gradients are aggregated. The extra cost is one
 backward and ``2 K`` forwards without graph, instead of F-MTL's K extra per-task backwards; the forwards
-run as one vmapped forward over the 2 K points where the model allows (``workers.mtl.probes``).
+run as one vmapped forward over the 2 K points where the model allows (``flatmtl.workers.mtl.probes``).
 
 Heads: SPSA directions cover the shared parameters only (as in the authors' code). Heads are perturbed
 along ``g0``'s head part, which for head i points along task i's own head gradient (only task i's loss
@@ -32,11 +32,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from workers.mtl.base import Wrapper
-from workers.mtl.oracle import Displacement, GradientOracle
-from workers.mtl.probes import MAX_PROBE_ELEMENTS
-from workers.mtl.registry import HParam, register
-from workers.mtl.wrappers._perturbation import TINY, head_sq_norm
+from flatmtl.workers.mtl.base import Wrapper
+from flatmtl.workers.mtl.oracle import Displacement, GradientOracle
+from flatmtl.workers.mtl.probes import MAX_PROBE_ELEMENTS
+from flatmtl.workers.mtl.registry import HParam, register
+from flatmtl.workers.mtl.wrappers._perturbation import TINY, head_sq_norm
 
 NORMALIZATIONS = ("layerwise", "global", "none")
 

@@ -18,14 +18,14 @@ from typing import Any
 
 from torch import nn
 
-from workers.problems.errors import ProblemError
-from workers.problems.models.base import MultiTaskNet
-from workers.problems.models.encoders import CNNEncoder, LeNetEncoder, MLPEncoder, ResNet18Encoder
-from workers.problems.models.hps import HardSharing
-from workers.problems.models.mmoe import MMoE
-from workers.problems.models.mtan import MTAN
-from workers.problems.options import check_options
-from workers.problems.tasks import Task
+from flatmtl.workers.problems.errors import ProblemError
+from flatmtl.workers.problems.models.base import MultiTaskNet
+from flatmtl.workers.problems.models.encoders import CNNEncoder, LeNetEncoder, MLPEncoder, ResNet18Encoder
+from flatmtl.workers.problems.models.hps import HardSharing
+from flatmtl.workers.problems.models.mmoe import MMoE
+from flatmtl.workers.problems.models.mtan import MTAN
+from flatmtl.workers.problems.options import check_options
+from flatmtl.workers.problems.tasks import Task
 
 ENCODERS: dict[str, Callable[..., nn.Module]] = {
     "mlp": MLPEncoder,

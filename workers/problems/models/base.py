@@ -1,4 +1,4 @@
-"""The model contract the MTL step relies on (``workers.mtl.step.ParameterSplit``).
+"""The model contract the MTL step relies on (``flatmtl.workers.mtl.step.ParameterSplit``).
 
 A model returns one output per task, declares its shared parameters and each task's own parameters
 (disjoint, together all of them), and, where one exists, exposes the shared representation every task

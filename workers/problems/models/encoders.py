@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F  # noqa: N812
 
-from workers.problems.errors import ProblemError
+from flatmtl.workers.problems.errors import ProblemError
 
 
 def _image_shape(name: str, input_shape: Sequence[int]) -> tuple[int, int, int]:

@@ -7,8 +7,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from workers.problems.errors import ProblemError
-from workers.problems.models.base import MultiTaskNet
+from flatmtl.workers.problems.errors import ProblemError
+from flatmtl.workers.problems.models.base import MultiTaskNet
 
 
 class HardSharing(MultiTaskNet):

@@ -7,9 +7,9 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from workers.problems.errors import ProblemError
-from workers.problems.models.base import MultiTaskNet
-from workers.problems.models.encoders import MLPEncoder
+from flatmtl.workers.problems.errors import ProblemError
+from flatmtl.workers.problems.models.base import MultiTaskNet
+from flatmtl.workers.problems.models.encoders import MLPEncoder
 
 
 class MMoE(MultiTaskNet):

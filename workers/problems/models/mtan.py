@@ -18,8 +18,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F  # noqa: N812
 
-from workers.problems.errors import ProblemError
-from workers.problems.models.base import MultiTaskNet
+from flatmtl.workers.problems.errors import ProblemError
+from flatmtl.workers.problems.models.base import MultiTaskNet
 
 
 def conv_bn_relu(in_channels: int, out_channels: int) -> nn.Sequential:

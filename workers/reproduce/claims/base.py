@@ -7,9 +7,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from workers.reproduce.runs import Results, RunRequest
-from workers.reproduce.scale import Scale
-from workers.reproduce.verdict import Check, verdict
+from flatmtl.workers.reproduce.runs import Results, RunRequest
+from flatmtl.workers.reproduce.scale import Scale
+from flatmtl.workers.reproduce.verdict import Check, verdict
 
 
 @dataclass(frozen=True)

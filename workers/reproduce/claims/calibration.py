@@ -3,7 +3,7 @@ its accuracy inside an r-ball around its weights (F-MTL paper, Appendix D.2, Tab
 
 Uses claim 1's runs. Calibration comes from the final test evaluation (10-bin ECE, multi-class Brier,
 predictive entropy; averaged over the two tasks, as the paper's "Average" rows). The r-ball study moves
-the trained weights to points drawn uniformly from the ball of radius r (``workers.training.flatness``)
+the trained weights to points drawn uniformly from the ball of radius r (``flatmtl.workers.training.flatness``)
 and averages the test accuracy over the draws. rho-sharpness and the top Hessian eigenvalue of each task
 loss (``flatness.evaluate_run``) are reported alongside, since flatness is the paper's explanation.
 """
@@ -15,14 +15,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from workers.reproduce import plots
-from workers.reproduce.claims import conflict
-from workers.reproduce.claims.base import ClaimResult, Context
-from workers.reproduce.claims.common import TASKS
-from workers.reproduce.markdown import table
-from workers.reproduce.runs import Results, RunRecord, RunRequest
-from workers.reproduce.stats import summarize
-from workers.reproduce.verdict import Check, greater
+from flatmtl.workers.reproduce import plots
+from flatmtl.workers.reproduce.claims import conflict
+from flatmtl.workers.reproduce.claims.base import ClaimResult, Context
+from flatmtl.workers.reproduce.claims.common import TASKS
+from flatmtl.workers.reproduce.markdown import table
+from flatmtl.workers.reproduce.runs import Results, RunRecord, RunRequest
+from flatmtl.workers.reproduce.stats import summarize
+from flatmtl.workers.reproduce.verdict import Check, greater
 
 NUMBER = 8
 TITLE = "Calibration and accuracy inside an r-ball, ERM vs F-MTL"
@@ -39,12 +39,12 @@ def task_mean(record: RunRecord, metric: str) -> float:
 
 def ball_accuracy(record: RunRecord, radii: tuple[float, ...], draws: int, seed: int) -> list[float]:
     """Mean test accuracy (percent, averaged over tasks and draws) at each radius around the final weights."""
-    from service.specs import TrainSpec
-    from workers import problems
-    from workers.training import checkpoint
-    from workers.training.config import model_name, split_references
-    from workers.training.evaluation import evaluate
-    from workers.training.flatness import perturbed_metrics
+    from flatmtl.service.specs import TrainSpec
+    from flatmtl.workers import problems
+    from flatmtl.workers.training import checkpoint
+    from flatmtl.workers.training.config import model_name, split_references
+    from flatmtl.workers.training.evaluation import evaluate
+    from flatmtl.workers.training.flatness import perturbed_metrics
 
     spec = TrainSpec.model_validate(record.spec)
     options, _ = split_references(spec)
@@ -66,7 +66,7 @@ def ball_accuracy(record: RunRecord, radii: tuple[float, ...], draws: int, seed:
 
 def sharpness(record: RunRecord, samples: int) -> dict[str, float]:
     """Task-averaged rho-sharpness (rho 0.05) and top Hessian eigenvalue of the final weights."""
-    from workers.training.flatness import FlatnessSettings, evaluate_run
+    from flatmtl.workers.training.flatness import FlatnessSettings, evaluate_run
 
     report = evaluate_run(Path(record.directory), FlatnessSettings(samples=samples, draws=1, radius=0.0))
     tasks = report["tasks"].values()

@@ -6,8 +6,8 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from workers.reproduce.runs import RunRecord
-from workers.reproduce.stats import Summary, paired_difference, summarize
+from flatmtl.workers.reproduce.runs import RunRecord
+from flatmtl.workers.reproduce.stats import Summary, paired_difference, summarize
 
 TASKS = ("top_left", "bottom_right")
 TASK_LABELS = {"top_left": "top-left", "bottom_right": "bottom-right"}

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from workers.reproduce import design, plots
-from workers.reproduce.claims.base import ClaimResult, Context
-from workers.reproduce.markdown import table
-from workers.reproduce.runs import Results, RunRecord, RunRequest
-from workers.reproduce.stats import summarize
-from workers.reproduce.verdict import at_most, greater
+from flatmtl.workers.reproduce import design, plots
+from flatmtl.workers.reproduce.claims.base import ClaimResult, Context
+from flatmtl.workers.reproduce.markdown import table
+from flatmtl.workers.reproduce.runs import Results, RunRecord, RunRequest
+from flatmtl.workers.reproduce.stats import summarize
+from flatmtl.workers.reproduce.verdict import at_most, greater
 
 NUMBER = 1
 TITLE = "Gradient conflict over training, ERM vs F-MTL"

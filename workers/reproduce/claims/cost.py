@@ -17,12 +17,12 @@ import time
 import numpy as np
 import torch
 
-from workers.reproduce import design, plots
-from workers.reproduce.claims import flat_methods
-from workers.reproduce.claims.base import ClaimResult, Context
-from workers.reproduce.markdown import table
-from workers.reproduce.runs import Results, RunRequest
-from workers.reproduce.verdict import Check
+from flatmtl.workers.reproduce import design, plots
+from flatmtl.workers.reproduce.claims import flat_methods
+from flatmtl.workers.reproduce.claims.base import ClaimResult, Context
+from flatmtl.workers.reproduce.markdown import table
+from flatmtl.workers.reproduce.runs import Results, RunRequest
+from flatmtl.workers.reproduce.verdict import Check
 
 NUMBER = 3
 TITLE = "Per-step cost of G-SAM, F-MTL and SAMO vs the base step"
@@ -52,8 +52,8 @@ def requests(context: Context) -> list[RunRequest]:
 
 def measure(problem_name: str, batch_size: int, repeats: int, problem_options: dict) -> dict[str, dict]:
     """Median step seconds and pass counts of every wrapper on one real batch of the problem."""
-    from workers import mtl, problems
-    from workers.training.data import collate, model_input
+    from flatmtl.workers import mtl, problems
+    from flatmtl.workers.training.data import collate, model_input
 
     torch.set_num_threads(1)
     torch.manual_seed(0)

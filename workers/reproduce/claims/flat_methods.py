@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from workers.reproduce import design, plots
-from workers.reproduce.claims.base import ClaimResult, Context
-from workers.reproduce.claims.common import TASK_LABELS, TASKS, AccuracyRow, accuracy_row, improvement, signed
-from workers.reproduce.markdown import table
-from workers.reproduce.runs import Results, RunRequest
-from workers.reproduce.verdict import Check
+from flatmtl.workers.reproduce import design, plots
+from flatmtl.workers.reproduce.claims.base import ClaimResult, Context
+from flatmtl.workers.reproduce.claims.common import TASK_LABELS, TASKS, AccuracyRow, accuracy_row, improvement, signed
+from flatmtl.workers.reproduce.markdown import table
+from flatmtl.workers.reproduce.runs import Results, RunRequest
+from flatmtl.workers.reproduce.verdict import Check
 
 NUMBER = 2
 TITLE = "Base vs F-method vs SAMO-method on Multi-Fashion"

@@ -2,7 +2,7 @@
 
 F-MTL paper, Appendix D.3 (Figure 10, F-CAGrad): accuracy is stable over a range of rho. SAMO paper,
 Appendix B (Tables 9-10): not highly sensitive to alpha in [0.1, 0.6]; more sensitive to rho. Both are
-measured by two Ray Tune grid sweeps submitted through the service (``workers.reproduce.sweeps``), one
+measured by two Ray Tune grid sweeps submitted through the service (``flatmtl.workers.reproduce.sweeps``), one
 seed per grid point: F-CAGrad over rho_shared x rho_task (the paper ties them; its curve is the grid's
 diagonal) and SAMO-FairGrad over rho x alpha (the paper's one-at-a-time tables are the row at rho = 1e-3
 and the column at alpha = 0.5). A cut is "insensitive" when its range of average accuracy is within the
@@ -17,15 +17,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from workers.reproduce import design, plots
-from workers.reproduce.claims.base import ClaimResult, Context
-from workers.reproduce.claims.common import TASKS, accuracy_row
-from workers.reproduce.markdown import table
-from workers.reproduce.runs import Results, RunRequest
-from workers.reproduce.scale import Scale
-from workers.reproduce.stats import Summary
-from workers.reproduce.sweeps import SweepOutcome, SweepRequest
-from workers.reproduce.verdict import Check
+from flatmtl.workers.reproduce import design, plots
+from flatmtl.workers.reproduce.claims.base import ClaimResult, Context
+from flatmtl.workers.reproduce.claims.common import TASKS, accuracy_row
+from flatmtl.workers.reproduce.markdown import table
+from flatmtl.workers.reproduce.runs import Results, RunRequest
+from flatmtl.workers.reproduce.scale import Scale
+from flatmtl.workers.reproduce.stats import Summary
+from flatmtl.workers.reproduce.sweeps import SweepOutcome, SweepRequest
+from flatmtl.workers.reproduce.verdict import Check
 
 NUMBER = 9
 TITLE = "Sensitivity to rho (F-MTL, SAMO) and alpha (SAMO)"

@@ -6,7 +6,7 @@ samples are drawn and every sample's gradient of every task loss w.r.t. the shar
 MTL pairs: two tasks of one sample, ``grad L_a(x_i)`` vs ``grad L_b(x_i)``. STL pairs: one task, two
 samples of the batch, ``grad L_t(x_i)`` vs ``grad L_t(x_j)``. For every pair: cosine similarity,
 magnitude similarity ``2|g||g'| / (|g|^2 + |g'|^2)`` and the share of parameters whose two gradient
-components have opposite signs (all from ``workers.mtl.diagnostics``). The paper summarizes each epoch
+components have opposite signs (all from ``flatmtl.workers.mtl.diagnostics``). The paper summarizes each epoch
 by mean, standard deviation and the 2.5/97.5 percentiles, as the plot does.
 """
 
@@ -17,13 +17,13 @@ import itertools
 import numpy as np
 import torch
 
-from workers.reproduce import plots
-from workers.reproduce.claims import random_weighting
-from workers.reproduce.claims.base import ClaimResult, Context
-from workers.reproduce.markdown import table
-from workers.reproduce.runs import Results, RunRecord, RunRequest
-from workers.reproduce.stats import percentile_band
-from workers.reproduce.verdict import Check
+from flatmtl.workers.reproduce import plots
+from flatmtl.workers.reproduce.claims import random_weighting
+from flatmtl.workers.reproduce.claims.base import ClaimResult, Context
+from flatmtl.workers.reproduce.markdown import table
+from flatmtl.workers.reproduce.runs import Results, RunRecord, RunRequest
+from flatmtl.workers.reproduce.stats import percentile_band
+from flatmtl.workers.reproduce.verdict import Check
 
 NUMBER = 6
 TITLE = "Gradient conflict between tasks (MTL) vs between samples (STL)"
@@ -47,7 +47,7 @@ def requests(context: Context) -> list[RunRequest]:
 
 def pair_measures(grads: torch.Tensor, pairs: list[tuple[int, int]]) -> dict[str, list[float]]:
     """Cosine, magnitude similarity and opposite-sign share for the given row pairs of a [N, P] matrix."""
-    from workers.mtl import diagnostics
+    from flatmtl.workers.mtl import diagnostics
 
     gram = grads.double() @ grads.double().T
     cosine = diagnostics.cosine_matrix(gram)
@@ -73,11 +73,11 @@ def pairs(samples: int, tasks: int) -> dict[str, list[tuple[int, int]]]:
 
 def measure_run(record: RunRecord, samples: int, batches: int) -> dict[int, dict[str, dict[str, list[float]]]]:
     """Per epoch: per setting (STL/MTL): per measure: the values of every pair of every batch."""
-    from service.specs import TrainSpec
-    from workers import problems
-    from workers.training import checkpoint
-    from workers.training.config import model_name, split_references
-    from workers.training.data import collate, model_input
+    from flatmtl.service.specs import TrainSpec
+    from flatmtl.workers import problems
+    from flatmtl.workers.training import checkpoint
+    from flatmtl.workers.training.config import model_name, split_references
+    from flatmtl.workers.training.data import collate, model_input
 
     spec = TrainSpec.model_validate(record.spec)
     options, _ = split_references(spec)

@@ -1,7 +1,7 @@
 """Claim 7: on SAMO's two-objective toy, LS converges to a sharp Pareto point, LS + SAM (perturbation along
 the mean-loss gradient, i.e. G-SAM) to a flat one (SAMO paper, Section 6.1, Figure 1).
 
-The trajectories come from the toy demo (``workers.demo``: the product's step, Adam with a cosine-decayed
+The trajectories come from the toy demo (``flatmtl.workers.toy``: the product's step, Adam with a cosine-decayed
 rate, the feasible box). The paper gives neither radius nor learning rate, so the demo's default radius
 is the headline and a small grid of radii shows where the behaviour changes. Sharpness of an end point is
 the spectral norm of the Hessian of f1 + f2 there (the LS objective), by autograd.
@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import torch
 
-from workers.reproduce.claims.base import ClaimResult, Context
-from workers.reproduce.markdown import table
-from workers.reproduce.runs import Results, RunRequest
-from workers.reproduce.verdict import Check
+from flatmtl.workers.reproduce.claims.base import ClaimResult, Context
+from flatmtl.workers.reproduce.markdown import table
+from flatmtl.workers.reproduce.runs import Results, RunRequest
+from flatmtl.workers.reproduce.verdict import Check
 
 NUMBER = 7
 TITLE = "Two-objective toy: LS vs LS + SAM trajectories"
@@ -32,7 +32,7 @@ def requests(context: Context) -> list[RunRequest]:
 
 def sharpness(point: torch.Tensor) -> float:
     """Largest |eigenvalue| of the Hessian of f1 + f2 at ``point``."""
-    from workers.demo.problems import PROBLEMS
+    from flatmtl.workers.toy.problems import PROBLEMS
 
     problem = PROBLEMS[PROBLEM]
     hessian = torch.autograd.functional.hessian(lambda x: problem.objectives(x).sum(), point.double())
@@ -40,9 +40,9 @@ def sharpness(point: torch.Tensor) -> float:
 
 
 def analyze(context: Context, results: Results) -> ClaimResult:
-    from workers.demo.problems import PROBLEMS
-    from workers.demo.report import plot_problem
-    from workers.demo.runner import RunSpec, run
+    from flatmtl.workers.toy.problems import PROBLEMS
+    from flatmtl.workers.toy.report import plot_problem
+    from flatmtl.workers.toy.trajectory import RunSpec, run
 
     scale = context.scale
     problem = PROBLEMS[PROBLEM]
@@ -124,7 +124,7 @@ def analyze(context: Context, results: Results) -> ClaimResult:
             "region and LS + SAM in a flat one."
         ),
         setup=(
-            f"workers.demo toy '{PROBLEM}', mean aggregator (LS up to a factor 1/2, the same path under Adam), "
+            f"flatmtl demo toy '{PROBLEM}', mean aggregator (LS up to a factor 1/2, the same path under Adam), "
             f"{scale.toy_steps} Adam steps from each of the demo's starts; LS + SAM is the g_sam wrapper at radii "
             f"{list(radii)} (demo default {default:g}). Sharpness: largest |eigenvalue| of the Hessian of f1 + f2."
         ),

@@ -27,9 +27,9 @@ TERMINAL = ("succeeded", "failed", "cancelled")
 METRIC = "test/mean/accuracy"
 RADII = {"samo": ("rho", "alpha"), "fmtl": ("rho_shared", "rho_task")}
 POLL_S = 2.0
-API_COMMAND = (sys.executable, "-c", "from service.cli import serve; serve()")
+API_COMMAND = (sys.executable, "-c", "from flatmtl.service.cli import serve; serve()")
 """``flatmtl serve`` as a subprocess of this interpreter (no console script needed); append ``--port``."""
-WORKER_COMMAND = (sys.executable, "-c", "from workers.worker.cli import worker_command; worker_command()")
+WORKER_COMMAND = (sys.executable, "-c", "from flatmtl.workers.worker.cli import worker_command; worker_command()")
 """``flatmtl worker`` (with its local Ray) as a subprocess of this interpreter; append its options."""
 
 
@@ -39,7 +39,7 @@ class DemoError(RuntimeError):
 
 def default_problem() -> str:
     """``multi_fashion`` when its data is on this machine, else ``multi_digits`` (always available)."""
-    from workers import problems
+    from flatmtl.workers import problems
 
     try:
         problems.build("multi_fashion", train_size=64, test_size=64)
@@ -126,9 +126,9 @@ def service_env(out: Path, **extra: str) -> dict[str, str]:
 
 def create_demo_token(out: Path, user: str = "demo") -> str:
     """Migrate the database and create a submit token (what ``flatmtl token create`` does)."""
-    from service.db import Database
-    from service.settings import Settings
-    from service.tokens import create_token
+    from flatmtl.service.db import Database
+    from flatmtl.service.settings import Settings
+    from flatmtl.service.tokens import create_token
 
     settings = Settings(data_dir=out.resolve(), database_url=f"sqlite:///{(out / 'flatmtl.db').resolve()}")
     database = Database.from_settings(settings)

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from workers import mtl
-from workers.demo.problems import PROBLEMS, ToyProblem, distance_to_polyline
-from workers.mtl import diagnostics
+from flatmtl.workers import mtl
+from flatmtl.workers.mtl import diagnostics
+from flatmtl.workers.toy.problems import PROBLEMS, ToyProblem, distance_to_polyline
 
 
 @dataclass(frozen=True)

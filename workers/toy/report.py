@@ -14,8 +14,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import torch
 
-from workers.demo.problems import ToyProblem
-from workers.demo.runner import RunResult
+from flatmtl.workers.toy.problems import ToyProblem
+from flatmtl.workers.toy.trajectory import RunResult
 
 START_COLORS = ("tab:red", "tab:orange", "tab:purple", "tab:brown", "tab:pink")
 GRID_POINTS = 160

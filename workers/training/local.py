@@ -1,6 +1,6 @@
 """``train(spec, run_dir)``: the Python entry point the CLI and the control plane's worker call.
 
-One process without sharding trains in the calling process. Otherwise ``workers.engine.launch`` starts a
+One process without sharding trains in the calling process. Otherwise ``flatmtl.workers.engine.launch`` starts a
 local process group (gloo on CPU, NCCL when every rank has a GPU); the caller's thread keeps serving the
 callbacks: it forwards ``should_stop`` to the ranks through a shared event and hands rank 0's epoch
 reports to ``on_epoch``. A rank that fails to take a step reports why, so the caller gets the same
@@ -19,11 +19,11 @@ from typing import Any
 
 import torch
 
-from service.specs import TrainSpec
-from workers.training.config import RunOptions, check_runnable, parse_spec
-from workers.training.errors import ConfigError, ConfigProblem, NonFiniteLossError, TrainingFailedError
-from workers.training.rundir import RunDirectory
-from workers.training.trainer import EpochCallback, RankContext, StopCallback, Trainer
+from flatmtl.service.specs import TrainSpec
+from flatmtl.workers.training.config import RunOptions, check_runnable, parse_spec
+from flatmtl.workers.training.errors import ConfigError, ConfigProblem, NonFiniteLossError, TrainingFailedError
+from flatmtl.workers.training.rundir import RunDirectory
+from flatmtl.workers.training.trainer import EpochCallback, RankContext, StopCallback, Trainer
 
 POLL_SECONDS = 0.1
 COLLECTIVE_TIMEOUT_S = 300.0
@@ -100,7 +100,7 @@ def _prepare(run: RunDirectory, spec: TrainSpec, options: RunOptions, *, resume:
         )
     run.create()
     if resume and has_checkpoint:
-        from workers.training import checkpoint
+        from flatmtl.workers.training import checkpoint
 
         position = checkpoint.load(run.latest)["position"]
         run.keep_until(step=position["step"])
@@ -122,7 +122,7 @@ def _train_distributed(
 ) -> RunResult:
     import torch.multiprocessing as mp
 
-    from workers.engine import launch
+    from flatmtl.workers.engine import launch
 
     context = mp.get_context("spawn")
     stop_event = context.Event()

@@ -14,11 +14,11 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from workers.demo.problems import PROBLEMS
-from workers.demo.report import plot_problem, write_tables
-from workers.demo.runner import RunResult, RunSpec, run
-from workers.mtl import registry
-from workers.mtl.errors import MethodError
+from flatmtl.workers.mtl import registry
+from flatmtl.workers.mtl.errors import MethodError
+from flatmtl.workers.toy.problems import PROBLEMS
+from flatmtl.workers.toy.report import plot_problem, write_tables
+from flatmtl.workers.toy.trajectory import RunResult, RunSpec, run
 
 DEFAULT_AGGREGATORS = ("mean", "mgda", "pcgrad", "cagrad", "nash_mtl")
 DEFAULT_WRAPPERS = ("none", "sam", "g_sam", "fmtl", "samo")

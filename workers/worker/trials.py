@@ -1,7 +1,7 @@
 """Runs a job's trials on Ray: Ray Tune over function trials, each of which runs a Ray Train ``TorchTrainer``.
 
 Ray 2.60's Train V2 refuses ``Tuner(TorchTrainer)``, so every trial is a Tune function that builds a
-TorchTrainer of ``spec.processes`` DDP workers (:func:`workers.worker.ranks.rank_main`) and forwards their
+TorchTrainer of ``spec.processes`` DDP workers (:func:`flatmtl.workers.worker.ranks.rank_main`) and forwards their
 epoch reports to Tune (``TuneReportCallback``). A training job is a sweep of one trial: one path for
 metrics (Tune's result callback, in this process), for cancellation (a Tune stopper that ends every trial,
 whose Train controller and ranks share its fate) and for timeouts.
@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from workers.training import RunDirectory, RunOptions, checkpoint
-from workers.training.rundir import STATUS_SUCCEEDED
-from workers.worker.plan import JobPaths, JobPlan
+from flatmtl.workers.training import RunDirectory, RunOptions, checkpoint
+from flatmtl.workers.training.rundir import STATUS_SUCCEEDED
+from flatmtl.workers.worker.plan import JobPaths, JobPlan
 
 TRIAL_ACTOR_CPUS = 0.01
 """What the Tune trial (the Train driver) reserves; its ranks reserve the real CPUs. Zero is refused by Tune."""
@@ -93,7 +93,7 @@ class TrialSink(Protocol):
 def prepare_run(run: RunDirectory, spec: Any, options: RunOptions) -> bool:
     """Create the run directory, or trim it to its checkpoint; True when a checkpoint is there to resume.
 
-    The same preparation ``workers.training.train`` makes, done once by the trial rather than by every rank.
+    The same preparation ``flatmtl.workers.training.train`` makes, done once by the trial rather than by every rank.
     """
     resuming = run.latest.exists()
     run.create()
@@ -150,7 +150,7 @@ def trial_spec_for(trial: dict[str, Any], config: dict[str, Any], payload: dict[
     paths = payload["config_paths"]
     if not paths:
         return trial["spec"]
-    from workers.worker.plan import trial_spec
+    from flatmtl.workers.worker.plan import trial_spec
 
     return trial_spec(payload["base"], {**trial["config"], **{path: config[path] for path in paths}})
 
@@ -198,7 +198,7 @@ def _fit_forwarding(trainer: Any, reports: Any, report: Any) -> None:
 def run_trial(config: dict[str, Any], payload: dict[str, Any]) -> None:
     """A Tune function trial: one TorchTrainer run of the plan's trial that Tune's trial name names (in a Ray actor).
 
-    Under PBT a trial restarted with another trial's checkpoint adopts it (``workers.worker.lineage``) and each
+    Under PBT a trial restarted with another trial's checkpoint adopts it (``flatmtl.workers.worker.lineage``) and each
     epoch report carries that epoch's checkpoint to Tune.
     """
     import tempfile
@@ -209,10 +209,10 @@ def run_trial(config: dict[str, Any], payload: dict[str, Any]) -> None:
     from ray.train.torch import TorchConfig, TorchTrainer
     from ray.util.queue import Queue
 
-    from workers.worker import lineage
-    from workers.worker.callbacks import ForwardReports
-    from workers.worker.ranks import rank_main, task_means
-    from workers.worker.search import trial_index
+    from flatmtl.workers.worker import lineage
+    from flatmtl.workers.worker.callbacks import ForwardReports
+    from flatmtl.workers.worker.ranks import rank_main, task_means
+    from flatmtl.workers.worker.search import trial_index
 
     context = tune.get_context()
     index = trial_index(context.get_trial_name())
@@ -310,8 +310,8 @@ def run_plan(
     import ray
     from ray import tune
 
-    from workers.worker import search
-    from workers.worker.callbacks import Bridge, StopWhenAsked
+    from flatmtl.workers.worker import search
+    from flatmtl.workers.worker.callbacks import Bridge, StopWhenAsked
 
     ensure_ray(settings)
     concurrent = check_fits(plan, ray.cluster_resources())

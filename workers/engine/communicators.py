@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from workers.engine.collectives import Collectives
-from workers.engine.layout import ShardLayout
+from flatmtl.workers.engine.collectives import Collectives
+from flatmtl.workers.engine.layout import ShardLayout
 
 
 class DataParallelComm:

@@ -4,8 +4,8 @@ The API and the control plane never import torch, yet job specs must be validate
 methods the workers can build. They read this generated file instead; a test checks that the
 committed file equals what the registry produces, so it cannot drift.
 
-    python -m workers.catalog          # regenerate
-    python -m workers.catalog --check  # exit 1 if the committed file is stale
+    python -m flatmtl.workers.catalog_export          # regenerate
+    python -m flatmtl.workers.catalog_export --check  # exit 1 if the committed file is stale
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ CATALOG_PATH = Path(__file__).resolve().parent.parent / "service" / "method_cata
 
 def build_catalog() -> dict[str, Any]:
     """Every registered method, sorted by kind then name so the file is stable across import orders."""
-    from workers.mtl import methods
-    from workers.mtl.registry import KINDS
+    from flatmtl.workers.mtl import methods
+    from flatmtl.workers.mtl.registry import KINDS
 
     listed = sorted(methods(), key=lambda m: (KINDS.index(m.kind), m.name))
     return {"version": 1, "methods": [method.describe() for method in listed]}
@@ -36,7 +36,7 @@ def main(argv: list[str]) -> int:
     if "--check" in argv:
         current = CATALOG_PATH.read_text() if CATALOG_PATH.exists() else ""
         if current != text:
-            print(f"{CATALOG_PATH} is stale; run: python -m workers.catalog", file=sys.stderr)
+            print(f"{CATALOG_PATH} is stale; run: python -m flatmtl.workers.catalog_export", file=sys.stderr)
             return 1
         return 0
     CATALOG_PATH.write_text(text)
