@@ -71,7 +71,7 @@ def serve(host: str | None, port: int | None, config: Path | None, workers: int,
 
 def _read_submission(path: Path) -> dict[str, Any]:
     """A spec file (YAML or JSON): either a bare train/sweep spec or ``{spec: ..., priority: ...}``."""
-    from flatmtl.service.specs import load_yaml
+    from flatmtl.service.specs.base import load_yaml
 
     try:
         document = load_yaml(path.read_text())

@@ -23,7 +23,8 @@ from sqlalchemy.orm import Session
 from flatmtl.service.db import Database
 from flatmtl.service.errors import ConflictError, LeaseLostError, NotFoundError
 from flatmtl.service.models import TERMINAL_STATES, Event, Job, Metric, Trial, UTCDateTime, utcnow
-from flatmtl.service.specs import SweepSpec, TrainSpec
+from flatmtl.service.specs.sweep import SweepSpec
+from flatmtl.service.specs.train import TrainSpec
 
 HeartbeatStatus = Literal["ok", "cancelled", "lost"]
 Outcome = Literal["succeeded", "failed"]

@@ -131,7 +131,7 @@ def test_toy_radius_reaches_every_wrapper_radius() -> None:
 
 @pytest.mark.parametrize(("problem", "wrapper"), [("multi_digits", "samo"), ("multi_fashion", "fmtl")])
 def test_the_service_demo_submits_a_valid_rho_by_alpha_sweep(tmp_path: Path, problem: str, wrapper: str) -> None:
-    from flatmtl.service.specs import SweepSpec
+    from flatmtl.service.specs.sweep import SweepSpec
     from flatmtl.workers.worker.service_demo import RADII, ServiceDemo
 
     demo = ServiceDemo(out=tmp_path, problem=problem, wrapper=wrapper, rhos=(0.001, 0.01), alphas=(0.25, 0.75))

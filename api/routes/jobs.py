@@ -27,7 +27,7 @@ from flatmtl.api.schemas import (
 from flatmtl.service import artifacts, jobs, queue
 from flatmtl.service.db import Database
 from flatmtl.service.models import Job
-from flatmtl.service.specs import JobSubmission
+from flatmtl.service.specs.submission import JobSubmission
 from flatmtl.service.tokens import Principal
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-import flatmtl.service.specs
+import flatmtl.service.specs.base
 from flatmtl.api.app import create_app
 from flatmtl.service.db import Database
 from flatmtl.service.settings import Settings
@@ -34,7 +34,7 @@ class Api:
 @pytest.fixture(autouse=True)
 def test_catalog(monkeypatch: pytest.MonkeyPatch) -> None:
     """Specs validate against the hand-written catalog (which has F-MTL and SAMO with rho and alpha)."""
-    monkeypatch.setattr(flatmtl.service.specs, "load_catalog", lambda: CATALOG)
+    monkeypatch.setattr(flatmtl.service.specs.base, "load_catalog", lambda: CATALOG)
 
 
 def make_api(database_url: str, tmp_path: Path, **overrides: object) -> Iterator[Api]:

@@ -175,7 +175,7 @@ def test_openapi_declares_every_error_response(api: Api) -> None:
 
 def test_importing_the_api_loads_neither_torch_nor_ray() -> None:
     code = (
-        "import sys, flatmtl.api.app, flatmtl.service.cli, flatmtl.service.queue, flatmtl.service.specs;"
+        "import sys, flatmtl.api.app, flatmtl.service.cli, flatmtl.service.queue, flatmtl.service.specs.submission;"
         "flatmtl.api.app.create_app;"
         "loaded = [m for m in ('torch', 'ray') if m in sys.modules];"
         "assert not loaded, loaded"

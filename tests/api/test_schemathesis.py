@@ -21,7 +21,7 @@ from flatmtl.api.app import create_app
 from flatmtl.service import queue
 from flatmtl.service.db import Database
 from flatmtl.service.settings import Settings
-from flatmtl.service.specs import parse_spec
+from flatmtl.service.specs.submission import parse_spec
 from flatmtl.service.tokens import create_token
 from tests.service.catalogs import CATALOG
 

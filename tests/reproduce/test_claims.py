@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import torch
 
-from flatmtl.service.specs import SweepSpec
+from flatmtl.service.specs.sweep import SweepSpec
 from flatmtl.workers.reproduce import design
 from flatmtl.workers.reproduce.claims import (
     conflict,

@@ -16,7 +16,7 @@ from flatmtl.service.db import Database
 from flatmtl.service.errors import ConflictError, LeaseLostError
 from flatmtl.service.jobs import get_job, metric_history
 from flatmtl.service.models import Event, Job
-from flatmtl.service.specs import TrainSpec
+from flatmtl.service.specs.train import TrainSpec
 
 T0 = datetime(2030, 1, 1, tzinfo=UTC)
 LEASE = 30.0

@@ -8,7 +8,9 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from flatmtl.service.specs import JobSubmission, SweepSpec, TrainSpec
+from flatmtl.service.specs.submission import JobSubmission
+from flatmtl.service.specs.sweep import SweepSpec
+from flatmtl.service.specs.train import TrainSpec
 from flatmtl.service.validation import FieldProblem, problems
 from tests.service.catalogs import CONTEXT
 

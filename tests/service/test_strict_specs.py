@@ -9,7 +9,10 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from flatmtl.service.specs import JobSubmission, SweepSpec, TrainSpec, load_yaml
+from flatmtl.service.specs.base import load_yaml
+from flatmtl.service.specs.submission import JobSubmission
+from flatmtl.service.specs.sweep import SweepSpec
+from flatmtl.service.specs.train import TrainSpec
 from flatmtl.service.validation import FieldProblem, problems
 from tests.service.catalogs import CONTEXT
 

@@ -7,7 +7,7 @@ from functools import cache
 from typing import Any
 
 from flatmtl.service.catalog import Catalog
-from flatmtl.service.specs import TrainSpec
+from flatmtl.service.specs.train import TrainSpec
 
 TASKS = ("top_left", "bottom_right")
 TRAIN_SIZE = 192

@@ -11,7 +11,7 @@ import torch
 import yaml
 from click.testing import CliRunner
 
-from flatmtl.service.specs import TrainSpec
+from flatmtl.service.specs.train import TrainSpec
 from flatmtl.workers import problems
 from flatmtl.workers.training.checkpoint import load
 from flatmtl.workers.training.cli import flatness_command, train_command

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from flatmtl.service.specs import SchedulerConfig
+from flatmtl.service.specs.train import SchedulerConfig
 from flatmtl.workers.training.data import BatchPlan
 from flatmtl.workers.training.optim import lr_factor
 

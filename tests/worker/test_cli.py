@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from flatmtl.service.specs import SweepSpec
+from flatmtl.service.specs.sweep import SweepSpec
 from flatmtl.workers.worker.cli import commands, demo_commands, demo_service_command, worker_command
 from flatmtl.workers.worker.service_demo import RADII, ServiceDemo
 

@@ -13,7 +13,7 @@ from flatmtl.service import queue
 from flatmtl.service.db import Database
 from flatmtl.service.jobs import get_job, list_events
 from flatmtl.service.settings import Settings
-from flatmtl.service.specs import TrainSpec
+from flatmtl.service.specs.train import TrainSpec
 from flatmtl.workers.training import RunOptions, checkpoint, train
 from flatmtl.workers.training.rundir import STATUS_SUCCEEDED
 from flatmtl.workers.worker.service_demo import service_env

@@ -18,7 +18,8 @@ from flatmtl.service.db import Database
 from flatmtl.service.jobs import get_job, list_trials, metric_history
 from flatmtl.service.models import utcnow
 from flatmtl.service.settings import Settings
-from flatmtl.service.specs import SweepSpec, TrainSpec
+from flatmtl.service.specs.sweep import SweepSpec
+from flatmtl.service.specs.train import TrainSpec
 from flatmtl.workers.training import RunDirectory
 from flatmtl.workers.worker.job import JobRun
 from flatmtl.workers.worker.loop import Keeper, Worker, WorkerOptions

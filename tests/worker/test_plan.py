@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 
 from flatmtl.service import artifacts
-from flatmtl.service.specs import SweepSpec, TrainSpec
+from flatmtl.service.specs.sweep import SweepSpec
+from flatmtl.service.specs.train import TrainSpec
 from flatmtl.workers.worker.plan import JobPaths, plan_job, search_points
 from flatmtl.workers.worker.trials import TRIAL_ACTOR_CPUS, ClusterTooSmallError, check_fits
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from flatmtl.service.specs import TrainSpec
+from flatmtl.service.specs.train import TrainSpec
 from flatmtl.workers.training import RunDirectory, RunOptions
 from flatmtl.workers.training.trainer import RankContext, Trainer
 

@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 import torch
 
-from flatmtl.service.specs import SweepSpec, TrainSpec
+from flatmtl.service.specs.sweep import SweepSpec
+from flatmtl.service.specs.train import TrainSpec
 from flatmtl.workers.training import RunDirectory, checkpoint
 from flatmtl.workers.worker import lineage, search
 from flatmtl.workers.worker.plan import plan_job

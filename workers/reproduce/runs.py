@@ -63,7 +63,7 @@ def _without_defaults(model: type[BaseModel], document: dict[str, Any]) -> dict[
 def _digest(resolved: dict[str, Any]) -> str:
     """Hash of a resolved spec without its name: method defaults written out (specs keep them implicit; the
     catalog's defaults may change), every other field at its default left out."""
-    from flatmtl.service.specs import TrainSpec
+    from flatmtl.service.specs.train import TrainSpec
 
     catalog = _catalog()
     document = _without_defaults(TrainSpec, {k: v for k, v in resolved.items() if k not in ("name", "method")})

@@ -26,7 +26,7 @@ from typing import Any
 import httpx
 
 from flatmtl.service.artifacts import job_dir
-from flatmtl.service.specs import SweepSpec
+from flatmtl.service.specs.sweep import SweepSpec
 from flatmtl.workers.worker.plan import search_points
 from flatmtl.workers.worker.service_demo import (
     API_COMMAND,

@@ -19,7 +19,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import ValidationError
 
-from flatmtl.service.specs import TrainSpec, load_yaml
+from flatmtl.service.specs.base import load_yaml
+from flatmtl.service.specs.train import TrainSpec
 from flatmtl.service.validation import problems as validation_problems
 from flatmtl.workers.training.errors import ConfigError, ConfigProblem
 

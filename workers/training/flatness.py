@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from flatmtl.service.specs import TrainSpec
+from flatmtl.service.specs.train import TrainSpec
 from flatmtl.workers import problems
 from flatmtl.workers.training import checkpoint
 from flatmtl.workers.training.config import RunOptions, model_name, split_references

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from flatmtl.service.specs import TrainSpec
+from flatmtl.service.specs.train import TrainSpec
 from flatmtl.workers.training.config import RunOptions, check_runnable, parse_spec
 from flatmtl.workers.training.errors import ConfigError, ConfigProblem, NonFiniteLossError, TrainingFailedError
 from flatmtl.workers.training.rundir import RunDirectory

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from flatmtl.service.specs import OptimizerConfig, SchedulerConfig
+from flatmtl.service.specs.train import OptimizerConfig, SchedulerConfig
 
 OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
     "adam": torch.optim.Adam,

@@ -42,7 +42,7 @@ from pydantic_core import to_jsonable_python
 from torch import Tensor
 from tqdm import tqdm
 
-from flatmtl.service.specs import TrainSpec
+from flatmtl.service.specs.train import TrainSpec
 from flatmtl.workers import mtl, problems
 from flatmtl.workers.mtl.errors import MethodError
 from flatmtl.workers.problems import delta_m

@@ -17,9 +17,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from flatmtl.service.specs import TrainSpec
+from flatmtl.service.specs.sweep import set_path
+from flatmtl.service.specs.train import TrainSpec
 from flatmtl.workers.training import RunDirectory, checkpoint
-from flatmtl.workers.worker.plan import set_path
 
 CHECKPOINT_FILE = "checkpoint.pt"
 ORIGIN_FILE = "origin.json"

@@ -19,7 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from flatmtl.service.specs import Domain, SweepSpec, TrainSpec, parse_spec
+from flatmtl.service.specs.submission import parse_spec
+from flatmtl.service.specs.sweep import Domain, SweepSpec, set_path
+from flatmtl.service.specs.train import TrainSpec
 
 SWEEP_STREAM = 0x5EE9
 """Second word of the random search's seed, so it never shares a stream with the training run's own seed."""
@@ -65,21 +67,6 @@ class JobPaths:
 
     def trial(self, index: int) -> Path:
         return self.root / "trials" / f"{index:03d}"
-
-
-def set_path(document: dict[str, Any], path: str, value: Any) -> None:
-    """Set a dotted path in a spec document; a method given by name becomes ``{"name": ...}`` first."""
-    *parents, leaf = path.split(".")
-    node = document
-    for part in parents:
-        child = node.get(part)
-        if isinstance(child, str):
-            child = {"name": child}
-        elif not isinstance(child, dict):
-            child = {}
-        node[part] = child
-        node = child
-    node[leaf] = value
 
 
 def sample(domain: Domain, rng: np.random.Generator) -> Any:

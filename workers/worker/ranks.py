@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from flatmtl.service.specs import TrainSpec
+from flatmtl.service.specs.train import TrainSpec
 from flatmtl.workers.training import RunDirectory, RunOptions, TrainingFailedError
 from flatmtl.workers.training.trainer import RankContext, Trainer
 

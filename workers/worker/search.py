@@ -14,7 +14,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from flatmtl.service.specs import Domain, SweepSpec
+from flatmtl.service.specs.sweep import Domain, SweepSpec
 from flatmtl.workers.worker.plan import JobPlan
 
 TRIAL_NAME = "trial-{index:03d}"

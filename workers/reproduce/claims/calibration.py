@@ -39,7 +39,7 @@ def task_mean(record: RunRecord, metric: str) -> float:
 
 def ball_accuracy(record: RunRecord, radii: tuple[float, ...], draws: int, seed: int) -> list[float]:
     """Mean test accuracy (percent, averaged over tasks and draws) at each radius around the final weights."""
-    from flatmtl.service.specs import TrainSpec
+    from flatmtl.service.specs.train import TrainSpec
     from flatmtl.workers import problems
     from flatmtl.workers.training import checkpoint
     from flatmtl.workers.training.config import model_name, split_references

@@ -73,7 +73,7 @@ def pairs(samples: int, tasks: int) -> dict[str, list[tuple[int, int]]]:
 
 def measure_run(record: RunRecord, samples: int, batches: int) -> dict[int, dict[str, dict[str, list[float]]]]:
     """Per epoch: per setting (STL/MTL): per measure: the values of every pair of every batch."""
-    from flatmtl.service.specs import TrainSpec
+    from flatmtl.service.specs.train import TrainSpec
     from flatmtl.workers import problems
     from flatmtl.workers.training import checkpoint
     from flatmtl.workers.training.config import model_name, split_references

@@ -1,272 +1,24 @@
-"""Job specs: the one contract between the API, the CLI and the workers.
+"""The sweep spec: a search over a training spec's fields, run as Ray Tune trials that each train.
 
-A training job names a problem, a model and a method (a loss weighting, a gradient aggregator and a
-wrapper, each a name plus hyper-parameters validated against the method catalog), an optimizer, a
-learning-rate schedule and its resources. A sweep is a base training spec plus a search space over
-any of its fields by dotted path (``method.wrapper.hparams.rho``, ``optimizer.lr``, ...).
-
-Scalars are strict: an int, float or bool field takes a JSON number or boolean, never a string ("3"), and a
-bool is not a number (a float field takes an int). YAML spec files are read with :func:`load_yaml`, which
-reads ``1e-3`` as a number as JSON does (PyYAML alone reads it as a string).
-
-Errors name the field path, the value and what is allowed. Errors raised inside validators carry
-``subloc`` (the path below the validated field) in their context so that the path points at the
-offending key; :mod:`flatmtl.service.validation` appends it.
+The space addresses any field of the base spec by dotted path (``method.wrapper.hparams.rho``,
+``optimizer.lr``, ...; ``wrapper.rho`` is short for the first). Every value a domain can take is checked
+by validating the base spec with that value set, so a sweep that is accepted has only valid trials.
 """
 
 from __future__ import annotations
 
 import copy
 import math
-import re
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, Literal
 
-import yaml
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Discriminator,
-    Field,
-    Tag,
-    ValidationError,
-    ValidationInfo,
-    field_validator,
-    model_validator,
-)
-from pydantic_core import PydanticCustomError
+from pydantic import BaseModel, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
-from flatmtl.service.catalog import KINDS, Catalog, CatalogError, Kind, load_catalog
+from flatmtl.service.catalog import KINDS, Catalog
+from flatmtl.service.specs.base import JobName, SpecModel, context_catalog, field_error
+from flatmtl.service.specs.train import MethodChoice, MethodConfig, Resources, TrainSpec
 
-Identifier = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z][A-Za-z0-9_\-]*$")]
-JobName = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")]
 MetricName = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_./\-]+$")]
-Sharding = Literal["none", "zero1", "zero2", "zero3"]
-ShardingBackend = Literal["flatmtl", "deepspeed"]
 MAX_TRIALS = 10_000
-
-
-def _catalog(info: ValidationInfo) -> Catalog:
-    """The catalog from the validation context (tests pass their own), else the committed one."""
-    context = info.context or {}
-    return context.get("catalog") or load_catalog()
-
-
-def field_error(message: str, *, subloc: tuple[str, ...] = (), value: Any = None, allowed: str = "") -> Exception:
-    return PydanticCustomError(
-        "spec_error", "{message}", {"message": message, "subloc": subloc, "value": value, "allowed": allowed}
-    )
-
-
-class SpecLoader(yaml.SafeLoader):
-    """YAML 1.1 (PyYAML) floats need a dot, so ``1e-3`` would be the string "1e-3", which strict specs refuse;
-    this loader reads exponent notation as a float, as JSON and YAML 1.2 do."""
-
-
-SpecLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)[eE][-+]?[0-9]+$"),
-    list("-+.0123456789"),
-)
-
-
-def load_yaml(text: str) -> Any:
-    """A spec document from YAML or JSON text, numbers typed as JSON would type them."""
-    return yaml.load(text, Loader=SpecLoader)
-
-
-class SpecModel(BaseModel):
-    """Strict about unknown keys, and says which keys exist when it refuses one; strict about scalar types, so a
-    string is never silently turned into a number or a boolean."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=False, strict=True)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _known_keys(cls, data: Any) -> Any:
-        if isinstance(data, dict):
-            fields = set(cls.model_fields)
-            for key in data:
-                if key not in fields:
-                    allowed = ", ".join(sorted(fields))
-                    raise field_error(
-                        f"unknown field {key!r}; allowed: {allowed}", subloc=(str(key),), value=key, allowed=allowed
-                    )
-        return data
-
-
-class MethodChoice(SpecModel):
-    """A method by name with hyper-parameters; a bare string is shorthand for ``{"name": ...}``."""
-
-    kind: ClassVar[Kind]
-    name: str
-    hparams: dict[str, Any] = Field(default_factory=dict)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _shorthand(cls, data: Any) -> Any:
-        return {"name": data} if isinstance(data, str) else data
-
-    @field_validator("name")
-    @classmethod
-    def _known_method(cls, name: str, info: ValidationInfo) -> str:
-        try:
-            _catalog(info).method(cls.kind, name)
-        except CatalogError as error:
-            raise field_error(error.message, value=name, allowed=error.allowed) from None
-        return name
-
-    @field_validator("hparams")
-    @classmethod
-    def _valid_hparams(cls, hparams: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
-        name = info.data.get("name")
-        if name is None:
-            return hparams
-        try:
-            return _catalog(info).method(cls.kind, name).resolve(hparams)
-        except CatalogError as error:
-            raise field_error(
-                error.message, subloc=(error.key or "",), value=error.value, allowed=error.allowed
-            ) from None
-
-
-class WeightingChoice(MethodChoice):
-    kind: ClassVar[Kind] = "weighting"
-
-
-class AggregatorChoice(MethodChoice):
-    kind: ClassVar[Kind] = "aggregator"
-
-
-class WrapperChoice(MethodChoice):
-    kind: ClassVar[Kind] = "wrapper"
-
-
-class MethodConfig(SpecModel):
-    """Loss weighting (before backward) x gradient aggregator x step wrapper."""
-
-    weighting: WeightingChoice = Field(default_factory=lambda: WeightingChoice(name="ew"))
-    aggregator: AggregatorChoice = Field(default_factory=lambda: AggregatorChoice(name="mean"))
-    wrapper: WrapperChoice = Field(default_factory=lambda: WrapperChoice(name="none"))
-
-
-class OptimizerConfig(SpecModel):
-    """Adam, AdamW or SGD with momentum; one flat model so sweeps address every field the same way."""
-
-    name: Literal["adam", "adamw", "sgd"] = "adam"
-    lr: float = Field(1e-3, gt=0, le=10, allow_inf_nan=False)
-    weight_decay: float = Field(0.0, ge=0, le=10, allow_inf_nan=False)
-    momentum: float = Field(0.0, ge=0, lt=1, description="SGD only.")
-    nesterov: bool = Field(False, description="SGD only; needs momentum > 0.")
-    # Not strict: a strict tuple takes only Python tuples, not the arrays JSON and YAML give; its floats stay strict.
-    betas: tuple[float, float] = Field((0.9, 0.999), strict=False, description="Adam and AdamW only; each in [0, 1).")
-
-    @model_validator(mode="after")
-    def _fits_optimizer(self) -> OptimizerConfig:
-        given = self.model_fields_set
-        if self.name != "sgd":
-            for key in ("momentum", "nesterov"):
-                if key in given and getattr(self, key) != type(self).model_fields[key].default:
-                    raise field_error(
-                        f"{key} applies to sgd only, not {self.name}",
-                        subloc=(key,),
-                        value=getattr(self, key),
-                        allowed="sgd",
-                    )
-        elif "betas" in given and self.betas != type(self).model_fields["betas"].default:
-            raise field_error("betas apply to adam and adamw only", subloc=("betas",), value=list(self.betas))
-        if self.nesterov and self.momentum == 0:
-            raise field_error("nesterov needs momentum > 0", subloc=("momentum",), value=0.0, allowed="(0, 1)")
-        for beta in self.betas:
-            if not 0 <= beta < 1:
-                raise field_error(
-                    f"beta {beta!r} out of range", subloc=("betas",), value=list(self.betas), allowed="[0, 1)"
-                )
-        return self
-
-
-class SchedulerConfig(SpecModel):
-    """Learning-rate schedule over epochs."""
-
-    name: Literal["constant", "cosine", "step"] = "constant"
-    warmup_epochs: int = Field(0, ge=0, le=10_000, description="Linear warm-up before the schedule.")
-    min_lr: float = Field(0.0, ge=0, allow_inf_nan=False, description="cosine: the final learning rate.")
-    step_size: int = Field(1, ge=1, le=10_000, description="step: epochs between decays.")
-    gamma: float = Field(0.1, gt=0, le=1, description="step: decay factor.")
-
-
-class Resources(SpecModel):
-    """What each process (DDP rank) of a run reserves on the Ray cluster; the worker passes it to Ray Train's
-    ScalingConfig. A request the cluster cannot meet (GPUs on a CPU-only cluster) fails the job at claim time."""
-
-    cpus: float = Field(1.0, gt=0, le=1024, description="CPUs per process; also its torch threads.")
-    gpus: float = Field(0.0, ge=0, le=64, description="GPUs per process; > 0 trains on CUDA (NCCL).")
-
-
-PRECISIONS = ("fp32", "bf16")
-
-
-class TrainSpec(SpecModel):
-    """One multi-task training run."""
-
-    kind: Literal["train"] = "train"
-    name: JobName | None = None
-    problem: Identifier
-    problem_options: dict[str, Any] = Field(
-        default_factory=dict, description="Keyword options of the problem (data_dir, sizes...); checked by the worker."
-    )
-    model: Identifier = "default"
-    model_options: dict[str, Any] = Field(default_factory=dict, description="Keyword options of the model.")
-    method: MethodConfig = Field(default_factory=MethodConfig)
-    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
-    scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
-    epochs: int = Field(10, ge=1, le=100_000)
-    batch_size: int = Field(64, ge=1, le=1_000_000, description="Per process.")
-    seed: int = Field(0, ge=0, le=2**32 - 1)
-    processes: int = Field(1, ge=1, le=1024, description="Data-parallel workers (DDP ranks).")
-    sharding: Sharding = Field("none", description="zero1: optimizer state; zero2: + gradients; zero3: + parameters.")
-    sharding_backend: ShardingBackend = Field(
-        "flatmtl",
-        description="Who partitions parameters and optimizer state: the engine's own flat layout, or DeepSpeed ZeRO "
-        "(float32 master weights). Per-task gradients are reduced by the engine either way.",
-    )
-    resources: Resources = Field(default_factory=Resources)
-    precision: Literal["fp32", "bf16"] = Field(
-        "fp32", description="bf16: forward passes and losses under bfloat16 autocast (CPU or CUDA); fp32 weights."
-    )
-
-    @field_validator("precision", mode="before")
-    @classmethod
-    def _known_precision(cls, value: Any) -> Any:
-        if value == "fp16":
-            raise field_error(
-                "fp16 needs dynamic loss scaling, which the per-task gradients of the MTL step do not get; "
-                "bf16 has fp32's range and needs none",
-                value=value,
-                allowed=", ".join(PRECISIONS),
-            )
-        return value
-
-    @model_validator(mode="after")
-    def _shardable(self, info: ValidationInfo) -> TrainSpec:
-        if self.sharding_backend == "deepspeed" and self.sharding == "none":
-            raise field_error(
-                "the deepspeed backend partitions state, so it needs a ZeRO stage",
-                subloc=("sharding",),
-                value=self.sharding,
-                allowed="zero1, zero2, zero3 (or sharding_backend 'flatmtl')",
-            )
-        if self.sharding in ("zero2", "zero3"):
-            catalog = _catalog(info)
-            for kind in ("weighting", "aggregator", "wrapper"):
-                choice: MethodChoice = getattr(self.method, kind)
-                if not catalog.method(choice.kind, choice.name).shardable:
-                    raise field_error(
-                        f"{kind} {choice.name!r} needs whole gradients and cannot run with sharding={self.sharding!r}",
-                        subloc=("sharding",),
-                        value=self.sharding,
-                        allowed="none, zero1",
-                    )
-        return self
 
 
 class Domain(SpecModel):
@@ -371,7 +123,8 @@ SWEEPABLE = tuple(p for p in _leaf_paths(TrainSpec) if p not in OPTION_FIELDS an
 """Resources are the sweep's (``resources_per_trial``), one value for every trial, so they are not swept."""
 
 
-def _set_path(document: dict[str, Any], path: str, value: Any) -> None:
+def set_path(document: dict[str, Any], path: str, value: Any) -> None:
+    """Set a dotted path in a spec document; a method given by name becomes ``{"name": ...}`` first."""
     *parents, leaf = path.split(".")
     node = document
     for part in parents:
@@ -433,13 +186,13 @@ class SweepSpec(SpecModel):
         base: TrainSpec | None = info.data.get("base")
         if base is None:
             return space
-        catalog = _catalog(info)
+        catalog = context_catalog(info)
         document = base.model_dump(mode="json", exclude_unset=False)
         for path, domain in space.items():
             cls._check_path(path, base, catalog)
             for probe in domain.probes():
                 trial = copy.deepcopy(document)
-                _set_path(trial, path, probe)
+                set_path(trial, path, probe)
                 try:
                     TrainSpec.model_validate(trial, context=info.context)
                 except ValidationError as error:
@@ -568,33 +321,3 @@ class SweepSpec(SpecModel):
     def trial_count(self) -> int:
         """How many trials the sweep runs."""
         return self.grid_size() if self.search == "grid" else int(self.num_trials or 0)
-
-
-def _spec_kind(value: Any) -> str:
-    """``kind`` selects the spec; a training spec may leave it out."""
-    kind = value.get("kind", "train") if isinstance(value, dict) else getattr(value, "kind", "train")
-    return kind if kind in ("train", "sweep") else str(kind)
-
-
-JobSpec = Annotated[
-    Annotated[TrainSpec, Tag("train")] | Annotated[SweepSpec, Tag("sweep")],
-    Discriminator(_spec_kind, custom_error_type="spec_kind", custom_error_message="kind must be 'train' or 'sweep'"),
-]
-
-
-class JobSubmission(SpecModel):
-    """What a client submits: the spec plus how the queue should treat it."""
-
-    spec: JobSpec
-    priority: int = Field(0, ge=-1000, le=1000, description="Higher runs first; equal priorities run in order.")
-    max_attempts: int | None = Field(None, ge=1, le=100, description="Default: the server's setting.")
-    idempotency_key: str | None = Field(
-        None, min_length=1, max_length=200, description="A repeat with the same key returns the existing job."
-    )
-
-
-def parse_spec(document: dict[str, Any], catalog: Catalog | None = None) -> TrainSpec | SweepSpec:
-    """A train or sweep spec from a plain dict (``kind`` selects; it defaults to train)."""
-    context = {"catalog": catalog} if catalog is not None else None
-    model: type[TrainSpec] | type[SweepSpec] = SweepSpec if document.get("kind") == "sweep" else TrainSpec
-    return model.model_validate(document, context=context)
