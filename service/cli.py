@@ -2,7 +2,8 @@
 
 ``commands`` is added to the ``flatmtl`` group by ``workers/cli.py``. Everything but ``serve`` and
 ``token`` talks to the REST API (``--url``, ``--token`` or FLATMTL_API_URL / FLATMTL_TOKEN), so it
-works against a remote server; nothing here imports torch or ray.
+works against a remote server; nothing here imports torch or ray. httpx and the database layer belong to
+the ``service`` extra and are imported inside the commands, so the base install's ``flatmtl`` starts.
 """
 
 from __future__ import annotations
@@ -11,11 +12,13 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-import httpx
 import yaml
+
+if TYPE_CHECKING:
+    import httpx
 
 TERMINAL = ("succeeded", "failed", "cancelled")
 url_option = click.option(
@@ -26,12 +29,16 @@ token_option = click.option("--token", envvar="FLATMTL_TOKEN", default=None, hel
 
 def make_client(url: str, token: str | None) -> httpx.Client:
     """The HTTP client the commands use (tests substitute one bound to an in-process app)."""
+    import httpx
+
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     return httpx.Client(base_url=url, headers=headers, timeout=30.0)
 
 
 def _call(client: httpx.Client, method: str, path: str, **kwargs: Any) -> Any:
     """The JSON answer, or exit 1 with the server's message and every field error."""
+    import httpx
+
     try:
         response = client.request(method, path, **kwargs)
     except httpx.HTTPError as error:

@@ -41,7 +41,7 @@ def import_deepspeed() -> Any:
         import deepspeed
     except ImportError as error:
         raise RuntimeError(
-            "sharding_backend='deepspeed' needs the deepspeed package: pip install 'flatmtl[engine]'"
+            "sharding_backend='deepspeed' needs the deepspeed package: pip install 'flatmtl[deepspeed]'"
         ) from error
     logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
     # DeepSpeed's own collectives still call the old names; the engine's go through flatmtl.workers.engine.collectives.

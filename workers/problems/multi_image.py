@@ -1,7 +1,7 @@
 """Multi-MNIST-style problems: two images on one canvas, classify the top-left and the bottom-right one.
 
 - ``multi_digits``: scikit-learn's bundled 8x8 digits on a 12x12 canvas; the 1,797 base images are split
-  into train and test pools (``test_fraction``) before pairing. Always available; for tests and demos.
+  into train and test pools (``test_fraction``) before pairing. Needs the ``datasets`` extra; for tests and demos.
 - ``multi_mnist``: MNIST on a 36x36 canvas, from the IDX files in ``data_dir`` (required).
 - ``multi_fashion``: Fashion-MNIST on a 36x36 canvas, from ``data_dir`` (default: Debian's
   ``dataset-fashion-mnist`` package folder).
@@ -78,6 +78,7 @@ class MultiDigits(CanvasProblem):
         super().__init__(seed=seed, train_size=train_size, test_size=test_size)
         check_fraction(self.name, "test_fraction", test_fraction)
         self.test_fraction = test_fraction
+        _digits_file()
 
     def base_split(self) -> dict[str, np.ndarray]:
         """Ids of the base digits in each pool (a pure function of ``seed`` and ``test_fraction``)."""
@@ -92,12 +93,16 @@ class MultiDigits(CanvasProblem):
         return pool, pool
 
 
+def _digits_file() -> Path:
+    """Where scikit-learn keeps the digits; checked when the problem is built, so a missing extra fails at once."""
+    return bundled_file("sklearn", "datasets/data/digits.csv.gz", "the datasets extra: pip install 'flatmtl[datasets]'")
+
+
 @functools.cache
 def _digits() -> tuple[np.ndarray, np.ndarray]:
     """scikit-learn's bundled 8x8 digits (values 0-16) as uint8 images [1797, 8, 8] and int64 labels, read from
     the CSV behind ``sklearn.datasets.load_digits`` (64 pixels then the label per row)."""
-    path = bundled_file("sklearn", "datasets/data/digits.csv.gz", "the engine extra: pip install 'flatmtl[engine]'")
-    table = np.loadtxt(path, delimiter=",", dtype=np.int64)
+    table = np.loadtxt(_digits_file(), delimiter=",", dtype=np.int64)
     return table[:, :64].reshape(-1, 8, 8).astype(np.uint8), table[:, 64]
 
 

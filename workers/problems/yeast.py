@@ -25,7 +25,7 @@ NUM_FEATURES = 103
 @functools.cache
 def load_yeast() -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
     """Features [2417, 103] float64, labels [2417, 14] uint8 and the label names, from river's CSV."""
-    path = bundled_file("river", "datasets/yeast.csv.gz", "the engine extra: pip install 'flatmtl[engine]'")
+    path = bundled_file("river", "datasets/yeast.csv.gz", "the datasets extra: pip install 'flatmtl[datasets]'")
     with gzip.open(path, "rt") as handle:
         header = handle.readline().strip().split(",")
         table = np.loadtxt(handle, delimiter=",", dtype=np.float64)
