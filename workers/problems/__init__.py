@@ -1,6 +1,6 @@
 """Benchmark problems: datasets, models, per-task losses and metrics, by name.
 
-    >>> from workers import problems
+    >>> from flatmtl.workers import problems
     >>> problem = problems.build("multi_digits", seed=0, train_size=6000)
     >>> train, test = problem.dataset("train"), problem.dataset("test")   # items (input, (y_1, ..., y_K))
     >>> model = problem.model("mlp", hidden=(64,))                       # or problem.model() for the default
@@ -29,9 +29,9 @@ The contract, for the training engine:
   datasets (inputs and targets are K-tuples, the model takes the list of K inputs);
   ``task_datasets(split)`` gives each task's own; ``evaluate`` scores each task on all of its own samples.
 
-Problems: ``multi_digits`` (always available), ``multi_mnist``, ``multi_fashion``, ``multi_fashion_mnist``,
-``yeast``, ``nyuv2``, ``cityscapes``, ``celeba``, ``office_home``, ``qm9``; each module documents its
-on-disk format.
+Problems: ``synthetic_regression`` (generated, needs nothing), ``multi_digits`` and ``yeast`` (the
+``datasets`` extra), ``multi_mnist``, ``multi_fashion``, ``multi_fashion_mnist``, ``nyuv2``, ``cityscapes``,
+``celeba``, ``office_home``, ``qm9``; each module documents its on-disk format.
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ from flatmtl.workers.problems.multi_image import MultiDigits, MultiFashion, Mult
 from flatmtl.workers.problems.office_home import OfficeHome
 from flatmtl.workers.problems.options import accepted_options, check_options
 from flatmtl.workers.problems.qm9 import QM9
+from flatmtl.workers.problems.synthetic import SyntheticRegression
 from flatmtl.workers.problems.yeast import Yeast
 
 PROBLEMS: dict[str, type[Problem]] = {
@@ -27,6 +28,7 @@ PROBLEMS: dict[str, type[Problem]] = {
         CelebA,
         OfficeHome,
         QM9,
+        SyntheticRegression,
     )
 }
 
