@@ -16,9 +16,10 @@ from flatmtl.api import errors
 from flatmtl.api.limits import BodySizeLimit
 from flatmtl.api.observe import RequestTimer
 from flatmtl.api.routes import jobs, meta
-from flatmtl.service import telemetry
 from flatmtl.service.db import Database
 from flatmtl.service.settings import Settings, load_settings
+from flatmtl.service.telemetry.collector import TELEMETRY
+from flatmtl.service.telemetry.snapshot import database_source
 from flatmtl.service.tokens import TokenCache
 
 
@@ -31,7 +32,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if settings.migrate_on_start:
             await run_in_threadpool(database.migrate)
         settings.artifacts.mkdir(parents=True, exist_ok=True)
-        telemetry.set_source(telemetry.database_source(database, settings.lease_seconds))
+        TELEMETRY.set_source(database_source(database, settings.lease_seconds))
         app.state.db = database
         app.state.tokens = TokenCache(database, settings.token_key())
         # What start-up built (FastAPI, pydantic, SQLAlchemy) lives as long as the process: frozen, it drops

@@ -6,7 +6,7 @@ import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from flatmtl.service import telemetry
+from flatmtl.service.telemetry.collector import TELEMETRY
 
 UNMATCHED = "unmatched"
 
@@ -34,4 +34,4 @@ class RequestTimer:
             await self.app(scope, receive, record_status)
         finally:
             route = getattr(scope.get("route"), "path", UNMATCHED)
-            telemetry.observe_request(route, scope["method"], status, time.perf_counter() - began)
+            TELEMETRY.observe_request(route, scope["method"], status, time.perf_counter() - began)

@@ -10,8 +10,8 @@ from fastapi.concurrency import run_in_threadpool
 from flatmtl.api.deps import DatabaseDep, Reader
 from flatmtl.api.errors import ApiError, responses
 from flatmtl.api.schemas import Health, MethodList, MethodOut
-from flatmtl.service import telemetry
 from flatmtl.service.catalog import load_catalog
+from flatmtl.service.telemetry.collector import CONTENT_TYPE_LATEST, TELEMETRY
 
 router = APIRouter()
 
@@ -56,9 +56,8 @@ async def readyz(db: DatabaseDep) -> Health:
     response_class=Response,
     tags=["health"],
     summary="Prometheus metrics: control plane and running jobs (no token, for the scraper)",
-    responses={200: {"content": {telemetry.CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text format."}}
-    | responses(),
+    responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text format."}} | responses(),
 )
 async def metrics() -> Response:
-    body = await run_in_threadpool(telemetry.render_latest)
-    return Response(body, media_type=telemetry.CONTENT_TYPE_LATEST)
+    body = await run_in_threadpool(TELEMETRY.render)
+    return Response(body, media_type=CONTENT_TYPE_LATEST)

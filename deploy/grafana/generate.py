@@ -4,7 +4,7 @@
     python deploy/grafana/generate.py --check  # exit 1 if the committed JSON is not current
 
 Panels live in Python so ids and layout are computed, every query is greppable, and a test can
-check that each expression refers only to metrics ``flatmtl.service.telemetry`` exports.
+check that each expression refers only to metrics ``flatmtl.service.telemetry.names`` lists.
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ RULE_TESTS = sorted((DEPLOY / "prometheus" / "tests").glob("*.yml"))
 DASHBOARD_FILES = sorted((DEPLOY / "grafana" / "dashboards").glob("*.json"))
 
 PROMETHEUS_SERIES = frozenset({"up"})
-"""Series Prometheus itself writes for every target; the only names not from flatmtl.service.telemetry."""
+"""Series Prometheus itself writes for every target; the only names not from flatmtl.service.telemetry.names."""
 
 _KEYWORDS = frozenset(
     {"by", "without", "on", "ignoring", "group_left", "group_right", "bool", "and", "or", "unless", "offset"}

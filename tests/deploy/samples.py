@@ -6,8 +6,10 @@ from __future__ import annotations
 import itertools
 import math
 
-from flatmtl.service import telemetry
-from flatmtl.service.telemetry import HistogramCounts, RunningJob, Snapshot, TrainingSeries
+from flatmtl.service.telemetry.collector import Telemetry
+from flatmtl.service.telemetry.names import QUEUE_WAIT_BUCKETS, STEP_SECONDS_BUCKETS
+from flatmtl.service.telemetry.points import training_points
+from flatmtl.service.telemetry.snapshot import HistogramCounts, RunningJob, Snapshot, TrainingSeries
 
 TASKS = ("segmentation", "depth", "normal")
 
@@ -17,7 +19,7 @@ def _training_latest(scrape: int) -> dict[str, float]:
     angle = 2 * math.pi / 3
     cosines = [[math.cos(angle * (a - b)) for b in range(3)] for a in range(3)]
     magnitudes = [[1.0 if a == b else 0.5 for b in range(3)] for a in range(3)]
-    points = telemetry.training_points(
+    points = training_points(
         scrape,
         tasks=TASKS,
         samples_total=1000 * scrape,
@@ -27,8 +29,8 @@ def _training_latest(scrape: int) -> dict[str, float]:
         cosines=cosines,
         magnitude_similarities=magnitudes,
         conflict_ratio=1.0,
-        sam_wrapper_seconds=0.1,
-        aggregation_seconds=0.02,
+        sam_wrapper_share=0.5,
+        aggregation_share=0.1,
         communication_bytes=4096,
         sharpness=[0.01, 0.02, 0.03],
     )
@@ -36,7 +38,7 @@ def _training_latest(scrape: int) -> dict[str, float]:
 
 
 def _series(trial: int | None, scrape: int) -> TrainingSeries:
-    step_seconds = HistogramCounts.of([0.2] * (10 * scrape), telemetry.STEP_SECONDS_BUCKETS)
+    step_seconds = HistogramCounts.of([0.2] * (10 * scrape), STEP_SECONDS_BUCKETS)
     return TrainingSeries(trial, _training_latest(scrape), step_seconds)
 
 
@@ -45,7 +47,7 @@ def snapshot(scrape: int) -> Snapshot:
     scrapes (counters grow with it)."""
     return Snapshot(
         jobs_by_state={"queued": 1, "running": 1, "succeeded": scrape, "failed": scrape, "cancelled": 0},
-        queue_wait=HistogramCounts.of([3.0 * k for k in range(scrape + 1)], telemetry.QUEUE_WAIT_BUCKETS),
+        queue_wait=HistogramCounts.of([3.0 * k for k in range(scrape + 1)], QUEUE_WAIT_BUCKETS),
         oldest_queued_age_seconds=12.0 * scrape,
         lease_expirations=scrape,
         retries=scrape,
@@ -59,10 +61,10 @@ def snapshot(scrape: int) -> Snapshot:
     )
 
 
-def growing_telemetry() -> telemetry.Telemetry:
+def growing_telemetry() -> Telemetry:
     """A registry whose every scrape shows one more step, API request, failure, claim and lease expiry."""
     scrapes = itertools.count(1)
-    metrics = telemetry.Telemetry()
+    metrics = Telemetry()
 
     def source() -> Snapshot:
         scrape = next(scrapes)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from flatmtl.service import telemetry
+from flatmtl.service.telemetry.names import sample_names
 from tests.deploy.promql import (
     DASHBOARD_FILES,
     PROMETHEUS_SERIES,
@@ -74,8 +74,8 @@ def test_metric_name_parser(expr: str, expected: set[str]) -> None:
 def test_expressions_refer_only_to_exported_metrics(where: str, expr: str) -> None:
     names = metric_names(expr)
     assert names, f"{where}: no metric found in {expr!r}"
-    unknown = names - telemetry.sample_names() - PROMETHEUS_SERIES
-    assert not unknown, f"{where}: {sorted(unknown)} are not exported by flatmtl.service.telemetry"
+    unknown = names - sample_names() - PROMETHEUS_SERIES
+    assert not unknown, f"{where}: {sorted(unknown)} are not exported by flatmtl.service.telemetry.names"
 
 
 @pytest.mark.parametrize(

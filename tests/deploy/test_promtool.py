@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from flatmtl.service import telemetry
+from flatmtl.service.telemetry.names import sample_names
 from tests.deploy.promql import PROMETHEUS_CONFIG, RULE_FILES, RULE_TESTS, binary
 from tests.deploy.samples import growing_telemetry
 
@@ -57,5 +57,5 @@ def test_exposition_text_passes_check_metrics() -> None:
     metrics.render()
     text = metrics.render()
     exported = {line.split("{")[0].split(" ")[0] for line in text.decode().splitlines() if not line.startswith("#")}
-    assert telemetry.sample_names() <= exported, "the sample registry must carry every metric"
+    assert sample_names() <= exported, "the sample registry must carry every metric"
     _assert_clean(_promtool("check", "metrics", stdin=text))

@@ -3,19 +3,50 @@
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 
 import pytest
 import torch
 from prometheus_client.parser import text_string_to_metric_families
 
-from flatmtl.service import telemetry
 from flatmtl.service.db import Database
 from flatmtl.service.models import Event, Job, Trial
 from flatmtl.service.models import Metric as MetricRow
-from flatmtl.service.telemetry import HistogramCounts, RunningJob, Snapshot, Telemetry, TrainingSeries
+from flatmtl.service.telemetry.collector import Telemetry
+from flatmtl.service.telemetry.names import (
+    MAX_PAIR_TASKS,
+    POINT_COSINE_MEAN,
+    POINT_COSINE_MIN,
+    POINT_MAGNITUDE_MEAN,
+    POINT_MAGNITUDE_MIN,
+    POINT_SAMPLES,
+    POINT_STEP_SECONDS,
+    QUEUE_WAIT_BUCKETS,
+    STEP_SECONDS_BUCKETS,
+)
+from flatmtl.service.telemetry.points import training_points
+from flatmtl.service.telemetry.snapshot import (
+    HistogramCounts,
+    RunningJob,
+    Snapshot,
+    TrainingSeries,
+    database_snapshot,
+    database_source,
+)
 from flatmtl.workers.mtl import diagnostics
 from tests.deploy.samples import snapshot
+
+
+def test_the_worker_side_of_telemetry_loads_neither_prometheus_nor_sqlalchemy() -> None:
+    """The worker names and writes its points with these modules and must not pull in the API's dependencies."""
+    code = (
+        "import sys, flatmtl.service.telemetry.names, flatmtl.service.telemetry.points;"
+        "loaded = [m for m in ('prometheus_client', 'sqlalchemy') if m in sys.modules];"
+        "assert not loaded, loaded"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def _samples(metrics: Telemetry) -> list[tuple[str, dict[str, str], float]]:
@@ -28,7 +59,7 @@ def _points(num_tasks: int, seed: int = 0) -> tuple[list[str], torch.Tensor, dic
     grads = torch.randn(num_tasks, 50, generator=generator, dtype=torch.float64)
     gram = grads @ grads.T
     tasks = [f"task{k}" for k in range(num_tasks)]
-    points = telemetry.training_points(
+    points = training_points(
         3,
         tasks=tasks,
         samples_total=96,
@@ -38,14 +69,14 @@ def _points(num_tasks: int, seed: int = 0) -> tuple[list[str], torch.Tensor, dic
         cosines=diagnostics.cosine_matrix(gram).tolist(),
         magnitude_similarities=diagnostics.magnitude_similarity_matrix(gram).tolist(),
         conflict_ratio=diagnostics.conflict_ratio(gram),
-        sam_wrapper_seconds=0.2,
-        aggregation_seconds=0.05,
+        sam_wrapper_share=0.4,
+        aggregation_share=0.1,
     )
     assert {step for step, _, _ in points} == {3}
     return tasks, gram, {name: value for _, name, value in points}
 
 
-@pytest.mark.parametrize("num_tasks", [2, 3, telemetry.MAX_PAIR_TASKS])
+@pytest.mark.parametrize("num_tasks", [2, 3, MAX_PAIR_TASKS])
 def test_small_jobs_get_every_pair_and_summaries_match_the_diagnostics(num_tasks: int) -> None:
     tasks, gram, latest = _points(num_tasks)
     summary = diagnostics.summarize(gram)
@@ -53,20 +84,20 @@ def test_small_jobs_get_every_pair_and_summaries_match_the_diagnostics(num_tasks
     assert len(pairs) == num_tasks * (num_tasks - 1) // 2
     cosines = diagnostics.cosine_matrix(gram)
     assert latest[f"train/cosine/{tasks[0]}/{tasks[1]}"] == pytest.approx(float(cosines[0, 1]))
-    assert latest[telemetry.POINT_COSINE_MIN] == pytest.approx(summary.cosine_min)
-    assert latest[telemetry.POINT_COSINE_MEAN] == pytest.approx(summary.cosine_mean)
-    assert latest[telemetry.POINT_MAGNITUDE_MEAN] == pytest.approx(summary.magnitude_similarity_mean)
+    assert latest[POINT_COSINE_MIN] == pytest.approx(summary.cosine_min)
+    assert latest[POINT_COSINE_MEAN] == pytest.approx(summary.cosine_mean)
+    assert latest[POINT_MAGNITUDE_MEAN] == pytest.approx(summary.magnitude_similarity_mean)
     assert latest["train/step_ratio/sam_wrapper"] == pytest.approx(0.4)
     assert latest["train/step_ratio/aggregation"] == pytest.approx(0.1)
 
 
 def test_large_jobs_export_summaries_only() -> None:
-    num_tasks = telemetry.MAX_PAIR_TASKS + 1
+    num_tasks = MAX_PAIR_TASKS + 1
     _, gram, latest = _points(num_tasks)
     assert not [name for name in latest if name.count("/") == 3]
     magnitudes = diagnostics.magnitude_similarity_matrix(gram)
     off_diagonal = magnitudes[~torch.eye(num_tasks, dtype=torch.bool)]
-    assert latest[telemetry.POINT_MAGNITUDE_MIN] == pytest.approx(float(off_diagonal.min()))
+    assert latest[POINT_MAGNITUDE_MIN] == pytest.approx(float(off_diagonal.min()))
     metrics = Telemetry(lambda: _with_job(snapshot(1), latest))
     names = {name for name, labels, _ in _samples(metrics) if labels.get("job_id") == "9"}
     assert "flatmtl_training_gradient_cosine_min" in names
@@ -76,7 +107,7 @@ def test_large_jobs_export_summaries_only() -> None:
 
 
 def _with_job(base: Snapshot, latest: dict[str, float]) -> Snapshot:
-    job = RunningJob(9, 1, (TrainingSeries(None, latest, HistogramCounts.empty(telemetry.STEP_SECONDS_BUCKETS)),))
+    job = RunningJob(9, 1, (TrainingSeries(None, latest, HistogramCounts.empty(STEP_SECONDS_BUCKETS)),))
     return Snapshot(**{**base.__dict__, "running_jobs": (job,)})
 
 
@@ -101,7 +132,7 @@ def test_bad_points_name_the_field(changes: dict[str, object], field: str) -> No
         "conflict_ratio": 0.0,
     }
     with pytest.raises(ValueError, match=field):
-        telemetry.training_points(1, **{**arguments, **changes})
+        training_points(1, **{**arguments, **changes})
 
 
 def test_job_series_exist_only_while_the_job_runs() -> None:
@@ -167,21 +198,21 @@ def test_database_source_reads_the_control_plane_and_running_jobs(db: Database) 
         for kind in ("lease_expired", "lease_expired", "retried", "failed", "claimed"):
             session.add(Event(job_id=running.id, kind=kind, message="", created_at=NOW))
         rows = [
-            (running.id, None, 1, telemetry.POINT_SAMPLES, 32.0),
-            (running.id, None, 2, telemetry.POINT_SAMPLES, 64.0),
-            (running.id, None, 1, telemetry.POINT_STEP_SECONDS, 0.3),
-            (running.id, None, 2, telemetry.POINT_STEP_SECONDS, 3.0),
+            (running.id, None, 1, POINT_SAMPLES, 32.0),
+            (running.id, None, 2, POINT_SAMPLES, 64.0),
+            (running.id, None, 1, POINT_STEP_SECONDS, 0.3),
+            (running.id, None, 2, POINT_STEP_SECONDS, 3.0),
             (running.id, None, 2, "train/loss/depth", 0.7),
             (running.id, None, 2, "train/loss/normal", None),
             (running.id, 0, 9, "train/loss/depth", 5.0),
             (running.id, None, 2, "delta_m", 1.0),
-            (waited_3s.id, None, 1, telemetry.POINT_SAMPLES, 1.0),
+            (waited_3s.id, None, 1, POINT_SAMPLES, 1.0),
         ]
         for job_id, trial, step, name, value in rows:
             session.add(MetricRow(job_id=job_id, trial_index=trial, step=step, name=name, value=value, created_at=NOW))
 
     with db.read() as session:
-        result = telemetry.database_snapshot(session, now=NOW, lease_seconds=60.0)
+        result = database_snapshot(session, now=NOW, lease_seconds=60.0)
 
     assert result.jobs_by_state == {"queued": 2, "running": 1, "succeeded": 1, "failed": 0, "cancelled": 0}
     assert result.oldest_queued_age_seconds == pytest.approx(300.0, abs=0.01)
@@ -197,7 +228,7 @@ def test_database_source_reads_the_control_plane_and_running_jobs(db: Database) 
     assert series.trial is None
     latest = dict(series.latest)
     assert math.isnan(latest.pop("train/loss/normal"))
-    assert latest == {telemetry.POINT_SAMPLES: 64.0, telemetry.POINT_STEP_SECONDS: 3.0, "train/loss/depth": 0.7}
+    assert latest == {POINT_SAMPLES: 64.0, POINT_STEP_SECONDS: 3.0, "train/loss/depth": 0.7}
     step = dict(zip(series.step_seconds.bounds, series.step_seconds.cumulative, strict=True))
     assert (series.step_seconds.count, step[0.25], step[0.5], step[2.5], step[5.0]) == (2, 0, 1, 1, 2)
     assert math.isclose(series.step_seconds.total, 3.3)
@@ -205,10 +236,10 @@ def test_database_source_reads_the_control_plane_and_running_jobs(db: Database) 
 
 def test_database_source_with_an_empty_database(db: Database) -> None:
     with db.read() as session:
-        result = telemetry.database_snapshot(session, now=NOW, lease_seconds=60.0)
-    assert result.queue_wait.count == 0 and result.queue_wait.cumulative == (0,) * len(telemetry.QUEUE_WAIT_BUCKETS)
+        result = database_snapshot(session, now=NOW, lease_seconds=60.0)
+    assert result.queue_wait.count == 0 and result.queue_wait.cumulative == (0,) * len(QUEUE_WAIT_BUCKETS)
     assert (result.oldest_queued_age_seconds, result.workers_alive, result.running_jobs) == (0.0, 0, [])
-    samples = _samples(Telemetry(telemetry.database_source(db, lease_seconds=60.0)))
+    samples = _samples(Telemetry(database_source(db, lease_seconds=60.0)))
     assert ("flatmtl_telemetry_source_up", {}, 1.0) in samples
     assert ("flatmtl_jobs", {"state": "queued"}, 0.0) in samples
 
@@ -229,9 +260,9 @@ def test_a_running_sweep_exports_its_running_trials_only(db: Database) -> None:
         for job_id, trial in rows:
             for name, value in latest.items():
                 session.add(MetricRow(job_id=job_id, trial_index=trial, step=3, name=name, value=value, created_at=NOW))
-        session.add(MetricRow(job_id=sweep.id, trial_index=3, step=1, name=telemetry.POINT_STEP_SECONDS, value=9.0))
+        session.add(MetricRow(job_id=sweep.id, trial_index=3, step=1, name=POINT_STEP_SECONDS, value=9.0))
 
-    samples = _samples(Telemetry(telemetry.database_source(db, lease_seconds=60.0)))
+    samples = _samples(Telemetry(database_source(db, lease_seconds=60.0)))
     throughput = {
         (labels["job_id"], labels["trial"]): value
         for name, labels, value in samples

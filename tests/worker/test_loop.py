@@ -13,13 +13,15 @@ from typing import Any
 
 import pytest
 
-from flatmtl.service import queue, telemetry
+from flatmtl.service import queue
 from flatmtl.service.db import Database
 from flatmtl.service.jobs import get_job, list_trials, metric_history
 from flatmtl.service.models import utcnow
 from flatmtl.service.settings import Settings
 from flatmtl.service.specs.sweep import SweepSpec
 from flatmtl.service.specs.train import TrainSpec
+from flatmtl.service.telemetry.names import POINT_CONFLICT_RATIO, POINT_SAMPLES, POINT_STEP_SECONDS
+from flatmtl.service.telemetry.snapshot import database_snapshot
 from flatmtl.workers.training import RunDirectory
 from flatmtl.workers.worker.job import JobRun
 from flatmtl.workers.worker.loop import Keeper, Worker, WorkerOptions
@@ -172,23 +174,23 @@ def test_a_sweep_trials_telemetry_reaches_the_metrics_the_api_exports_for_it(db:
         },
     )
     names = [
-        telemetry.POINT_STEP_SECONDS,
-        telemetry.POINT_SAMPLES,
+        POINT_STEP_SECONDS,
+        POINT_SAMPLES,
         "train/cosine/left/right",
         "train/grad_norm/right",
-        telemetry.POINT_CONFLICT_RATIO,
+        POINT_CONFLICT_RATIO,
     ]
     with db.read() as session:
         stored = {
             p.name: (p.trial_index, p.step, p.value) for p in metric_history(session, run.lease.job_id, names=names)
         }
-        snapshot = telemetry.database_snapshot(session, now=utcnow(), lease_seconds=60)
+        snapshot = database_snapshot(session, now=utcnow(), lease_seconds=60)
     assert stored == {
-        telemetry.POINT_STEP_SECONDS: (1, 10, pytest.approx(32 / 320.0)),
-        telemetry.POINT_SAMPLES: (1, 10, 10 * 32),
+        POINT_STEP_SECONDS: (1, 10, pytest.approx(32 / 320.0)),
+        POINT_SAMPLES: (1, 10, 10 * 32),
         "train/cosine/left/right": (1, 10, pytest.approx(-1 / 3)),
         "train/grad_norm/right": (1, 10, pytest.approx(3.0)),
-        telemetry.POINT_CONFLICT_RATIO: (1, 10, 1.0),  # the one pair conflicts
+        POINT_CONFLICT_RATIO: (1, 10, 1.0),  # the one pair conflicts
     }
     [job] = snapshot.running_jobs
     [series] = job.series

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from flatmtl.service import telemetry
+from flatmtl.service.telemetry.names import POINT_CONFLICT_RATIO, POINT_SAMPLES, POINT_STEP_SECONDS
 from flatmtl.workers.worker.points import epoch_record, result_points
 from flatmtl.workers.worker.ranks import TELEMETRY_KEY, task_means
 
@@ -70,8 +70,8 @@ def test_reports_store_telemetry_points_computed_from_the_gram_matrix() -> None:
     assert values[f"train/magnitude_similarity/{TASKS[0]}/{TASKS[1]}"] == pytest.approx(magnitude)
     assert values[f"train/grad_norm/{TASKS[0]}"] == pytest.approx(5.0)
     assert values["train/communication_bytes"] == 4096.0
-    assert values[telemetry.POINT_SAMPLES] == 12 * 64
-    assert values[telemetry.POINT_STEP_SECONDS] == pytest.approx(64 / 640.0)
+    assert values[POINT_SAMPLES] == 12 * 64
+    assert values[POINT_STEP_SECONDS] == pytest.approx(64 / 640.0)
     assert values["train/step_ratio/sam_wrapper"] == pytest.approx(0.25)
     assert values["train/loss/top_left"] == 1.5  # the epoch mean, stored once
     assert [name for _, name, _ in points].count("train/loss/top_left") == 1
@@ -89,5 +89,5 @@ def test_a_method_without_a_gram_matrix_reports_nan_geometry() -> None:
     without = {k: v for k, v in record().items() if k != "train/conflict_ratio"}  # as the Trainer logs it then
     result = {**without, TELEMETRY_KEY: {"tasks": list(TASKS), "global_batch": 64, "losses": [1.0, 1.0], "gram": None}}
     values = {name: value for _, name, value in result_points(result)[1]}
-    assert math.isnan(values[f"train/grad_norm/{TASKS[0]}"]) and math.isnan(values[telemetry.POINT_CONFLICT_RATIO])
-    assert values[telemetry.POINT_SAMPLES] == 12 * 64
+    assert math.isnan(values[f"train/grad_norm/{TASKS[0]}"]) and math.isnan(values[POINT_CONFLICT_RATIO])
+    assert values[POINT_SAMPLES] == 12 * 64

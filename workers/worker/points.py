@@ -2,7 +2,7 @@
 
 Stored: every metric of the epoch record (``train/...``, ``test/...``, ``<split>/mean/...``, ``lr``,
 ``delta_m``, ``epoch``) at the run's global step, plus the telemetry points the API exports for running
-jobs (``flatmtl.service.telemetry.training_points``): the epoch-mean losses and conflict ratio, the last step's
+jobs (``flatmtl.service.telemetry.points.training_points``): the epoch-mean losses and conflict ratio, the last step's
 gradient norms, cosines and magnitude similarities, the samples so far and the mean step time. A sweep's
 trials store them too, since the API exports a running trial's series with a ``trial`` label just as a
 training job's. Where both name the same series, the telemetry point is the one stored.
@@ -15,11 +15,10 @@ from typing import Any
 
 import torch
 
-from flatmtl.service import telemetry
+from flatmtl.service.telemetry.points import Point, training_points
 from flatmtl.workers.mtl import diagnostics
 from flatmtl.workers.worker.ranks import TELEMETRY_KEY
 
-Point = tuple[int, str, float]
 RECORD_SCALARS = ("epoch", "lr", "delta_m")
 
 
@@ -65,7 +64,7 @@ def telemetry_points(step: int, record: dict[str, float], payload: dict[str, Any
         norms = [math.nan] * num_tasks
         cosines = magnitudes = [[math.nan] * num_tasks for _ in tasks]
         conflict = record.get("train/conflict_ratio", math.nan)
-    return telemetry.training_points(
+    return training_points(
         step,
         tasks=tasks,
         samples_total=step * global_batch,
@@ -75,8 +74,8 @@ def telemetry_points(step: int, record: dict[str, float], payload: dict[str, Any
         cosines=cosines,
         magnitude_similarities=magnitudes,
         conflict_ratio=conflict,
-        sam_wrapper_seconds=record.get("train/sam_share", 0.0) * step_seconds,
-        aggregation_seconds=record.get("train/aggregation_share", 0.0) * step_seconds,
+        sam_wrapper_share=record.get("train/sam_share", 0.0),
+        aggregation_share=record.get("train/aggregation_share", 0.0),
         communication_bytes=record.get("train/communication_bytes", 0.0),
     )
 
