@@ -1,17 +1,18 @@
 """The method catalog (generated from the registry by ``python -m flatmtl.workers.catalog_export``), without torch.
 
-Job specs are validated here with the same rules as ``flatmtl.workers.mtl.registry.HParam.validate``, so a
+Job specs' hyper-parameters are validated with the rule the registry uses (:mod:`flatmtl.service.hparams`), so a
 spec the API accepts is one the workers can build.
 """
 
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any, Literal
+
+from flatmtl.service.hparams import HParamError, ValueRule
 
 Kind = Literal["weighting", "aggregator", "wrapper"]
 KINDS: tuple[Kind, ...] = ("weighting", "aggregator", "wrapper")
@@ -38,41 +39,21 @@ class HParamInfo:
     high_open: bool
     choices: tuple[Any, ...] | None
 
+    @property
+    def rule(self) -> ValueRule:
+        return ValueRule(self.type, self.low, self.high, self.low_open, self.high_open, self.choices)
+
     def validate(self, value: Any) -> Any:
         """The value coerced to the declared type; CatalogError if it is not allowed."""
-
-        def refuse(why: str) -> CatalogError:
-            return CatalogError(
-                f"{self.name}={value!r} {why}; allowed: {self.allowed}",
+        try:
+            return self.rule.check(value)
+        except HParamError as refused:
+            raise CatalogError(
+                f"{self.name}={value!r} {refused.reason}; allowed: {self.allowed}",
                 key=self.name,
                 value=value,
                 allowed=self.allowed,
-            )
-
-        if self.choices is not None:
-            if value not in self.choices or isinstance(value, bool) != any(isinstance(c, bool) for c in self.choices):
-                raise refuse("is not allowed")
-            return value
-        if self.type == "bool":
-            if not isinstance(value, bool):
-                raise refuse("is not allowed")
-            return value
-        if self.type == "str":
-            if not isinstance(value, str):
-                raise refuse("is not a string")
-            return value
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise refuse("is not a number")
-        if self.type == "int" and not float(value).is_integer():
-            raise refuse("is not an integer")
-        number: int | float = int(value) if self.type == "int" else float(value)
-        if isinstance(number, float) and not math.isfinite(number):
-            raise refuse("is not finite")
-        too_low = self.low is not None and (number <= self.low if self.low_open else number < self.low)
-        too_high = self.high is not None and (number >= self.high if self.high_open else number > self.high)
-        if too_low or too_high:
-            raise refuse("is out of range")
-        return number
+            ) from None
 
 
 @dataclass(frozen=True)

@@ -6,11 +6,11 @@ choose methods by name and get the same validation everywhere.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from flatmtl.service.hparams import HParamError, ValueRule
 from flatmtl.workers.mtl.errors import MethodError
 
 Kind = Literal["weighting", "aggregator", "wrapper"]
@@ -31,43 +31,20 @@ class HParam:
     high_open: bool = False
     choices: tuple[Any, ...] | None = None
 
+    @property
+    def rule(self) -> ValueRule:
+        return ValueRule(self.type.__name__, self.low, self.high, self.low_open, self.high_open, self.choices)
+
     def allowed(self) -> str:
         """Human-readable allowed values, used in error messages and `flatmtl methods`."""
-        if self.choices is not None:
-            return "one of " + ", ".join(repr(c) for c in self.choices)
-        if self.type is bool:
-            return "true or false"
-        if self.low is None and self.high is None:
-            return f"any {self.type.__name__}"
-        left = "(" if self.low_open or self.low is None else "["
-        right = ")" if self.high_open or self.high is None else "]"
-        low = "-inf" if self.low is None else f"{self.low:g}"
-        high = "inf" if self.high is None else f"{self.high:g}"
-        return f"{self.type.__name__} in {left}{low}, {high}{right}"
+        return self.rule.allowed()
 
     def validate(self, method: str, value: Any) -> Any:
         """Coerce ``value`` to the declared type and check it lies in the allowed set."""
-        where = f"{method}.{self.name}={value!r}"
-        if self.choices is not None:
-            if value not in self.choices:
-                raise MethodError(f"{where} is not allowed; allowed: {self.allowed()}")
-            return value
-        if self.type is bool:
-            if not isinstance(value, bool):
-                raise MethodError(f"{where} is not allowed; allowed: {self.allowed()}")
-            return value
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise MethodError(f"{where} is not a number; allowed: {self.allowed()}")
-        if self.type is int and not float(value).is_integer():
-            raise MethodError(f"{where} is not an integer; allowed: {self.allowed()}")
-        number = self.type(value)
-        if isinstance(number, float) and not math.isfinite(number):
-            raise MethodError(f"{where} is not finite; allowed: {self.allowed()}")
-        too_low = self.low is not None and (number <= self.low if self.low_open else number < self.low)
-        too_high = self.high is not None and (number >= self.high if self.high_open else number > self.high)
-        if too_low or too_high:
-            raise MethodError(f"{where} is out of range; allowed: {self.allowed()}")
-        return number
+        try:
+            return self.rule.check(value)
+        except HParamError as refused:
+            raise MethodError(f"{method}.{self.name}={value!r} {refused.reason}; allowed: {self.allowed()}") from None
 
     def describe(self) -> dict[str, Any]:
         """JSON-friendly schema of this hyper-parameter (for the API's method listing)."""

@@ -60,11 +60,6 @@ class SweepRequest:
 
 
 @dataclass(frozen=True)
-class SweepError(RuntimeError):
-    """A sweep job did not succeed: the service or Ray failed, or no trial reported the metric."""
-
-
-@dataclass(frozen=True)
 class Trial:
     """One trial as the API reports it, plus the run's resolved config from its run directory."""
 
