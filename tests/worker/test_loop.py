@@ -23,10 +23,10 @@ from flatmtl.service.specs.train import TrainSpec
 from flatmtl.service.telemetry.names import POINT_CONFLICT_RATIO, POINT_SAMPLES, POINT_STEP_SECONDS
 from flatmtl.service.telemetry.snapshot import database_snapshot
 from flatmtl.workers.training import RunDirectory
+from flatmtl.workers.worker.contracts import TELEMETRY_KEY
 from flatmtl.workers.worker.job import JobRun
 from flatmtl.workers.worker.loop import Keeper, Worker, WorkerOptions
 from flatmtl.workers.worker.plan import JobPaths, plan_job
-from flatmtl.workers.worker.ranks import TELEMETRY_KEY
 from flatmtl.workers.worker.trials import RaySettings
 
 BASE: dict[str, Any] = {"problem": "multi_digits", "model": "mlp", "epochs": 2, "method": {"wrapper": "samo"}}

@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from flatmtl.service.telemetry.names import POINT_CONFLICT_RATIO, POINT_SAMPLES, POINT_STEP_SECONDS
+from flatmtl.workers.worker.contracts import TELEMETRY_KEY
 from flatmtl.workers.worker.points import epoch_record, result_points
-from flatmtl.workers.worker.ranks import TELEMETRY_KEY, task_means
+from flatmtl.workers.worker.ranks import task_means
 
 TASKS = ("top_left", "bottom_right")
 

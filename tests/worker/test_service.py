@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
+from flatmtl.workers.worker.contracts import PLACEMENT_GROUP_FILE
 from flatmtl.workers.worker.service_demo import (
     API_COMMAND,
     TERMINAL,
@@ -29,7 +30,6 @@ from flatmtl.workers.worker.service_demo import (
     service_env,
     wait_healthy,
 )
-from flatmtl.workers.worker.trials import PLACEMENT_GROUP_FILE
 from tests.worker.cluster import TASKS, line_count, require_ray, start_worker, steps_per_epoch, stop, tiny, wait_until
 
 LEASE_SECONDS = 6

@@ -9,8 +9,8 @@ from typing import Any
 from ray import tune
 from ray.train.v2.api.callback import UserCallback
 
+from flatmtl.workers.worker.contracts import TrialSink
 from flatmtl.workers.worker.search import trial_index
-from flatmtl.workers.worker.trials import TrialSink
 
 
 class _SinkHolder:

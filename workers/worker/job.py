@@ -24,7 +24,8 @@ from flatmtl.service.errors import LeaseLostError
 from flatmtl.service.models import Job, Metric, Trial
 from flatmtl.workers.training import RunDirectory, checkpoint
 from flatmtl.workers.training.rundir import STATUS_SUCCEEDED
-from flatmtl.workers.worker.plan import JobPaths, JobPlan, TrialPlan
+from flatmtl.workers.worker.contracts import TrialPlan
+from flatmtl.workers.worker.plan import JobPaths, JobPlan
 from flatmtl.workers.worker.points import epoch_record, result_points
 
 FINAL_TRIAL_STATES = ("succeeded", "stopped", "failed")

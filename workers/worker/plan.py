@@ -22,19 +22,10 @@ import numpy as np
 from flatmtl.service.specs.submission import parse_spec
 from flatmtl.service.specs.sweep import Domain, SweepSpec, set_path
 from flatmtl.service.specs.train import TrainSpec
+from flatmtl.workers.worker.contracts import TrialPlan
 
 SWEEP_STREAM = 0x5EE9
 """Second word of the random search's seed, so it never shares a stream with the training run's own seed."""
-
-
-@dataclass(frozen=True)
-class TrialPlan:
-    """One training run of a job: ``config`` is the point of the search space (dotted path -> value)."""
-
-    index: int
-    config: dict[str, Any]
-    spec: TrainSpec
-    run_dir: Path
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ import torch
 
 from flatmtl.service.telemetry.points import Point, training_points
 from flatmtl.workers.mtl import diagnostics
-from flatmtl.workers.worker.ranks import TELEMETRY_KEY
+from flatmtl.workers.worker.contracts import TELEMETRY_KEY
 
 RECORD_SCALARS = ("epoch", "lr", "delta_m")
 

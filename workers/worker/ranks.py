@@ -13,17 +13,13 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from flatmtl.service.specs.train import TrainSpec
-from flatmtl.workers.training import RunDirectory, RunOptions, TrainingFailedError
+from flatmtl.workers.training import RunDirectory, TrainingFailedError
 from flatmtl.workers.training.trainer import RankContext, Trainer
-
-TELEMETRY_KEY = "flatmtl_telemetry"
-"""Result key of rank 0's last-step losses and Gram matrix (read by the driver, never a metric)."""
+from flatmtl.workers.worker.contracts import PLACEMENT_GROUP_FILE, TELEMETRY_KEY, RankConfig
 
 
 def task_means(record: dict[str, Any]) -> dict[str, float]:
@@ -104,26 +100,23 @@ class EpochReporter:
             ray.train.report(metrics)
 
 
-def rank_main(config: dict[str, Any]) -> None:
-    """Ray Train's per-worker function: train ``config["spec"]`` into ``config["run_dir"]`` as this rank."""
+def rank_main(config: RankConfig) -> None:
+    """Ray Train's per-worker function: train ``config.spec`` into ``config.run_dir`` as this rank."""
     import ray.train
     import ray.train.torch
     from ray.util import get_current_placement_group
-
-    from flatmtl.workers.worker.trials import PLACEMENT_GROUP_FILE
 
     context = ray.train.get_context()
     rank, world_size = context.get_world_rank(), context.get_world_size()
     group = get_current_placement_group()
     if rank == 0 and group is not None:  # so the driver can release it if Tune ends the trial early
-        (Path(config["run_dir"]) / PLACEMENT_GROUP_FILE).write_text(group.id.hex())
-    options = RunOptions(**config["options"])
+        (config.run_dir / PLACEMENT_GROUP_FILE).write_text(group.id.hex())
+    options = config.options
     torch.set_num_threads(options.threads or 1)
     device = ray.train.torch.get_device() if options.device == "cuda" else torch.device("cpu")
-    spec: TrainSpec = config["spec"]
-    reporter = EpochReporter(rank, replay=config.get("replay", True))
+    reporter = EpochReporter(rank, replay=config.replay)
     rank_context = RankContext(rank, world_size, device, distributed=True, stop_event=reporter)
-    trainer = Trainer(spec, RunDirectory(Path(config["run_dir"])), options, rank_context, resume=config["resume"])
+    trainer = Trainer(config.spec, RunDirectory(config.run_dir), options, rank_context, resume=config.resume)
     reporter.attach(trainer)
     try:
         trainer.run()

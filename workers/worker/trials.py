@@ -9,19 +9,32 @@ whose Train controller and ranks share its fate) and for timeouts.
 Nothing waits forever: a trial that cannot fit the cluster is refused before Tune starts (Tune would
 otherwise keep it pending), a worker group that does not start in ``worker_start_timeout_s`` fails the trial,
 collectives time out after ``collective_timeout_s``, and the whole job after ``job_timeout_s``.
+
+Ray, and ``callbacks`` (whose classes subclass Ray's), are imported inside the functions that use them, so
+the worker's loop imports this module without loading Ray until a job runs.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
-from dataclasses import dataclass
+import shutil
+import tempfile
+import threading
+import uuid
+from functools import partial
 from pathlib import Path
-from typing import Any, Protocol
+from queue import Empty  # Ray's queue raises a subclass of it
+from typing import Any
 
+from flatmtl.service.specs.train import TrainSpec
 from flatmtl.workers.training import RunDirectory, RunOptions, checkpoint
 from flatmtl.workers.training.rundir import STATUS_SUCCEEDED
-from flatmtl.workers.worker.plan import JobPaths, JobPlan
+from flatmtl.workers.worker import lineage, search
+from flatmtl.workers.worker.contracts import PLACEMENT_GROUP_FILE, RankConfig, TrialPayload, TrialPlan, TrialSink
+from flatmtl.workers.worker.plan import JobPaths, JobPlan, trial_spec
+from flatmtl.workers.worker.ranks import rank_main, task_means
 
 TRIAL_ACTOR_CPUS = 0.01
 """What the Tune trial (the Train driver) reserves; its ranks reserve the real CPUs. Zero is refused by Tune."""
@@ -31,7 +44,7 @@ class ClusterTooSmallError(RuntimeError):
     """A trial needs more of a resource than the whole Ray cluster has."""
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class RaySettings:
     """How this worker reaches Ray and bounds its runs."""
 
@@ -78,18 +91,6 @@ def ensure_ray(settings: RaySettings) -> None:
     ray.init(**kwargs)
 
 
-class TrialSink(Protocol):
-    """Where the driver sends what the trials do (the worker writes it to the database)."""
-
-    def trial_started(self, index: int) -> None: ...
-
-    def trial_result(self, index: int, result: dict[str, Any]) -> None: ...
-
-    def trial_ended(self, index: int, error: str | None) -> None: ...
-
-    def should_stop(self) -> bool: ...
-
-
 def prepare_run(run: RunDirectory, spec: Any, options: RunOptions) -> bool:
     """Create the run directory, or trim it to its checkpoint; True when a checkpoint is there to resume.
 
@@ -106,10 +107,6 @@ def prepare_run(run: RunDirectory, spec: Any, options: RunOptions) -> bool:
     run.write_json(run.config, spec.model_dump(mode="json"))
     run.write_json(run.options, options.as_dict())
     return resuming
-
-
-PLACEMENT_GROUP_FILE = ".ray_placement_group"
-"""Written by rank 0 into the run directory: the id of the placement group holding the trial's Train workers."""
 
 
 def release_placement_group(run_dir: Path) -> None:
@@ -145,20 +142,17 @@ def finished_summary(run: RunDirectory) -> dict[str, Any] | None:
     return summary if summary.get("status") == STATUS_SUCCEEDED else None
 
 
-def trial_spec_for(trial: dict[str, Any], config: dict[str, Any], payload: dict[str, Any]) -> Any:
+def trial_spec_for(trial: TrialPlan, config: dict[str, Any], payload: TrialPayload) -> TrainSpec:
     """The spec a trial trains: the plan's, with the fields Tune chooses (Optuna's, PBT's) from its config."""
-    paths = payload["config_paths"]
+    paths = payload.config_paths
     if not paths:
-        return trial["spec"]
-    from flatmtl.workers.worker.plan import trial_spec
+        return trial.spec
+    assert payload.base is not None  # only a sweep has config paths
+    return trial_spec(payload.base, {**trial.config, **{path: config[path] for path in paths}})
 
-    return trial_spec(payload["base"], {**trial["config"], **{path: config[path] for path in paths}})
 
-
-def _forget_other_config(run: RunDirectory, spec: Any) -> None:
+def _forget_other_config(run: RunDirectory, spec: TrainSpec) -> None:
     """An Optuna trial re-proposed after a requeue trains other values: its old run directory is discarded."""
-    import shutil
-
     if run.config.exists() and run.read_json(run.config) != spec.model_dump(mode="json"):
         shutil.rmtree(run.root)
 
@@ -166,9 +160,6 @@ def _forget_other_config(run: RunDirectory, spec: Any) -> None:
 def _fit_forwarding(trainer: Any, reports: Any, report: Any) -> None:
     """``trainer.fit()`` in a thread while this thread hands each epoch report to ``report``: Tune's report (with a
     checkpoint under PBT) must come from the trial function's own thread."""
-    import threading
-    from queue import Empty  # Ray's queue raises a subclass of it
-
     failure: list[BaseException] = []
     done = threading.Event()
 
@@ -195,46 +186,39 @@ def _fit_forwarding(trainer: Any, reports: Any, report: Any) -> None:
         raise failure[0]
 
 
-def run_trial(config: dict[str, Any], payload: dict[str, Any]) -> None:
+def run_trial(config: dict[str, Any], payload: TrialPayload) -> None:
     """A Tune function trial: one TorchTrainer run of the plan's trial that Tune's trial name names (in a Ray actor).
 
     Under PBT a trial restarted with another trial's checkpoint adopts it (``flatmtl.workers.worker.lineage``) and each
     epoch report carries that epoch's checkpoint to Tune.
     """
-    import tempfile
-    import uuid
-
     from ray import tune
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
     from ray.util.queue import Queue
 
-    from flatmtl.workers.worker import lineage
     from flatmtl.workers.worker.callbacks import ForwardReports
-    from flatmtl.workers.worker.ranks import rank_main, task_means
-    from flatmtl.workers.worker.search import trial_index
 
     context = tune.get_context()
-    index = trial_index(context.get_trial_name())
-    trial = payload["trials"][index]
-    options = RunOptions(**payload["options"])
-    run = RunDirectory(Path(trial["run_dir"]))
+    index = search.trial_index(context.get_trial_name())
+    trial = payload.trials[index]
+    run = RunDirectory(trial.run_dir)
     release_placement_group(run.root)  # left by this trial's previous run when PBT paused it
     spec = trial_spec_for(trial, config, payload)
-    if payload["search"] == "optuna":
+    if payload.search == "optuna":
         _forget_other_config(run, spec)
     cloned = tune.get_checkpoint()
     if cloned is not None:  # PBT: continue from a better trial's checkpoint, even if this run had finished
         with cloned.as_directory() as directory:
-            lineage.adopt(run, Path(directory), spec, payload["config_paths"])
+            lineage.adopt(run, Path(directory), spec, list(payload.config_paths))
     elif finished_summary(run) is not None:  # trained by an earlier attempt: replay its epochs for the scheduler
         for record in run.read_lines(run.epoch_metrics):
             tune.report({**record, **task_means(record)})
         return
-    resume = prepare_run(run, spec, options)
+    resume = prepare_run(run, spec, payload.options)
 
     def report(metrics: dict[str, Any]) -> None:
-        if not payload["pbt"]:
+        if not payload.pbt:
             tune.report(metrics)
             return
         with tempfile.TemporaryDirectory(prefix="flatmtl-pbt-") as scratch:
@@ -244,28 +228,20 @@ def run_trial(config: dict[str, Any], payload: dict[str, Any]) -> None:
             else:
                 tune.report(metrics)
 
-    gpus = payload["gpus"]
+    gpus = payload.gpus
     reports = Queue(maxsize=1, actor_options={"num_cpus": 0})
+    rank_config = RankConfig(spec, run.root, payload.options, resume=resume, replay=cloned is None)
     trainer = TorchTrainer(
-        rank_main,
-        train_loop_config={
-            "spec": spec,
-            "run_dir": str(run.root),
-            "options": payload["options"],
-            "resume": resume,
-            "replay": cloned is None,
-        },
-        torch_config=TorchConfig(
-            backend="nccl" if gpus > 0 else "gloo", timeout_s=int(payload["collective_timeout_s"])
-        ),
+        partial(rank_main, rank_config),
+        torch_config=TorchConfig(backend="nccl" if gpus > 0 else "gloo", timeout_s=int(payload.collective_timeout_s)),
         scaling_config=ScalingConfig(
             num_workers=spec.processes,
             use_gpu=gpus > 0,
-            resources_per_worker={"CPU": payload["cpus"], **({"GPU": gpus} if gpus > 0 else {})},
+            resources_per_worker={"CPU": payload.cpus, **({"GPU": gpus} if gpus > 0 else {})},
         ),
         run_config=RunConfig(
-            name=f"trial-{index:03d}-attempt-{payload['attempt']}-{uuid.uuid4().hex[:8]}",  # a PBT restart: a new run
-            storage_path=payload["storage"],
+            name=f"trial-{index:03d}-attempt-{payload.attempt}-{uuid.uuid4().hex[:8]}",  # a PBT restart: a new run
+            storage_path=payload.storage,
             callbacks=[ForwardReports(reports)],
             failure_config=FailureConfig(max_failures=0, controller_failure_limit=0),
         ),
@@ -305,12 +281,9 @@ def run_plan(
     indices: list[int],
 ) -> None:
     """Run the trials ``indices`` of ``plan`` to their end (or until the sink asks to stop)."""
-    import dataclasses
-
     import ray
     from ray import tune
 
-    from flatmtl.workers.worker import search
     from flatmtl.workers.worker.callbacks import Bridge, StopWhenAsked
 
     ensure_ray(settings)
@@ -319,23 +292,19 @@ def run_plan(
     pbt = sweep is not None and sweep.scheduler.name == "pbt"
     if pbt:  # each epoch's own checkpoint, for Tune to hand to the trials that clone this one
         options = dataclasses.replace(options, keep_epoch_checkpoints=True)
-    payload = {
-        "trials": {
-            trial.index: {"spec": trial.spec, "config": trial.config, "run_dir": str(trial.run_dir)}
-            for trial in plan.trials
-            if trial.index in indices
-        },
-        "base": sweep.base if sweep else None,
-        "config_paths": search.config_paths(sweep),
-        "search": sweep.search if sweep else "grid",
-        "pbt": pbt,
-        "options": options.as_dict(),
-        "cpus": plan.resources["cpus"],
-        "gpus": plan.resources["gpus"],
-        "attempt": attempt,
-        "storage": str(paths.ray / "train"),
-        "collective_timeout_s": settings.collective_timeout_s,
-    }
+    payload = TrialPayload(
+        trials={trial.index: trial for trial in plan.trials if trial.index in indices},
+        base=sweep.base if sweep else None,
+        config_paths=tuple(search.config_paths(sweep)),
+        search=sweep.search if sweep else "grid",
+        pbt=pbt,
+        options=options,
+        cpus=plan.resources["cpus"],
+        gpus=plan.resources["gpus"],
+        attempt=attempt,
+        storage=str(paths.ray / "train"),
+        collective_timeout_s=settings.collective_timeout_s,
+    )
     trainable = tune.with_resources(tune.with_parameters(run_trial, payload=payload), {"cpu": TRIAL_ACTOR_CPUS})
     optuna = sweep is not None and sweep.search == "optuna"
     tuner = tune.Tuner(
