@@ -4,6 +4,8 @@
 #
 #   eval "$(scripts/start_postgres.sh)"        # exports FLATMTL_TEST_POSTGRES_URL and FLATMTL_TEST_POSTGRES_DIR
 #   scripts/start_postgres.sh stop             # stops the cluster named by FLATMTL_TEST_POSTGRES_DIR
+#   scripts/start_postgres.sh down|up          # stops it keeping its data, and starts it again on the same port
+#                                              # (fault-injection tests: an outage of the database)
 #
 # Diagnostics go to stderr so that stdout stays eval-able. As root, the server runs as `postgres`
 # because initdb and postgres refuse to run as root.
@@ -27,6 +29,23 @@ as_owner() {
   fi
 }
 
+server_options() {
+  echo "-p $1 -k $2 -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=100"
+}
+
+if [ "${1:-}" = down ] || [ "${1:-}" = up ]; then
+  bindir=$(find_bindir) || { echo "start_postgres: no PostgreSQL installed" >&2; exit 1; }
+  : "${FLATMTL_TEST_POSTGRES_DIR:?set FLATMTL_TEST_POSTGRES_DIR (printed by the start command)}"
+  root=$FLATMTL_TEST_POSTGRES_DIR
+  if [ "$1" = down ]; then
+    as_owner "$bindir/pg_ctl" -D "$root/data" -m fast -w stop >&2
+  else
+    as_owner "$bindir/pg_ctl" -D "$root/data" -l "$root/server.log" -w -t 60 \
+      -o "$(server_options "$(cat "$root/port")" "$root")" start >&2
+  fi
+  exit 0
+fi
+
 if [ "${1:-}" = stop ]; then
   bindir=$(find_bindir) || { echo "start_postgres: no PostgreSQL installed" >&2; exit 1; }
   : "${FLATMTL_TEST_POSTGRES_DIR:?set FLATMTL_TEST_POSTGRES_DIR (printed by the start command)}"
@@ -49,11 +68,12 @@ if [ "$(id -u)" = 0 ]; then
   chown postgres "$root"
 fi
 port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+echo "$port" >"$root/port"
 
 as_owner "$bindir/initdb" -D "$root/data" -U postgres -A trust -E UTF8 --no-locale >"$root/initdb.log" 2>&1 \
   || { cat "$root/initdb.log" >&2; exit 1; }
 as_owner "$bindir/pg_ctl" -D "$root/data" -l "$root/server.log" -w -t 60 \
-  -o "-p $port -k $root -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=100" \
+  -o "$(server_options "$port" "$root")" \
   start >&2 || { cat "$root/server.log" >&2; exit 1; }
 as_owner "$bindir/createdb" -h 127.0.0.1 -p "$port" -U postgres "$database" >&2
 

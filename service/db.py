@@ -5,6 +5,10 @@ SQLite gets WAL, a busy timeout and foreign keys on every connection, and SQLAlc
 BEGIN IMMEDIATE: they take the write lock up front instead of failing to upgrade a read lock.
 Threads of one process also take a lock around SQLite writes, which is much faster than the busy
 handler's sleep-and-retry when many threads of a worker or the API write at once.
+
+PostgreSQL connections are pinged when taken from the pool and replaced every few minutes: after a
+server restart, the first request on an idle pooled connection would otherwise fail, and a server that
+is down is reported in seconds (the connect timeout), not after the operating system's TCP timeout.
 """
 
 from __future__ import annotations
@@ -26,6 +30,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from flatmtl.service.settings import Settings
 
 ALEMBIC_INI = Path(__file__).resolve().parent / "alembic.ini"
+CONNECT_TIMEOUT_S = 5
+POOL_RECYCLE_S = 300
+POOL_TIMEOUT_S = 10.0
 
 
 class Database:
@@ -80,7 +87,16 @@ class Database:
 def _create_engine(url: str, busy_timeout_s: float, echo: bool) -> Engine:
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
-        return create_engine(url, echo=echo, pool_size=10, max_overflow=20, pool_recycle=1800)
+        return create_engine(
+            url,
+            echo=echo,
+            pool_size=10,
+            max_overflow=20,
+            pool_pre_ping=True,
+            pool_recycle=POOL_RECYCLE_S,
+            pool_timeout=POOL_TIMEOUT_S,
+            connect_args={"connect_timeout": CONNECT_TIMEOUT_S},
+        )
     if parsed.database and parsed.database != ":memory:":
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
     # LIFO: the connection used last has the warmest page cache (SQLite drops a connection's cache when another

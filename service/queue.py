@@ -229,6 +229,19 @@ def complete(
         _event(connection, lease.job_id, outcome, error or "", owner=lease.owner, attempt=lease.attempt)
 
 
+def release(db: Database, lease: Lease, reason: str) -> None:
+    """Give a job back to the queue unfinished, on the same attempt (a worker shutting down, or one that could not
+    heartbeat); LeaseLostError if the token is stale. Its checkpoints let the next worker resume it."""
+    with db.write_connection() as connection:
+        updated = connection.execute(
+            update(JOBS).where(*_OWNED).values(state="queued", lease_owner=None, lease_expires_at=None),
+            {"b_id": lease.job_id, "b_token": lease.token},
+        )
+        if updated.rowcount != 1:
+            raise LeaseLostError(f"job {lease.job_id}: lease token {lease.token} of {lease.owner} is no longer valid")
+        _event(connection, lease.job_id, "released", reason, owner=lease.owner, attempt=lease.attempt)
+
+
 @contextmanager
 def fenced(db: Database, lease: Lease) -> Iterator[Connection]:
     """A write transaction that commits only while ``lease`` still owns the job (row locked meanwhile)."""

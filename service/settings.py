@@ -31,6 +31,12 @@ class Settings(BaseSettings):
     ray_address: str = Field("local", description="'local' starts a Ray on this machine; else a cluster address.")
     lease_seconds: float = Field(60.0, gt=0, description="How long a claim lasts without a heartbeat.")
     max_attempts: int = Field(3, ge=1, le=100, description="Default attempts before a job whose lease expires fails.")
+    shutdown_grace_s: float = Field(
+        60.0,
+        ge=0,
+        description="How long a worker told to stop (SIGTERM, SIGINT) lets its job run on before stopping it at its "
+        "last checkpoint and releasing it to the queue.",
+    )
     token_secret: SecretStr | None = Field(None, description="HMAC key for API token hashes; default: a file.")
     reads_open: bool = Field(False, description="Serve GET endpoints without a token.")
     max_body_bytes: int = Field(1_048_576, ge=1024, description="Larger request bodies get 413.")

@@ -7,10 +7,8 @@ Ray, torch and the training code load only when a command runs.
 from __future__ import annotations
 
 import logging
-import signal
 import sys
 from pathlib import Path
-from types import FrameType
 
 import click
 
@@ -56,7 +54,11 @@ def worker_command(
     collective_timeout: float,
     job_timeout: float | None,
 ) -> None:
-    """Claim queued jobs and run them on Ray (training jobs as Ray Train runs, sweeps as Ray Tune sweeps)."""
+    """Claim queued jobs and run them on Ray (training jobs as Ray Train runs, sweeps as Ray Tune sweeps).
+
+    SIGTERM or SIGINT: stop claiming, let the current job run for the shutdown_grace_s setting, then stop it at
+    its last checkpoint and release it to the queue; exit 0. A second signal stops the job at once (exit 1).
+    """
     from flatmtl.service.settings import load_settings
     from flatmtl.workers.worker.loop import LOG_FORMAT, Worker, WorkerOptions, default_owner
     from flatmtl.workers.worker.trials import RaySettings
@@ -76,14 +78,11 @@ def worker_command(
         ray_settings,
         WorkerOptions(owner=owner or default_owner(), poll_s=poll, max_jobs=max_jobs, exit_when_idle=exit_when_idle),
     )
-
-    def stop(signum: int, _frame: FrameType | None) -> None:
-        logging.getLogger("flatmtl.worker").info("signal %d: shutting down", signum)
-        worker.shutdown()
-
-    signal.signal(signal.SIGTERM, stop)
+    worker.install_signal_handlers()
     ran = worker.run()
     click.echo(f"worker {worker.options.owner} ran {ran} job(s)", err=True)
+    if worker.forced:
+        sys.exit(1)
 
 
 @click.command("service")

@@ -22,6 +22,7 @@ from flatmtl.service import queue
 from flatmtl.service.db import Database
 from flatmtl.service.errors import LeaseLostError
 from flatmtl.service.models import Job, Metric, Trial
+from flatmtl.service.retry import GaveUpError, is_transient, retrying
 from flatmtl.workers.training import RunDirectory, checkpoint
 from flatmtl.workers.training.rundir import STATUS_SUCCEEDED
 from flatmtl.workers.worker.contracts import TrialPlan
@@ -29,6 +30,8 @@ from flatmtl.workers.worker.plan import JobPaths, JobPlan
 from flatmtl.workers.worker.points import epoch_record, result_points
 
 FINAL_TRIAL_STATES = ("succeeded", "stopped", "failed")
+UNFENCED = ("cancelled", "lost", "unreachable")
+"""Stop reasons after which the run writes nothing more: the job is not (or may soon not be) this worker's."""
 MAX_ERROR_CHARS = 2000
 
 
@@ -99,7 +102,8 @@ class JobRun:
         return self._stopped.is_set()
 
     def stop(self, reason: str) -> None:
-        """Ask the running trials to end (``cancelled``, ``lost`` or ``shutdown``); the first reason sticks."""
+        """Ask the running trials to end (``cancelled``, ``lost``, ``unreachable`` or ``shutdown``); the first reason
+        sticks."""
         with self._lock:
             if self.stop_reason is None:
                 self.stop_reason = reason
@@ -107,17 +111,32 @@ class JobRun:
         self._stopped.set()
 
     def _fenced(self, write: Any, *args: Any, **kwargs: Any) -> None:
-        if self.should_stop() and self.stop_reason in ("cancelled", "lost"):
+        """One write of the run, retried while the database is unreachable until the run is stopped (the keeper
+        stops it before the lease can expire; the next attempt then replays what was not stored)."""
+        if self.should_stop() and self.stop_reason in UNFENCED:
             return
         try:
-            write(self.db, self.lease, *args, **kwargs)
+            retrying(
+                lambda: write(self.db, self.lease, *args, **kwargs),
+                what=f"job {self.lease.job_id}: {getattr(write, '__name__', 'write')}",
+                log=self.log,
+                give_up=self.should_stop,
+                sleep=self._stopped.wait,
+            )
         except LeaseLostError:
             self.stop(self._why_lost())
+        except GaveUpError as error:
+            self.log.warning("%s", error)
 
     def _why_lost(self) -> str:
         """``cancelled`` when a user cancelled the job, else ``lost`` (requeued by a reaper, or gone)."""
-        with self.db.read() as session:
-            state = session.scalar(select(Job.state).where(Job.id == self.lease.job_id))
+        try:
+            with self.db.read() as session:
+                state = session.scalar(select(Job.state).where(Job.id == self.lease.job_id))
+        except Exception as error:
+            if not is_transient(error):
+                raise
+            return "lost"
         return "cancelled" if state == "cancelled" else "lost"
 
     def _write_trial(self, trial: TrialState) -> None:

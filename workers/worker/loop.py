@@ -9,19 +9,24 @@ sends lands. An attempt > 1 resumes each trial from its run directory's checkpoi
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import signal
 import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
+from typing import TypeVar
 
 from flatmtl.service import queue
 from flatmtl.service.db import Database
 from flatmtl.service.errors import LeaseLostError
+from flatmtl.service.retry import Backoff, GaveUpError, describe, is_transient, retrying
 from flatmtl.service.settings import Settings
 from flatmtl.workers.training import ConfigError, RunOptions, check_runnable
 from flatmtl.workers.worker.job import JobRun
@@ -30,6 +35,11 @@ from flatmtl.workers.worker.trials import ClusterTooSmallError, RaySettings, ens
 
 log = logging.getLogger("flatmtl.worker")
 LOG_FORMAT = "%(asctime)s %(levelname)s %(message)s"
+HONEST_SHARE = 0.5
+"""Share of the lease after the last heartbeat that landed at which the run is stopped: the rest is for stopping."""
+RELEASED = ("shutdown", "unreachable")
+"""Stop reasons after which the job goes back to the queue on the same attempt."""
+T = TypeVar("T")
 
 
 def default_owner() -> str:
@@ -37,7 +47,13 @@ def default_owner() -> str:
 
 
 class Keeper(threading.Thread):
-    """Heartbeats one lease and runs the reaper until stopped; tells ``on_stop`` why the job must end."""
+    """Heartbeats one lease and runs the reaper until stopped; tells ``on_stop`` why the job must end.
+
+    Heartbeats that fail (the database is unreachable) are retried with backoff. A watchdog re-armed by
+    each heartbeat that lands stops the run (``unreachable``) once half the lease has passed without one,
+    even while a heartbeat hangs: the run has then ended before the lease can expire and another worker
+    claim the job.
+    """
 
     def __init__(
         self,
@@ -48,33 +64,68 @@ class Keeper(threading.Thread):
         progress: Callable[[], float],
         on_stop: Callable[[str], None],
         reap: Callable[[], None],
+        since: float | None = None,
     ) -> None:
         super().__init__(name=f"keeper-{lease.job_id}", daemon=True)
         self.db, self.lease, self.lease_seconds = db, lease, lease_seconds
         self.progress, self.on_stop, self.reap = progress, on_stop, reap
         self.interval = min(lease_seconds / 4, 10.0)
         self._done = threading.Event()
+        self._watchdog: threading.Timer | None = None
+        self._arm(time.monotonic() if since is None else since)
+
+    def _arm(self, since: float) -> None:
+        """Stop the run half a lease after ``since``, when the last heartbeat that landed was sent."""
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+        delay = max(0.0, since + self.lease_seconds * HONEST_SHARE - time.monotonic())
+        self._watchdog = threading.Timer(delay, self._unreachable)
+        self._watchdog.daemon = True
+        self._watchdog.start()
+
+    def _unreachable(self) -> None:
+        log.warning(
+            "job %d: no heartbeat landed for %.1f s (half the lease); stopping the run before the lease expires",
+            self.lease.job_id,
+            self.lease_seconds * HONEST_SHARE,
+        )
+        self._done.set()
+        self.on_stop("unreachable")
 
     def run(self) -> None:
-        last_ok = time.monotonic()
-        while not self._done.wait(self.interval):
+        backoff = Backoff(first_s=min(0.2, self.interval), cap_s=self.interval)
+        wait = self.interval
+        while not self._done.wait(wait):
+            sent = time.monotonic()
             try:
                 status = queue.heartbeat(self.db, self.lease, self.lease_seconds, progress=self.progress())
-            except Exception:  # the database may come back before the lease runs out
-                log.exception("heartbeat of job %d failed", self.lease.job_id)
-                if time.monotonic() - last_ok > self.lease_seconds:
-                    self.on_stop("lost")
-                    return
+            except Exception as error:  # the database may come back before the lease runs out
+                if is_transient(error):
+                    log.warning("heartbeat of job %d failed: %s", self.lease.job_id, describe(error))
+                else:
+                    log.exception("heartbeat of job %d failed", self.lease.job_id)
+                wait = backoff.next_delay()
                 continue
+            if self._done.is_set():
+                return
             if status != "ok":
+                self._stop_watchdog()
                 self.on_stop(status)
                 return
-            last_ok = time.monotonic()
+            self._arm(sent)
+            backoff.reset()
+            wait = self.interval
             self.reap()
+
+    def _stop_watchdog(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
 
     def finish(self) -> None:
         self._done.set()
-        self.join()
+        self._stop_watchdog()
+        if self.is_alive():
+            self.join()
 
 
 @dataclass
@@ -86,18 +137,82 @@ class WorkerOptions:
 
 
 class Worker:
+    """Claims and runs jobs. Database outages of any length are ridden out with backoff (nothing here exits
+    on one); ``shutdown`` (the first SIGTERM or SIGINT) stops claiming and gives the current job the grace
+    period to finish before it is stopped and released; ``force`` (a second signal) skips the rest."""
+
     def __init__(self, settings: Settings, ray_settings: RaySettings, options: WorkerOptions) -> None:
         self.settings, self.ray_settings, self.options = settings, ray_settings, options
         self.db = Database.from_settings(settings)
         self.current: JobRun | None = None
         self._shutdown = threading.Event()
+        self._forced = threading.Event()
+        self._grace: threading.Timer | None = None
+        self._grace_lock = threading.Lock()
+        self._handles_signals = False
         self._last_reap = 0.0
 
+    @property
+    def forced(self) -> bool:
+        return self._forced.is_set()
+
     def shutdown(self) -> None:
-        """Stop claiming; a running job is stopped and left to its lease (the reaper requeues it)."""
+        """Stop claiming; the running job may finish within the grace period, else it is stopped and released."""
+        if self._shutdown.is_set():
+            return
         self._shutdown.set()
-        if self.current is not None:
-            self.current.stop("shutdown")
+        run = self.current
+        if run is None:
+            log.info("shutting down: no job running")
+            return
+        self._start_grace(run)
+
+    def _start_grace(self, run: JobRun) -> None:
+        with self._grace_lock:
+            if self._grace is not None:
+                return
+            grace = self.settings.shutdown_grace_s
+            log.info("job %d may run %g s more before it is stopped and released", run.lease.job_id, grace)
+            self._grace = threading.Timer(grace, run.stop, args=("shutdown",))
+            self._grace.daemon = True
+            self._grace.start()
+
+    def force(self) -> None:
+        """Stop the current job now and give up on database retries."""
+        self._forced.set()
+        self._shutdown.set()
+        run = self.current
+        if run is not None:
+            log.warning("forced shutdown: stopping job %d now", run.lease.job_id)
+            run.stop("shutdown")
+
+    def on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        name = signal.Signals(signum).name
+        if self._shutdown.is_set():
+            log.warning("%s again: forcing the shutdown", name)
+            self.force()
+            return
+        log.info("%s: shutting down", name)
+        self.shutdown()
+
+    def install_signal_handlers(self) -> None:
+        """SIGTERM and SIGINT shut down gracefully, a second one forces. Called again once Ray has started,
+        because ``ray.init`` installs its own SIGTERM handler, which exits at once."""
+        if threading.current_thread() is not threading.main_thread():
+            return
+        os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"  # Tune would take SIGINT over while a job runs
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, self.on_signal)
+        self._handles_signals = True
+
+    def _retrying(self, call: Callable[[], T], what: str, give_up: Callable[[], bool] | None = None) -> T:
+        return retrying(
+            call,
+            what=what,
+            log=log,
+            give_up=give_up or (lambda: self._forced.is_set()),
+            sleep=self._forced.wait,
+        )
 
     def reap(self, *, force: bool = False) -> None:
         now = time.monotonic()
@@ -107,85 +222,144 @@ class Worker:
         try:
             for job_id, state in queue.reap(self.db).items():
                 log.info("reaped job %d: lease expired, now %s", job_id, state)
-        except Exception:
-            log.exception("reaping failed")
+        except Exception as error:
+            if not is_transient(error):
+                log.exception("reaping failed")
+                return
+            log.warning("reaping failed: %s", describe(error))
 
     def run(self) -> int:
-        """Claim and run jobs until shut down (or ``max_jobs`` ran, or idle with ``exit_when_idle``)."""
-        self.db.migrate()
-        ensure_ray(self.ray_settings)
+        """Claim and run jobs until shut down (or ``max_jobs`` ran, or idle with ``exit_when_idle``).
+
+        Expired leases are reaped before Ray starts, so a dead worker's job waits for no Ray start-up.
+        """
         ran = 0
-        log.info("worker %s polling %s", self.options.owner, self.db.url.render_as_string(hide_password=True))
         try:
+            self._retrying(self.db.migrate, "migrating the database", give_up=self._shutdown.is_set)
+            self.reap(force=True)
+            if self._shutdown.is_set():
+                return ran
+            ensure_ray(self.ray_settings)
+            if getattr(self, "_handles_signals", False):
+                self.install_signal_handlers()
+            log.info("worker %s polling %s", self.options.owner, self.db.url.render_as_string(hide_password=True))
+            backoff = Backoff(cap_s=max(self.options.poll_s, 10.0))
             while not self._shutdown.is_set():
                 if self.options.max_jobs is not None and ran >= self.options.max_jobs:
                     break
                 self.reap()
-                lease = queue.claim(self.db, self.options.owner, self.settings.lease_seconds)
+                claimed_at = time.monotonic()
+                try:
+                    lease = queue.claim(self.db, self.options.owner, self.settings.lease_seconds)
+                except Exception as error:
+                    if not is_transient(error):
+                        raise
+                    delay = backoff.next_delay()
+                    log.warning("claiming failed: %s; retry in %.1f s", describe(error), delay)
+                    self._shutdown.wait(delay)
+                    continue
+                backoff.reset()
                 if lease is None:
                     if self.options.exit_when_idle:
                         break
                     self._shutdown.wait(self.options.poll_s)
                     continue
-                self.run_job(lease)
+                self.run_job(lease, claimed_at)
                 ran += 1
+        except GaveUpError as error:
+            log.warning("%s", error)
         finally:
+            log.info("worker %s stopped after %d job(s)", self.options.owner, ran)
             self.db.dispose()
         return ran
 
-    def run_job(self, lease: queue.Lease) -> None:
+    def run_job(self, lease: queue.Lease, claimed_at: float | None = None) -> None:
         paths = JobPaths(self.settings.artifacts, lease.job_id)
-        with job_log(paths.log, lease) as job_logger:
-            job_logger.info("attempt %d claimed by %s (lease token %d)", lease.attempt, lease.owner, lease.token)
+        with ExitStack() as stack:
             try:
-                plan = plan_job(lease.job_id, lease.spec, self.settings.artifacts)
-                for trial in plan.trials:
-                    check_runnable(trial.spec, f"trial {trial.index}" if plan.kind == "sweep" else "")
-            except (ConfigError, ValueError) as error:
-                self._complete(lease, "failed", None, f"the job cannot run: {error}", job_logger)
+                job_logger = stack.enter_context(job_log(paths.log, lease))
+            except OSError as error:  # no space or no permission: the job fails, the worker goes on
+                self._complete(lease, "failed", None, f"cannot write the job's log: {os_error(error)}", log)
                 return
-            run = JobRun(self.db, lease, plan, paths, job_logger)
-            self.current = run
-            keeper = Keeper(
-                self.db,
-                lease,
-                self.settings.lease_seconds,
-                progress=run.progress,
-                on_stop=run.stop,
-                reap=self.reap,
-            )
-            keeper.start()
-            try:
-                todo = run.load_previous()
-                if self._shutdown.is_set():
-                    run.stop("shutdown")
-                if todo and not run.should_stop():
-                    options = RunOptions(
-                        device="cuda" if plan.resources["gpus"] > 0 else "cpu",
-                        threads=max(1, int(plan.resources["cpus"])),
-                    )
-                    run_plan(
-                        plan,
-                        run,
-                        self.ray_settings,
-                        paths=paths,
-                        attempt=lease.attempt,
-                        options=options,
-                        indices=todo,
-                    )
-                if run.should_stop():
-                    job_logger.info("attempt %d ended without an outcome: %s", lease.attempt, run.stop_reason)
-                    return
+            self._run_job(lease, paths, job_logger, claimed_at)
+
+    def _run_job(
+        self, lease: queue.Lease, paths: JobPaths, job_logger: logging.Logger, claimed_at: float | None
+    ) -> None:
+        job_logger.info("attempt %d claimed by %s (lease token %d)", lease.attempt, lease.owner, lease.token)
+        try:
+            plan = plan_job(lease.job_id, lease.spec, self.settings.artifacts)
+            for trial in plan.trials:
+                check_runnable(trial.spec, f"trial {trial.index}" if plan.kind == "sweep" else "")
+        except (ConfigError, ValueError) as error:
+            self._complete(lease, "failed", None, f"the job cannot run: {error}", job_logger)
+            return
+        run = JobRun(self.db, lease, plan, paths, job_logger)
+        self.current = run
+        if self._shutdown.is_set():
+            self._start_grace(run)
+        keeper = Keeper(
+            self.db,
+            lease,
+            self.settings.lease_seconds,
+            progress=run.progress,
+            on_stop=run.stop,
+            reap=self.reap,
+            since=claimed_at,
+        )
+        keeper.start()
+        try:
+            todo = self._retrying(run.load_previous, f"job {lease.job_id}: reading earlier attempts", run.should_stop)
+            if todo and not run.should_stop():
+                options = RunOptions(
+                    device="cuda" if plan.resources["gpus"] > 0 else "cpu",
+                    threads=max(1, int(plan.resources["cpus"])),
+                )
+                run_plan(
+                    plan,
+                    run,
+                    self.ray_settings,
+                    paths=paths,
+                    attempt=lease.attempt,
+                    options=options,
+                    indices=todo,
+                )
+            if not run.should_stop():
                 outcome, result, error = run.outcome()
                 self._complete(lease, outcome, result, error, job_logger)
-            except (ClusterTooSmallError, ValueError) as error:
-                self._complete(lease, "failed", None, str(error), job_logger)
-            except Exception as error:
-                job_logger.exception("attempt %d failed", lease.attempt)
-                self._complete(lease, "failed", None, f"{type(error).__name__}: {error}", job_logger)
-            finally:
-                keeper.finish()
-                self.current = None
+        except GaveUpError:
+            pass  # the run was stopped while the database was unreachable: handled below
+        except OSError as error:
+            job_logger.exception("attempt %d failed", lease.attempt)
+            self._complete(lease, "failed", None, os_error(error), job_logger)
+        except (ClusterTooSmallError, ValueError) as error:
+            self._complete(lease, "failed", None, str(error), job_logger)
+        except Exception as error:
+            job_logger.exception("attempt %d failed", lease.attempt)
+            self._complete(lease, "failed", None, f"{type(error).__name__}: {error}", job_logger)
+        finally:
+            keeper.finish()
+            with self._grace_lock:
+                if self._grace is not None:
+                    self._grace.cancel()
+                self._grace = None
+            self.current = None
+        if run.should_stop():
+            job_logger.info("attempt %d ended without an outcome: %s", lease.attempt, run.stop_reason)
+            if run.stop_reason in RELEASED:
+                self._release(lease, run.stop_reason or "", job_logger)
+
+    def _release(self, lease: queue.Lease, reason: str, job_logger: logging.Logger) -> None:
+        why = {"shutdown": "the worker shut down", "unreachable": "the database was unreachable for half the lease"}
+        message = f"released by {lease.owner}: {why.get(reason, reason)}"
+        try:
+            self._retrying(lambda: queue.release(self.db, lease, message), f"job {lease.job_id}: releasing")
+        except LeaseLostError:
+            job_logger.info("job %d was requeued or cancelled meanwhile; nothing to release", lease.job_id)
+        except GaveUpError as error:
+            job_logger.warning("job %d not released (%s); it is requeued when its lease expires", lease.job_id, error)
+        else:
+            job_logger.info("job %d released to the queue (%s); its checkpoints let it resume", lease.job_id, reason)
 
     def _complete(
         self,
@@ -195,14 +369,30 @@ class Worker:
         error: str | None,
         job_logger: logging.Logger,
     ) -> None:
+        """Record the outcome, retried through a database outage of any length (a forced shutdown gives up)."""
         try:
-            queue.complete(self.db, lease, outcome, result=result, error=error)
+            self._retrying(
+                lambda: queue.complete(self.db, lease, outcome, result=result, error=error),
+                f"job {lease.job_id}: recording {outcome}",
+            )
         except LeaseLostError:
             job_logger.warning(
                 "job %d: the lease was lost before the outcome (%s) could be recorded", lease.job_id, outcome
             )
             return
+        except GaveUpError as gave_up:
+            job_logger.warning("job %d: outcome %s not recorded: %s", lease.job_id, outcome, gave_up)
+            return
         job_logger.info("job %d %s%s", lease.job_id, outcome, f": {error}" if error else "")
+
+
+def os_error(error: OSError) -> str:
+    """An OSError as a job's reason: what failed, the errno's name and the path."""
+    code = errno.errorcode.get(error.errno or 0)
+    if code is None:
+        return f"{type(error).__name__}: {error}"
+    where = f": {error.filename}" if error.filename else ""
+    return f"{type(error).__name__} [{code}] {error.strerror or error}{where}"
 
 
 @contextmanager
@@ -218,4 +408,7 @@ def job_log(path: Path, lease: queue.Lease) -> Iterator[logging.Logger]:
         yield logger
     finally:
         logger.removeHandler(handler)
-        handler.close()
+        try:
+            handler.close()
+        except OSError as error:  # a full disk: the job's outcome is already recorded, the worker goes on
+            log.warning("job %d: closing its log failed: %s", lease.job_id, os_error(error))
