@@ -1,7 +1,12 @@
 """One error body for every failure, declared in the OpenAPI document, with no stack traces.
 
 422 lists each problem with its field path, the value given and what is allowed; 401/403/404/409/413
-say why in ``message``.
+say why in ``message``. A database that cannot be reached (down, restarting, out of connections) is a
+503 with ``Retry-After``, not a 500.
+
+Unexpected errors are answered by :class:`CatchAll`, inside the middleware stack, rather than by an
+``Exception`` handler: Starlette re-raises after such a handler, and uvicorn then closes the keep-alive
+connection, so the client's next request on it would be reset.
 """
 
 from __future__ import annotations
@@ -13,12 +18,16 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from flatmtl.service.errors import ConflictError, ForbiddenError, NotFoundError, ServiceError
+from flatmtl.service.retry import describe, is_transient
 from flatmtl.service.validation import json_safe, problems_from
 
 log = logging.getLogger("flatmtl.api")
+RETRY_AFTER_S = 2
 
 STATUS_CODES = {
     401: "unauthorized",
@@ -65,8 +74,9 @@ class ApiError(Exception):
 
 
 def responses(*codes: int) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI declarations of the given error statuses (413, 422 and 500 are added everywhere)."""
-    return {code: {"model": ErrorBody, "description": DESCRIPTIONS[code]} for code in sorted({*codes, 413, 422, 500})}
+    """OpenAPI declarations of the given error statuses (413, 422, 500 and 503 are added everywhere)."""
+    everywhere = {413, 422, 500, 503}
+    return {code: {"model": ErrorBody, "description": DESCRIPTIONS[code]} for code in sorted({*codes, *everywhere})}
 
 
 def error_response(status: int, message: str, errors: list[FieldErrorBody] | None = None, **kw: Any) -> JSONResponse:
@@ -103,10 +113,53 @@ def install(app: FastAPI) -> None:
             return error_response(422, f"invalid request: (body): {problem.message}", [problem])
         return error_response(exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None))
 
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-        return error_response(500, "internal error; the server log has the details")
+    @app.exception_handler(SQLAlchemyError)
+    async def _database(request: Request, exc: SQLAlchemyError) -> JSONResponse:
+        return unexpected(request.method, request.url.path, exc)
+
+    app.add_middleware(CatchAll)
+
+
+def unavailable(error: BaseException) -> JSONResponse:
+    return error_response(
+        503,
+        f"the database is unreachable ({describe(error)}); retry later",
+        headers={"Retry-After": str(RETRY_AFTER_S)},
+    )
+
+
+def unexpected(method: str, path: str, error: BaseException) -> JSONResponse:
+    """503 for a database that cannot be reached, else 500 (logged, never detailed to the client)."""
+    if is_transient(error):
+        log.warning("%s %s: database unavailable: %s", method, path, describe(error))
+        return unavailable(error)
+    log.error("unhandled error on %s %s", method, path, exc_info=error)
+    return error_response(500, "internal error; the server log has the details")
+
+
+class CatchAll:
+    """ASGI middleware: turns an exception no handler took into a 500 (or 503) and keeps the connection open."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracked(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracked)
+        except Exception as error:
+            if started:  # too late for an error body: the server has to drop the connection
+                raise
+            await unexpected(scope["method"], scope["path"], error)(scope, receive, send)
 
 
 def _without_body(errors: Any) -> list[dict[str, Any]]:
