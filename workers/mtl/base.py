@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 from torch import Tensor
 
-from flatmtl.workers.mtl.checks import check_gram, check_losses, check_task_matrix
+from flatmtl.workers.mtl.checks import check_finite_through, check_gram, check_losses, check_task_matrix
 
 if TYPE_CHECKING:
     from flatmtl.workers.mtl.oracle import GradientOracle
@@ -63,11 +63,14 @@ class Aggregator(Stateful):
 
     ``reduce_gram`` sums K x K statistics over parameter shards; on whole parameters it is the
     identity. ``generator`` drives every random choice so all ranks take the same step.
+    ``averages_gradients``: the update is the plain mean of the task gradients whatever they are, so it
+    is the gradient of the mean weighted loss and a step needs one backward, not K (``mean``).
     """
 
     method_name: ClassVar[str]
     needs_losses: ClassVar[bool] = False
     uses_representation: ClassVar[bool] = False
+    averages_gradients: ClassVar[bool] = False
 
     def __call__(
         self,
@@ -80,6 +83,8 @@ class Aggregator(Stateful):
         check_task_matrix(self.method_name, grads)
         check_losses(self.method_name, losses, grads.shape[0], required=self.needs_losses)
         update = self.aggregate(grads, losses=losses, generator=generator, reduce_gram=reduce_gram)
+        if not isinstance(self, GramAggregator):
+            check_finite_through(self.method_name, update, grads, "update")
         return update
 
     def aggregate(
@@ -94,7 +99,9 @@ class Aggregator(Stateful):
 
 
 class GramAggregator(Aggregator):
-    """An aggregator whose update is ``weights(G G^T) @ G``: shardable with a K x K all-reduce."""
+    """An aggregator whose update is ``weights(G G^T) @ G``: shardable with a K x K all-reduce.
+
+    The gradients' finiteness is checked on the Gram (a NaN or inf in [K, P] shows on its diagonal)."""
 
     def weights(
         self, gram: Tensor, *, losses: Tensor | None = None, generator: torch.Generator | None = None
@@ -116,6 +123,7 @@ class GramAggregator(Aggregator):
         reduce_gram: GramReducer,
     ) -> Tensor:
         gram = reduce_gram(grads @ grads.T)
+        check_finite_through(self.method_name, gram, grads)
         weights = self.compute_weights(gram, losses=losses, generator=generator)
         return weights.to(grads.dtype) @ grads
 
@@ -128,9 +136,12 @@ class LossWeighting(Stateful):
     perturbed parameters by SAM wrappers and must give the same weights there); ``observe`` sees the
     raw losses and the Gram of the weighted per-task gradients once per step (GradNorm, DWA, FAMO).
     Learnable weightings expose their parameters; the step fills their ``.grad``.
+    ``observes_gram``: the weighting reads the per-task gradients' Gram every step, so every step takes
+    per-task gradients (GradNorm); the others see only losses and let averaging aggregators take one backward.
     """
 
     method_name: ClassVar[str]
+    observes_gram: ClassVar[bool] = False
 
     def setup(self, num_tasks: int, *, dtype: torch.dtype, device: torch.device) -> None:
         """Called once by the step with K and the parameters' dtype/device, before any optimizer is

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -9,10 +11,25 @@ from flatmtl.workers.mtl.errors import MethodError
 
 
 def check_task_matrix(method: str, grads: Tensor) -> None:
-    """A [K, P] per-task gradient matrix with K >= 1 and only finite entries."""
+    """A [K, P] per-task gradient matrix with K >= 1.
+
+    Its finiteness is checked on what the method computes from it anyway (``check_finite_through``), so
+    no extra pass over [K, P] is made."""
     if grads.dim() != 2 or grads.shape[0] < 1:
         raise MethodError(f"{method}: gradients must be a [K, P] matrix with K >= 1, got shape {tuple(grads.shape)}")
+
+
+def check_finite_through(method: str, witness: Tensor, grads: Tensor, what: str = "gram") -> None:
+    """Raise if ``witness``, computed from ``grads``, is not finite, naming the first bad entry of ``grads``.
+
+    A NaN or inf anywhere in [K, P] reaches the Gram's diagonal (``sum_p g_kp^2``) and any linear
+    combination of the rows (``0 * inf`` is NaN), so checking the K x K Gram or the [P] update costs
+    nothing next to the method; the [K, P] matrix is searched only to name the culprit. When ``grads``
+    is one shard and the bad entry lives on another rank, the witness itself is named."""
+    if math.isfinite(float(witness.sum())):  # one reduction; an overflowing sum falls through to the exact check
+        return
     check_finite(method, "gradients", grads)
+    check_finite(method, what, witness)
 
 
 def check_gram(method: str, gram: Tensor) -> None:

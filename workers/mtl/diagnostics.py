@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from flatmtl.workers.mtl.checks import check_gram, check_task_matrix
+from flatmtl.workers.mtl.checks import check_finite, check_gram, check_task_matrix
 
 NAME = "diagnostics"
 
@@ -154,6 +154,7 @@ def parameter_conflicts(grads: Tensor, reduce_counts: CountReducer = _identity) 
     are counted one at a time so the only temporaries are [P] masks, never a [K, P] float matrix.
     """
     check_task_matrix(NAME, grads)
+    check_finite(NAME, "gradients", grads)
     num_tasks = grads.shape[0]
     positive = grads > 0
     negative = grads < 0

@@ -9,6 +9,7 @@ are restored after perturbed passes, so they never move there.
 
 from __future__ import annotations
 
+import math
 import time
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -69,6 +70,8 @@ class GradientOracle:
         buffers: Sequence[Tensor] = (),
         trunk: TrunkCut | None = None,
         probes: BatchedProbes | None = None,
+        *,
+        diagnostics: bool = True,
     ) -> None:
         self.closure = closure
         self.shared = shared
@@ -83,14 +86,69 @@ class GradientOracle:
         self.record = StepRecord()
         self.trunk = trunk
         self.probes = probes
+        self.diagnostics = diagnostics
         self._representation: Tensor | None = None
         self._cut_losses: weakref.ref[Tensor] | None = None
+
+    @property
+    def wants_gram(self) -> bool:
+        """Whether this step must record the K x K Gram: a diagnostics step, or a weighting that observes it."""
+        return self.diagnostics or self.weighting.observes_gram
+
+    @property
+    def one_backward_suffices(self) -> bool:
+        """The aggregator averages the task gradients and nobody wants the Gram: the update is the gradient
+        of the mean weighted loss, one backward (``weighted_sum_step``) instead of K."""
+        return self.aggregator.averages_gradients and not self.wants_gram
 
     # ---- forward -------------------------------------------------------------------------------
     def losses(self) -> Tensor:
         """Forward pass: the K weighted losses (with graph). The first call of a step also starts the
         weighting's step and fills the gradients of its learnable parameters."""
-        with self.trunk.recording() if self.trunk else nullcontext():
+        weighted, first = self._forward(cut=True)
+        learnable = self.weighting.parameters()
+        if first and learnable:
+            grads = torch.autograd.grad(weighted.sum(), learnable, retain_graph=True)
+            self._set_learnable_grads(learnable, grads)
+        return weighted
+
+    def _set_learnable_grads(self, learnable: Sequence[Tensor], grads: Sequence[Tensor | None]) -> None:
+        for param, grad in zip(learnable, grads, strict=True):
+            param.grad = self.comm.mean(torch.zeros_like(param) if grad is None else grad.detach().clone())
+
+    def weighted_sum_step(self) -> None:
+        """The whole step of an averaging aggregator: forward and ONE backward of the weighted losses' sum.
+
+        The shared parameters get the sum's gradient over K, the mean task gradient the aggregator would
+        return from K per-task gradients; each head its own task's gradient; the weighting's learnable
+        parameters theirs from the same backward. No Gram is recorded. On whole parameters in one process
+        the gradients go straight into ``.grad``, skipping the flat [P] copies a reduction needs.
+        """
+        weighted, _ = self._forward(cut=False)
+        learnable = self.weighting.parameters()
+        head_params = [p for head in self.heads for p in head.params]
+        params = [*self.shared.params, *head_params, *learnable]
+        grads = torch.autograd.grad(weighted.sum(), params, allow_unused=True)
+        self.record.backward_passes += 1
+        num_shared, num_heads = len(self.shared.params), len(head_params)
+        shared, heads = grads[:num_shared], grads[num_shared : num_shared + num_heads]
+        self._set_learnable_grads(learnable, grads[num_shared + num_heads :])
+        if self.comm.world_size > 1 or type(self.shared) is not FlatParams:
+            flat = self.shared.flatten(shared).div_(self.num_tasks)
+            flat = self.comm.reduce_task_gradients(flat.unsqueeze(0))[0]
+            self.write(flat, self._reduce_heads(self._split_heads(self.heads, heads)))
+            return
+        shared = [torch.zeros_like(p) if g is None else g for p, g in zip(self.shared.params, shared, strict=True)]
+        torch._foreach_div_(shared, float(self.num_tasks))
+        if not math.isfinite(float(torch.stack(torch._foreach_norm(shared)).sum())):
+            check_finite(self.aggregator.method_name, "update", self.shared.flatten(shared))
+        for param, grad in zip([*self.shared.params, *head_params], [*shared, *heads], strict=True):
+            param.grad = torch.zeros_like(param) if grad is None else grad
+
+    def _forward(self, *, cut: bool) -> tuple[Tensor, bool]:
+        """The closure's losses, checked and weighted, and whether this was the step's first forward with
+        graph (which starts the weighting's step). ``cut``: record the trunk cut at the declared heads."""
+        with self.trunk.recording() if cut and self.trunk else nullcontext():
             out = self.closure()
         raw, self._representation = out if isinstance(out, tuple) else (out, None)
         if raw.dim() != 1 or raw.shape[0] != self.num_tasks:
@@ -105,13 +163,8 @@ class GradientOracle:
             self.record.losses = detached
             self.weighting.begin_step(detached, self.generator)
         weighted = self.weighting.weigh(raw)
-        self._cut_losses = weakref.ref(weighted) if self.trunk and self.trunk.active else None
-        learnable = self.weighting.parameters()
-        if first and learnable:
-            grads = torch.autograd.grad(weighted.sum(), learnable, retain_graph=True)
-            for param, grad in zip(learnable, grads, strict=True):
-                param.grad = self.comm.mean(grad.detach().clone())
-        return weighted
+        self._cut_losses = weakref.ref(weighted) if cut and self.trunk and self.trunk.active else None
+        return weighted, first
 
     def forward_losses(self) -> Tensor:
         """Forward only (no graph): the K weighted losses averaged over ranks, for SPSA estimates."""
@@ -320,10 +373,13 @@ class GradientOracle:
             aggregator.load_state_dict(saved[0])
             self.generator.set_state(saved[1])
         if self.record.gram is None:
-            gram = seen[0] if seen and isinstance(aggregator, GramAggregator) else self.comm.shard_sum(grads @ grads.T)
-            self.record.gram = gram.detach()
-            assert self.record.losses is not None
-            self.weighting.observe(self.record.losses, self.record.gram)
+            if seen and isinstance(aggregator, GramAggregator):
+                self.record.gram = seen[0].detach()
+            elif self.wants_gram:
+                self.record.gram = self.comm.shard_sum(grads @ grads.T).detach()
+            if self.record.gram is not None:
+                assert self.record.losses is not None
+                self.weighting.observe(self.record.losses, self.record.gram)
         return update
 
     def norm(self, vector: Tensor) -> Tensor:

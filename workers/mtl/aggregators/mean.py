@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 from torch import Tensor
 
-from flatmtl.workers.mtl.base import GramAggregator
+from flatmtl.workers.mtl.base import GramAggregator, GramReducer
+from flatmtl.workers.mtl.checks import check_finite_through
 from flatmtl.workers.mtl.registry import register
 
 
@@ -17,7 +20,24 @@ from flatmtl.workers.mtl.registry import register
     scale="mean: weights 1/K",
 )
 class Mean(GramAggregator):
-    """Weights 1/K: the update is the mean of the task gradients, the gradient of the mean loss."""
+    """Weights 1/K: the update is the mean of the task gradients, the gradient of the mean loss.
+
+    The mean needs no Gram: on a [K, P] matrix it is one pass, checked for finiteness on the [P] result;
+    a step takes it as one backward of the weighted losses' sum (``averages_gradients``)."""
+
+    averages_gradients: ClassVar[bool] = True
+
+    def aggregate(
+        self,
+        grads: Tensor,
+        *,
+        losses: Tensor | None,
+        generator: torch.Generator | None,
+        reduce_gram: GramReducer,
+    ) -> Tensor:
+        update = grads.mean(dim=0)
+        check_finite_through(self.method_name, update, grads, "update")
+        return update
 
     def compute_weights(self, gram: Tensor, *, losses: Tensor | None, generator: torch.Generator | None) -> Tensor:
         num_tasks = gram.shape[0]

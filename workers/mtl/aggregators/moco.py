@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from flatmtl.workers.mtl.base import Aggregator, GramReducer
-from flatmtl.workers.mtl.checks import check_num_tasks
+from flatmtl.workers.mtl.checks import check_finite_through, check_num_tasks
 from flatmtl.workers.mtl.errors import MethodError
 from flatmtl.workers.mtl.registry import HParam, register
 
@@ -64,7 +64,7 @@ class MoCo(Aggregator):
         grads = grads.detach()
         num_tasks = grads.shape[0]
         if self.tracked is None:
-            self.tracked = grads.clone()
+            tracked = grads.clone()
         else:
             check_num_tasks(self.method_name, self.tracked.shape[0], num_tasks)
             if self.tracked.shape != grads.shape:
@@ -72,10 +72,13 @@ class MoCo(Aggregator):
                     f"{self.method_name}: tracked gradients have shape {tuple(self.tracked.shape)}, "
                     f"got gradients of shape {tuple(grads.shape)}"
                 )
-            self.tracked = self.tracked + self.beta * (grads - self.tracked)
+            tracked = self.tracked + self.beta * (grads - self.tracked)
+        gram = reduce_gram(tracked @ tracked.T).detach()
+        check_finite_through(self.method_name, gram, grads)  # before the state moves
+        self.tracked = tracked
+        gram = gram.to("cpu", torch.float64)
         if self.weights is None:
             self.weights = torch.full((num_tasks,), 1.0 / num_tasks, dtype=torch.float64)
-        gram = reduce_gram(self.tracked @ self.tracked.T).detach().to("cpu", torch.float64)
         regularized = gram + self.rho * torch.eye(num_tasks, dtype=torch.float64)
         self.weights = project_to_simplex(self.weights - self.gamma * regularized @ self.weights)
         return self.weights.to(device=grads.device, dtype=grads.dtype) @ self.tracked

@@ -38,6 +38,7 @@ class GradNorm(LossWeighting):
     """
 
     state_keys: ClassVar[tuple[str, ...]] = ("weights", "initial_losses", "pending_norms", "pending_losses")
+    observes_gram: ClassVar[bool] = True
 
     def __init__(self, alpha: float, lr: float) -> None:
         self.alpha = alpha

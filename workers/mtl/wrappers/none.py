@@ -15,9 +15,14 @@ from flatmtl.workers.mtl.registry import register
     scale="the aggregator's",
 )
 class Plain(Wrapper):
-    """One forward, one (batched) per-task backward; heads get their own task's gradient."""
+    """One forward, one (batched) per-task backward; heads get their own task's gradient. An averaging
+    aggregator (``mean``) needs no per-task gradients: one backward of the weighted sum, except on
+    diagnostics steps."""
 
     def step(self, oracle: GradientOracle) -> None:
+        if oracle.one_backward_suffices:
+            oracle.weighted_sum_step()
+            return
         weighted = oracle.losses()
         grads = oracle.task_gradients(weighted)
         oracle.write(oracle.aggregate(grads.shared, grads.representation), grads.heads)
