@@ -337,6 +337,20 @@ def test_upgrad_is_non_conflicting_and_each_projection_is_optimal(case: tuple[in
         assert float((slack * products).abs().max()) <= 1e-9 * scale * max(1.0, float(slack.abs().max()))
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_upgrad_batched_active_set_alone_solves_full_rank_projections(seed: int) -> None:
+    from flatmtl.workers.mtl.aggregators import upgrad
+
+    grads = task_matrix(12, 60, 12, seed)
+    scaled = gram_of(grads) / float(gram_of(grads).diagonal().max())
+    identity = torch.eye(12, dtype=torch.float64)
+    weights = identity + upgrad._batched_active_set(scaled, identity)
+    assert bool(upgrad._optimal(scaled, weights, identity).all())  # no projection needed the exact fallback
+    slack, products = weights - identity, weights @ scaled
+    assert float(slack.min()) >= 0 and float(products.min()) >= -1e-12
+    assert float((slack * products).abs().max()) <= 1e-12
+
+
 def test_upgrad_without_conflict_is_the_mean() -> None:
     grads = task_matrix(4, 10, 4, 2).abs()  # non-negative entries: no two gradients conflict
     torch.testing.assert_close(mtl.aggregator("upgrad")(grads), grads.mean(dim=0))
