@@ -1,6 +1,6 @@
 """The API's process model: uvicorn with one process, or several sharing the port.
 
-One process handles a few hundred submissions per second on one core; more processes use more cores.
+One process uses one core; more processes use more cores.
 They are safe on both databases (SQLite: WAL and a busy timeout between processes). The database is
 migrated once, here, before the workers start; each worker rebuilds the same settings from the
 environment. Prometheus's request histograms are then per process: a scrape sees the process that

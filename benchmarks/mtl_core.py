@@ -1,6 +1,6 @@
 """Step cost of every MTL method, as ratios to the plain EW step measured side by side in one run.
 
-Two settings from the issue: a LeNet-style hard-parameter-sharing model at batch 256 (K=2,
+Two settings: a LeNet-style hard-parameter-sharing model at batch 256 (K=2,
 1x36x36 inputs) and an MLP with K=14 binary heads on 103 inputs. For each: step time of every
 weighting, aggregator and wrapper divided by EW's; the share of the step spent in aggregation; the
 per-task gradients along each path against K sequential backward passes (one vmapped backward through

@@ -63,7 +63,7 @@ def _call(client: httpx.Client, method: str, path: str, **kwargs: Any) -> Any:
     type=click.IntRange(min=1),
     default=1,
     show_default=True,
-    help="API processes sharing the port; one core serves a few hundred submissions per second.",
+    help="API processes sharing the port, one core each.",
 )
 @click.option(
     "--access-log/--no-access-log", default=True, show_default=True, help="Log every request (uvicorn's access log)."

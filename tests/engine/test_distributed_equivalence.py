@@ -3,8 +3,8 @@
 step; with BatchNorm, every rank holds the same running statistics and their running mean is the
 one-process one.
 
-One process group is launched for the whole module and runs every method inside it, so process
-start-up is paid once. Methods other helpers have not registered yet are skipped by name.
+One process group is launched for the whole module and runs every registered method inside it (each
+aggregator under EW, each wrapper over MGDA, each weighting over the mean), so process start-up is paid once.
 """
 
 from __future__ import annotations
@@ -33,9 +33,6 @@ WORLD = 2
 STEPS = 4
 LR = 0.1
 NUM_TASKS = 3
-AGGREGATORS = ("mean", "mgda", "pcgrad", "cagrad", "nash_mtl", "moco", "graddrop")
-WRAPPERS = ("sam", "fmtl", "samo")
-WEIGHTINGS = ("rlw",)
 MODES = ("ddp", "sharded", "zero3")
 BN_STEPS = 3
 SHARD_LOCAL_RANDOMNESS = {"graddrop"}
@@ -45,13 +42,11 @@ Combo = tuple[str, str, str]
 
 
 def _combos() -> list[Combo]:
-    """(weighting, aggregator, wrapper) triples whose methods are all registered."""
-    registered = {(m.kind, m.name) for m in methods()}
-    aggregators = [a for a in AGGREGATORS if ("aggregator", a) in registered]
-    under_wrappers = "mgda" if "mgda" in aggregators else "mean"
-    wrapped = [("ew", under_wrappers, w) for w in WRAPPERS if ("wrapper", w) in registered]
-    weighted = [(w, "mean", "none") for w in WEIGHTINGS if ("weighting", w) in registered]
-    return [("ew", a, "none") for a in aggregators] + wrapped + weighted
+    """(weighting, aggregator, wrapper) triples that run every registered method once."""
+    aggregated = [("ew", m.name, "none") for m in methods("aggregator")]
+    wrapped = [("ew", "mgda", m.name) for m in methods("wrapper") if m.name != "none"]
+    weighted = [(m.name, "mean", "none") for m in methods("weighting") if m.name != "ew"]
+    return aggregated + wrapped + weighted
 
 
 def _data() -> tuple[torch.Tensor, torch.Tensor]:

@@ -20,17 +20,18 @@ from flatmtl.workers.mtl.wrappers.samo import central_differences
 from tests.mtl.models import TinyHPS, tiny_problem
 
 K = 3
-SAM_WRAPPERS = ("g_sam", "l_sam", "fmtl", "samo")
-REGISTERED = {spec.name for spec in mtl.methods("aggregator")}
-AGGREGATORS = ["mean", *(name for name in ("mgda", "pcgrad", "cagrad") if name in REGISTERED)]
+SAM_WRAPPERS = tuple(spec.name for spec in mtl.methods("wrapper") if spec.name != "none")
+AGGREGATORS = [spec.name for spec in mtl.methods("aggregator")]
 NONLINEAR = [name for name in AGGREGATORS if name != "mean"]
 ZERO_RADIUS = {
+    "sam": {"rho": 0.0},
     "g_sam": {"rho": 0.0},
     "l_sam": {"rho": 0.0},
     "fmtl": {"rho_shared": 0.0, "rho_task": 0.0},
     "samo": {"rho": 0.0},
 }
 POSITIVE_RADIUS = {
+    "sam": {"rho": 0.3},
     "g_sam": {"rho": 0.3},
     "l_sam": {"rho": 0.3},
     "fmtl": {"rho_shared": 0.3, "rho_task": 0.1},

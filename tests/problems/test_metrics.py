@@ -28,10 +28,6 @@ from flatmtl.workers.problems.tasks import (
 )
 
 
-def logits_for(probs: list[list[float]]) -> torch.Tensor:
-    return torch.tensor(probs, dtype=torch.float64).log()
-
-
 def test_ece_is_zero_when_confidence_matches_accuracy_in_every_bin() -> None:
     # bin (0.7, 0.8]: 10 samples at 0.8, 8 right; bin (0.5, 0.6]: 5 samples at 0.6, 3 right.
     probs = torch.tensor([[0.8, 0.2]] * 10 + [[0.4, 0.6]] * 5, dtype=torch.float64)

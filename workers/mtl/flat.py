@@ -74,8 +74,8 @@ class FlatParams:
     def layer_sq_norms(self, flat: Tensor) -> Tensor:
         """Squared norm of each layer's slice of a [P] (or [K, P]) vector: [L] (or [K, L]).
 
-        One reduction per contiguous slice (one fused kernel for a [P] vector), several times faster than a
-        scatter over the P coordinates."""
+        One reduction per contiguous slice (one fused kernel for a [P] vector) rather than a scatter over the
+        P coordinates."""
         if not self.params:
             return flat.new_zeros(*flat.shape[:-1], 0)
         parts = flat.split(self.numels, dim=-1)
@@ -85,7 +85,7 @@ class FlatParams:
 
     def expand_layers(self, per_layer: Tensor) -> Tensor:
         """Broadcast one value per layer ([L] or [K, L]) to every coordinate ([P] or [K, P]); expanded slices
-        joined, which measured faster than ``repeat_interleave`` or an index over P."""
+        joined, which avoids the index tensor ``repeat_interleave`` or a gather over P would build."""
         pieces = [
             value.unsqueeze(-1).expand(*value.shape, numel)
             for value, numel in zip(per_layer.unbind(-1), self.numels, strict=True)

@@ -8,8 +8,7 @@ shared parameters for ``theta + offset`` while it runs. Closures vmap cannot bat
 updating running statistics in training mode, data-dependent Python) raise inside vmap; the probe then
 reports itself unsupported and the caller takes one forward per point from then on, which gives the
 same losses. Models with convolutions take one forward per point from the start: vmap runs a convolution
-over batched weights as a grouped convolution, which on CPU measured slower than the separate forwards
-(LeNet, K=2, when that was measured: SAMO step 2.8x EW batched against 2.0x one forward per point).
+over batched weights as a grouped convolution, which on CPU is slower than the separate forwards.
 ``benchmarks/mtl_core.py`` times both ways side by side ("samo" and "samo, a forward/probe").
 """
 

@@ -75,16 +75,6 @@ class TaskGradientEngine:
         return params.flatten_batched(grads, rows[0].shape[0])
 
 
-def batched_task_gradients(losses: Tensor, params: Sequence[Tensor], *, retain_graph: bool) -> list[Tensor]:
-    """One vmapped backward of the K one-hot output gradients through the whole graph."""
-    return batched_backward([losses], [_basis(losses)], params, retain_graph=retain_graph)
-
-
-def sequential_task_gradients(losses: Tensor, params: Sequence[Tensor], *, retain_graph: bool) -> list[Tensor]:
-    """K backward passes, one per loss: the reference every faster path is measured against."""
-    return sequential_backward([losses], [_basis(losses)], params, retain_graph=retain_graph)
-
-
 def batched_backward(
     outputs: Sequence[Tensor], rows: Sequence[Tensor], params: Sequence[Tensor], *, retain_graph: bool
 ) -> list[Tensor]:

@@ -55,7 +55,7 @@ def _default_mnist_dir() -> Path | None:
 def reproduce_command(
     quick: bool, scale_name: str | None, out: Path, runs_dir: Path | None, mnist_dir: Path | None, workers: int
 ) -> None:
-    """Measure the papers' claims (issue 6) and write docs/results.md with tables, figures, configs and verdicts."""
+    """Measure the papers' claims and write docs/results.md with tables, figures, configs and verdicts."""
     from flatmtl.workers.reproduce.pipeline import reproduce
     from flatmtl.workers.reproduce.scale import SCALES
 

@@ -84,7 +84,7 @@ def has_mnist(directory: Path) -> bool:
 
 def conflict_problem(mnist_dir: Path | None) -> tuple[str, dict[str, Any]]:
     """Claim 1's problem: Multi-(Fashion+MNIST) as in the F-MTL paper's Figure 3 when MNIST files are given,
-    else Multi-Fashion (the issue's fallback)."""
+    else Multi-Fashion (Fashion-MNIST from Debian's ``dataset-fashion-mnist`` package)."""
     if mnist_dir is not None and has_mnist(mnist_dir):
         return "multi_fashion_mnist", {"data_dir": str(mnist_dir)}
     return PROBLEM, {}

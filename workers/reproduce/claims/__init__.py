@@ -1,1 +1,2 @@
-"""One module per claim of issue 6: ``requests(context)`` names its training runs, ``analyze`` measures."""
+"""One module per claim of the report: ``NUMBER``, ``requests(context)`` naming its training runs,
+``analyze(context, results)`` measuring them into a ``ClaimResult``, and optionally ``sweeps(context)``."""

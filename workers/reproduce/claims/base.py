@@ -5,9 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
-from flatmtl.workers.reproduce.runs import Results, RunRequest
 from flatmtl.workers.reproduce.scale import Scale
 from flatmtl.workers.reproduce.verdict import Check, verdict
 
@@ -52,11 +51,3 @@ class ClaimResult:
             "notes": self.notes,
             "numbers": self.numbers,
         }
-
-
-class Claim(Protocol):
-    number: int
-
-    def requests(self, context: Context) -> list[RunRequest]: ...
-
-    def analyze(self, context: Context, results: Results) -> ClaimResult: ...
