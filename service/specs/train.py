@@ -128,6 +128,9 @@ class Resources(SpecModel):
 
 
 PRECISIONS = ("fp32", "bf16")
+DIAGNOSTICS_EVERY = 100
+"""The MTL core's default (``flatmtl.workers.mtl.step.DEFAULT_DIAGNOSTICS_EVERY``), restated because the
+service imports no torch; a test keeps the two equal."""
 
 
 class TrainSpec(SpecModel):
@@ -153,6 +156,13 @@ class TrainSpec(SpecModel):
         "flatmtl",
         description="Who partitions parameters and optimizer state: the engine's own flat layout, or DeepSpeed ZeRO "
         "(float32 master weights). Per-task gradients are reduced by the engine either way.",
+    )
+    diagnostics_every: int = Field(
+        DIAGNOSTICS_EVERY,
+        ge=1,
+        le=1_000_000,
+        description="Steps between gradient-conflict diagnostics (per-task gradients and their Gram); methods that "
+        "need no per-task gradients (the mean aggregator) take one backward on the other steps.",
     )
     resources: Resources = Field(default_factory=Resources)
     precision: Literal["fp32", "bf16"] = Field(

@@ -215,6 +215,17 @@ def test_gradnorm_favours_the_task_that_trains_slowest() -> None:
     torch.testing.assert_close(updated[1], updated[2])
 
 
+def test_gradnorm_stays_stable_with_large_gradient_norms_at_the_default_rate() -> None:
+    gradnorm = mtl.loss_weighting("gradnorm")
+    losses = torch.ones(3, dtype=torch.float64)  # equal training rates: the weighted norms should equalize
+    raw_norms = torch.tensor([45.0, 5.0, 20.0], dtype=torch.float64)
+    for _ in range(300):
+        weights = gradnorm_step(gradnorm, losses, raw_norms)
+    assert float(weights.min()) > 0.05  # no weight collapsed to the floor
+    weighted = weights * raw_norms
+    assert float(weighted.max() / weighted.min()) < 1.5  # and the weighted norms came together
+
+
 def test_gradnorm_observes_the_norms_of_the_weighted_task_gradients_in_a_step() -> None:
     model, x, targets = tiny_problem(num_tasks=3)
     step = mtl.MTLStep.from_model(model, weighting="gradnorm")

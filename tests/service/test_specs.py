@@ -292,6 +292,14 @@ def test_bad_schedulers_and_searches_name_the_field(
     assert problem.field == field and fragment in problem.message, problem
 
 
+def test_diagnostics_every_defaults_to_the_cores_and_refuses_zero() -> None:
+    from flatmtl.workers.mtl.step import DEFAULT_DIAGNOSTICS_EVERY
+
+    assert TrainSpec.model_validate(train(), context=CONTEXT).diagnostics_every == DEFAULT_DIAGNOSTICS_EVERY
+    assert TrainSpec.model_validate(train(diagnostics_every=7), context=CONTEXT).diagnostics_every == 7
+    assert "diagnostics_every" in str(refusal(TrainSpec, train(diagnostics_every=0)))
+
+
 def test_resources_and_precision_of_a_run() -> None:
     spec = TrainSpec.model_validate(train(resources={"cpus": 2, "gpus": 0.5}, precision="bf16"), context=CONTEXT)
     assert (spec.resources.cpus, spec.resources.gpus, spec.precision) == (2.0, 0.5, "bf16")

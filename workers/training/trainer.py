@@ -156,6 +156,7 @@ class Trainer:
             "aggregator_hparams": method.aggregator.hparams,
             "wrapper_hparams": method.wrapper.hparams,
             "seed": self.spec.seed,
+            "diagnostics_every": self.spec.diagnostics_every,
         }
         heads = [p for head in self.model.task_parameters() for p in head]
         self.shard_view: engine.ShardedFlatParams | None = None

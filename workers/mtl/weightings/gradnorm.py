@@ -15,6 +15,10 @@ from flatmtl.workers.mtl.registry import HParam, register
 MIN_WEIGHT = 1e-6
 """Floor applied before renormalization so a large step cannot make a weight zero or negative."""
 
+ADAM_BETAS = (0.9, 0.999)
+ADAM_EPS = 1e-8
+"""Adam's defaults for the weights' optimizer."""
+
 
 @register(
     "weighting",
@@ -31,19 +35,32 @@ class GradNorm(LossWeighting):
     """Weighted loss w_i L_i. With G_i = |grad of w_i L_i| over all shared parameters (sqrt of the
     observed Gram's diagonal; the paper uses the last shared layer), r_i = (L_i / L_i(0)) / mean_j(...)
     and target T_i = mean(G) r_i^alpha (held constant), the GradNorm loss sum_i |G_i - T_i| has gradient
-    sign(G_i - T_i) G_i / w_i in w_i. One step w <- w - lr * gradient, floored at ``MIN_WEIGHT`` and
-    renormalized to sum K. L(0) is the first step's loss. The step observed at ``observe`` is applied
-    at the next ``begin_step`` so the weights are fixed within a step (perturbed passes included).
-    State: the weights, L(0) and the pending observation.
+    sign(G_i - T_i) G_i / w_i in w_i. As in the paper, an optimizer takes that gradient (Adam, whose
+    step is about ``lr`` whatever the gradient norms' scale, so norms of 45 cannot throw a weight to the
+    floor as a plain gradient step would) and the weights are renormalized to sum K, floored at
+    ``MIN_WEIGHT`` first. L(0) is the first step's loss. The step observed at ``observe`` is applied at
+    the next ``begin_step`` so the weights are fixed within a step (perturbed passes included).
+    State: the weights, Adam's moments and step count, L(0) and the pending observation.
     """
 
-    state_keys: ClassVar[tuple[str, ...]] = ("weights", "initial_losses", "pending_norms", "pending_losses")
+    state_keys: ClassVar[tuple[str, ...]] = (
+        "weights",
+        "first_moment",
+        "second_moment",
+        "updates",
+        "initial_losses",
+        "pending_norms",
+        "pending_losses",
+    )
     observes_gram: ClassVar[bool] = True
 
     def __init__(self, alpha: float, lr: float) -> None:
         self.alpha = alpha
         self.lr = lr
         self.weights: Tensor | None = None
+        self.first_moment: Tensor | None = None
+        self.second_moment: Tensor | None = None
+        self.updates = 0
         self.initial_losses: Tensor | None = None
         self.pending_norms: Tensor | None = None
         self.pending_losses: Tensor | None = None
@@ -61,13 +78,20 @@ class GradNorm(LossWeighting):
         self.pending_losses = None
 
     def updated_weights(self, norms: Tensor, losses: Tensor) -> Tensor:
-        """The weights after one step on the GradNorm loss at the observed norms and losses."""
+        """The weights after one Adam step on the GradNorm loss at the observed norms and losses."""
         assert self.weights is not None and self.initial_losses is not None
         inverse_rates = losses / self.initial_losses.clamp_min(torch.finfo(losses.dtype).tiny)
         relative = inverse_rates / inverse_rates.mean().clamp_min(torch.finfo(losses.dtype).tiny)
         targets = norms.mean() * relative.pow(self.alpha)
         gradient = torch.sign(norms - targets) * norms / self.weights
-        stepped = (self.weights - self.lr * gradient).clamp_min(MIN_WEIGHT)
+        if self.first_moment is None or self.second_moment is None:
+            self.first_moment, self.second_moment = torch.zeros_like(gradient), torch.zeros_like(gradient)
+        self.updates += 1
+        self.first_moment = ADAM_BETAS[0] * self.first_moment + (1 - ADAM_BETAS[0]) * gradient
+        self.second_moment = ADAM_BETAS[1] * self.second_moment + (1 - ADAM_BETAS[1]) * gradient.pow(2)
+        mean = self.first_moment / (1 - ADAM_BETAS[0] ** self.updates)
+        variance = self.second_moment / (1 - ADAM_BETAS[1] ** self.updates)
+        stepped = (self.weights - self.lr * mean / (variance.sqrt() + ADAM_EPS)).clamp_min(MIN_WEIGHT)
         return stepped * (stepped.numel() / stepped.sum())
 
     def observe(self, losses: Tensor, gram: Tensor) -> None:
