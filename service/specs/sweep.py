@@ -15,7 +15,14 @@ from pydantic import BaseModel, Field, ValidationError, ValidationInfo, field_va
 
 from flatmtl.service.catalog import KINDS, Catalog
 from flatmtl.service.specs.base import JobName, SpecModel, context_catalog, field_error
-from flatmtl.service.specs.train import MethodChoice, MethodConfig, Resources, TrainSpec
+from flatmtl.service.specs.train import (
+    GPU_SHARES_ALLOWED,
+    MethodChoice,
+    MethodConfig,
+    Resources,
+    TrainSpec,
+    gpu_share_problem,
+)
 
 MetricName = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_./\-]+$")]
 MAX_TRIALS = 10_000
@@ -230,6 +237,21 @@ class SweepSpec(SpecModel):
         raise field_error(
             f"sweep space over unknown field {path!r}; allowed: {allowed}", subloc=(path,), value=path, allowed=allowed
         )
+
+    @model_validator(mode="after")
+    def _one_gpu_per_rank(self) -> SweepSpec:
+        """The base spec checked its own resources; the trials' may be the sweep's, for every swept process count."""
+        if self.resources_per_trial is None:
+            return self
+        gpus = self.resources_per_trial.gpus
+        swept = self.space.get("processes")
+        for processes in [self.base.processes, *(swept.probes() if swept is not None else ())]:
+            problem = gpu_share_problem(gpus, int(processes))
+            if problem is not None:
+                raise field_error(
+                    problem, subloc=("resources_per_trial", "gpus"), value=gpus, allowed=GPU_SHARES_ALLOWED
+                )
+        return self
 
     @model_validator(mode="after")
     def _trial_count(self) -> SweepSpec:

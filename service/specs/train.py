@@ -128,6 +128,22 @@ class Resources(SpecModel):
 
 
 PRECISIONS = ("fp32", "bf16")
+
+
+def gpu_share_problem(gpus: float, processes: int) -> str | None:
+    """Why ``gpus`` per process cannot train ``processes`` ranks, or None. Ray places fractional GPUs on a
+    shared device, but NCCL refuses two ranks of one group on the same GPU; above one GPU Ray takes whole ones."""
+    if gpus > 1 and not float(gpus).is_integer():
+        return f"gpus={gpus!r} per process: above 1, Ray reserves whole GPUs only"
+    if processes > 1 and 0 < gpus < 1:
+        return (
+            f"gpus={gpus!r} per process with processes={processes}: Ray may place two ranks on one GPU, "
+            "which NCCL refuses; give each rank a whole GPU"
+        )
+    return None
+
+
+GPU_SHARES_ALLOWED = "0, a fraction below 1 with processes: 1, or a whole number"
 DIAGNOSTICS_EVERY = 100
 """The MTL core's default (``flatmtl.workers.mtl.step.DEFAULT_DIAGNOSTICS_EVERY``), restated because the
 service imports no torch; a test keeps the two equal."""
@@ -180,6 +196,15 @@ class TrainSpec(SpecModel):
                 allowed=", ".join(PRECISIONS),
             )
         return value
+
+    @model_validator(mode="after")
+    def _one_gpu_per_rank(self) -> TrainSpec:
+        problem = gpu_share_problem(self.resources.gpus, self.processes)
+        if problem is not None:
+            raise field_error(
+                problem, subloc=("resources", "gpus"), value=self.resources.gpus, allowed=GPU_SHARES_ALLOWED
+            )
+        return self
 
     @model_validator(mode="after")
     def _shardable(self, info: ValidationInfo) -> TrainSpec:

@@ -312,6 +312,20 @@ def test_resources_and_precision_of_a_run() -> None:
     assert refusal(TrainSpec, train(resources={"gpus": -1})).field == "resources.gpus"
 
 
+def test_each_rank_of_a_gpu_run_gets_a_whole_gpu() -> None:
+    """NCCL refuses two ranks on one GPU, which fractional shares let Ray do; one process may share a GPU."""
+    assert TrainSpec.model_validate(train(processes=1, resources={"gpus": 0.5}), context=CONTEXT).processes == 1
+    assert TrainSpec.model_validate(train(processes=4, resources={"gpus": 2}), context=CONTEXT).processes == 4
+    shared = refusal(TrainSpec, train(processes=2, resources={"gpus": 0.5}))
+    assert (shared.field, shared.value) == ("resources.gpus", 0.5)
+    assert "NCCL" in shared.message and "whole" in shared.allowed
+    assert refusal(TrainSpec, train(resources={"gpus": 1.5})).field == "resources.gpus"
+    document = samo_sweep(RHO_ALPHA, resources_per_trial={"gpus": 0.25})
+    assert SweepSpec.model_validate(document, context=CONTEXT).trial_resources().gpus == 0.25
+    document["space"]["processes"] = {"type": "grid", "values": [1, 2]}
+    assert refusal(SweepSpec, document).field == "resources_per_trial.gpus"
+
+
 def test_a_sweep_takes_the_base_resources_unless_it_names_its_own() -> None:
     document = samo_sweep(RHO_ALPHA)
     document["base"]["resources"] = {"cpus": 2}

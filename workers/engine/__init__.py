@@ -22,7 +22,7 @@ from flatmtl.workers.engine.buffers import RunningStatisticsAverager, running_st
 from flatmtl.workers.engine.collectives import Collectives, TrafficCounter
 from flatmtl.workers.engine.communicators import DataParallelComm, ShardedComm
 from flatmtl.workers.engine.deepspeed_zero import DeepSpeedZero
-from flatmtl.workers.engine.launch import launch
+from flatmtl.workers.engine.launch import check_backend, launch
 from flatmtl.workers.engine.layout import ShardLayout
 from flatmtl.workers.engine.partition import PartitionedParameters
 from flatmtl.workers.engine.shard import ShardedFlatParams, ShardedOptimizer
@@ -41,6 +41,7 @@ __all__ = [
     "ShardedOptimizer",
     "ShardedOracle",
     "TrafficCounter",
+    "check_backend",
     "check_shardable",
     "launch",
     "running_statistics",

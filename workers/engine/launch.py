@@ -24,6 +24,17 @@ def default_backend(world_size: int) -> str:
     return "nccl" if torch.cuda.is_available() and torch.cuda.device_count() >= world_size else "gloo"
 
 
+def check_backend(backend: str, world_size: int, visible_gpus: int) -> None:
+    """NCCL binds rank r to ``cuda:r``: it needs a GPU per rank (two ranks on one GPU are refused by NCCL)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend={backend!r} is not allowed; allowed: {', '.join(BACKENDS)}")
+    if backend == "nccl" and visible_gpus < world_size:
+        raise ValueError(
+            f"backend='nccl' with world_size={world_size} needs {world_size} GPUs, {visible_gpus} visible; "
+            "allowed: world_size <= the visible GPUs, or backend='gloo'"
+        )
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
@@ -42,8 +53,7 @@ def launch(
     if world_size < 1:
         raise ValueError(f"world_size={world_size} is not allowed; allowed: an integer >= 1")
     backend = backend or default_backend(world_size)
-    if backend not in BACKENDS:
-        raise ValueError(f"backend={backend!r} is not allowed; allowed: {', '.join(BACKENDS)}")
+    check_backend(backend, world_size, torch.cuda.device_count())
     mp.start_processes(
         _run_rank,
         args=(fn, world_size, free_port(), backend, timeout_s, threads_per_rank, args),

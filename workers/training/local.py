@@ -1,7 +1,7 @@
 """``train(spec, run_dir)``: the Python entry point the CLI and the control plane's worker call.
 
 One process without sharding trains in the calling process. Otherwise ``flatmtl.workers.engine.launch`` starts a
-local process group (gloo on CPU, NCCL when every rank has a GPU); the caller's thread keeps serving the
+local process group (NCCL with a GPU per rank on CUDA, gloo on the CPU); the caller's thread keeps serving the
 callbacks: it forwards ``should_stop`` to the ranks through a shared event and hands rank 0's epoch
 reports to ``on_epoch``. A rank that fails to take a step reports why, so the caller gets the same
 exception type (``NonFiniteLossError``...) as in a local run, and the ranks agree on every stop, so none
@@ -61,7 +61,7 @@ def train(
     options = options or RunOptions()
     _check_gpus(spec)
     check_runnable(spec)
-    device = _device(options)
+    device = resolve_device(options.device, spec.processes, torch.cuda.device_count())
     run = RunDirectory(Path(run_dir))
     resuming = _prepare(run, spec, options, resume=resume)
     if spec.processes == 1 and spec.sharding == "none":
@@ -71,7 +71,7 @@ def train(
         trainer = Trainer(spec, run, options, context, resume=resuming, should_stop=should_stop, on_epoch=on_epoch)
         summary = trainer.run()
         return RunResult(summary["status"], run.root, summary)
-    return _train_distributed(spec, run, options, resuming, should_stop, on_epoch)
+    return _train_distributed(spec, run, options, device, resuming, should_stop, on_epoch)
 
 
 def _check_gpus(spec: TrainSpec) -> None:
@@ -83,12 +83,21 @@ def _check_gpus(spec: TrainSpec) -> None:
         )
 
 
-def _device(options: RunOptions) -> torch.device:
-    if options.device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError([ConfigProblem("options.device", "cuda", "no CUDA device is available", "auto, cpu")])
-    if options.device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(options.device)
+def resolve_device(requested: str, processes: int, visible_gpus: int) -> torch.device:
+    """Where the ranks train: ``cuda`` needs a GPU for each of the ``processes`` ranks (NCCL puts no two ranks
+    on one GPU) and is refused otherwise, never quietly run on the CPU; ``auto`` takes CUDA when every rank gets
+    its own GPU, else the CPU."""
+    if requested == "cuda" and visible_gpus < processes:
+        reason = (
+            "no CUDA device is available"
+            if visible_gpus == 0
+            else f"{processes} processes need a GPU each, {visible_gpus} visible"
+        )
+        allowed = "auto, cpu" if visible_gpus == 0 else f"auto, cpu, or processes <= {visible_gpus}"
+        raise ConfigError([ConfigProblem("options.device", "cuda", reason, allowed)])
+    if requested == "auto":
+        return torch.device("cuda" if 0 < processes <= visible_gpus else "cpu")
+    return torch.device(requested)
 
 
 def _prepare(run: RunDirectory, spec: TrainSpec, options: RunOptions, *, resume: bool) -> bool:
@@ -116,6 +125,7 @@ def _train_distributed(
     spec: TrainSpec,
     run: RunDirectory,
     options: RunOptions,
+    device: torch.device,
     resume: bool,
     should_stop: StopCallback | None,
     on_epoch: EpochCallback | None,
@@ -140,7 +150,7 @@ def _train_distributed(
                 resume,
                 stop_event,
                 reports,
-                backend="gloo" if options.device == "cpu" else None,
+                backend="nccl" if device.type == "cuda" else "gloo",
                 timeout_s=COLLECTIVE_TIMEOUT_S,
                 threads_per_rank=options.threads or max(1, (os.cpu_count() or 1) // spec.processes),
             )
