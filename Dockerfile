@@ -38,7 +38,7 @@ RUN case "$VARIANT" in \
         cuda) constraints="" ;; \
         *) echo "VARIANT must be cpu or cuda, got '$VARIANT'" >&2; exit 1 ;; \
     esac \
-    && /opt/flatmtl/bin/pip install --no-cache-dir $constraints --editable ".[service,deepspeed,datasets,ray]" \
+    && /opt/flatmtl/bin/pip install --no-cache-dir $constraints --editable ".[service,deepspeed,datasets,tables,ray]" \
     && /opt/flatmtl/bin/python -c "import flatmtl.service.telemetry, flatmtl.api.app"
 
 FROM base AS runtime

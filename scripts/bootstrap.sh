@@ -22,6 +22,6 @@ stamp=.venv/.installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ constraints-cpu.txt -nt "$stamp" ]; then
   [ -x .venv/bin/python ] || python3 -m venv .venv
   .venv/bin/pip install -q --upgrade pip
-  .venv/bin/pip install -q -c constraints-cpu.txt -e ".[service,deepspeed,datasets,ray,dev]"
+  .venv/bin/pip install -q -c constraints-cpu.txt -e ".[service,deepspeed,datasets,tables,ray,dev]"
   touch "$stamp"
 fi

@@ -114,7 +114,8 @@ def _process(command: list[str], env: dict[str, str], log_path: Path) -> Iterato
 def running_service(workdir: Path, *, worker_cpus: int = 2) -> Iterator[Service]:
     """Start the worker first (its Ray takes longest), then the API; yield once the API answers ``/healthz``."""
     if not FLATMTL.exists():
-        pytest.fail(f"{FLATMTL} not found: install the project (pip install -e '.[service,deepspeed,datasets,ray]')")
+        extras = "service,deepspeed,datasets,tables,ray"
+        pytest.fail(f"{FLATMTL} not found: install the project (pip install -e '.[{extras}]')")
     data = workdir.resolve()
     data.mkdir(parents=True, exist_ok=True)
     token = _token(data)

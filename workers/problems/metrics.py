@@ -236,3 +236,159 @@ class RegressionMeter(Meter):
 
     def compute(self) -> dict[str, float]:
         return {"mae": self.scale * _ratio(self.state[0], self.state[1])}
+
+
+AUC_BINS = 4096
+
+
+def binned_auc(positives: Tensor, negatives: Tensor) -> float:
+    """ROC-AUC from per-bin counts of positive and negative scores (bins in increasing score order):
+    P(score of a positive > score of a negative) + P(same bin) / 2. Exact when no two samples of different
+    labels share a bin; a summable state, unlike the sorted scores an exact AUC needs."""
+    positive_total, negative_total = float(positives.sum()), float(negatives.sum())
+    if positive_total == 0 or negative_total == 0:
+        return math.nan
+    negatives_below = torch.cumsum(negatives, 0) - negatives
+    wins = (positives * negatives_below).sum() + 0.5 * (positives * negatives).sum()
+    return float(wins) / (positive_total * negative_total)
+
+
+class BinaryMeter(ClassificationMeter):
+    """A binary task's accuracy, F1 and calibration, plus ROC-AUC from ``AUC_BINS`` equal-width bins of the
+    predicted probability (so ranks merge it by summing, as every meter)."""
+
+    def __init__(self, bins: int = DEFAULT_ECE_BINS, auc_bins: int = AUC_BINS) -> None:
+        super().__init__(2, binary=True, bins=bins)
+        self.auc_bins = auc_bins
+        self.state = torch.zeros(len(self.state) + 2 * auc_bins, dtype=torch.float64)
+        self.directions["roc_auc"] = True
+
+    def statistics(self, output: Tensor, target: Tensor) -> Tensor:
+        probability = torch.sigmoid(output.reshape(-1).double())
+        labels = target.reshape(-1).long()
+        index = (probability * self.auc_bins).long().clamp(0, self.auc_bins - 1)
+        histograms = torch.zeros(2, self.auc_bins, dtype=torch.float64, device=output.device)
+        histograms.index_put_((labels, index), torch.ones_like(probability), accumulate=True)
+        return torch.cat([super().statistics(output, target), histograms.flatten()])
+
+    def compute(self) -> dict[str, float]:
+        whole = self.state
+        self.state = whole[: -2 * self.auc_bins]
+        try:
+            result = super().compute()
+        finally:
+            self.state = whole
+        histograms = whole[-2 * self.auc_bins :].view(2, self.auc_bins)
+        result["roc_auc"] = binned_auc(histograms[1], histograms[0])
+        return result
+
+
+def macro_f1(confusion: Tensor) -> float:
+    """Mean F1 over the classes that occur in the targets or the predictions (rows true, columns predicted)."""
+    true_positive = confusion.diagonal()
+    denominator = confusion.sum(dim=0) + confusion.sum(dim=1)
+    seen = denominator > 0
+    if not bool(seen.any()):
+        return math.nan
+    return float((2 * true_positive[seen] / denominator[seen]).mean())
+
+
+class MulticlassMeter(ClassificationMeter):
+    """Accuracy and calibration of a C-class task, plus macro-F1 from the summed confusion matrix."""
+
+    def __init__(self, num_classes: int, bins: int = DEFAULT_ECE_BINS) -> None:
+        super().__init__(num_classes, bins=bins)
+        self.head_size = len(self.state)
+        self.state = torch.zeros(self.head_size + num_classes * num_classes, dtype=torch.float64)
+        self.directions["macro_f1"] = True
+
+    def statistics(self, output: Tensor, target: Tensor) -> Tensor:
+        matrix = confusion_matrix(output.argmax(dim=1), target.reshape(-1).long(), self.num_classes)
+        return torch.cat([super().statistics(output, target), matrix.flatten().double()])
+
+    def compute(self) -> dict[str, float]:
+        whole = self.state
+        self.state = whole[: self.head_size]
+        try:
+            result = super().compute()
+        finally:
+            self.state = whole
+        result["macro_f1"] = macro_f1(whole[self.head_size :].view(self.num_classes, self.num_classes))
+        return result
+
+
+class RegressionErrorMeter(Meter):
+    """MAE and RMSE in the target's original units (predictions and targets are standardised; ``scale`` is the
+    target's standard deviation)."""
+
+    def __init__(self, scale: float = 1.0) -> None:
+        self.scale = scale
+        super().__init__(3)
+        self.directions = {"mae": False, "rmse": False}
+
+    def statistics(self, output: Tensor, target: Tensor) -> Tensor:
+        error = output.reshape(-1).double() - target.reshape(-1).double()
+        return torch.stack([error.abs().sum(), error.square().sum(), error.new_tensor(error.numel())])
+
+    def compute(self) -> dict[str, float]:
+        mean_square = _ratio(self.state[1], self.state[2])
+        return {"mae": self.scale * _ratio(self.state[0], self.state[2]), "rmse": self.scale * math.sqrt(mean_square)}
+
+
+class MultilabelMeter(Meter):
+    """L labels per sample from L logits [N, L]; targets 0/1 [N, L] with NaN where a label is unknown.
+
+    Reports what multi-label papers and scikit-learn report: micro- and macro-averaged F1 (per label counts of
+    the known entries), Hamming loss (the share of known entries predicted wrong) and subset accuracy (rows
+    whose every label is known and right, among the rows whose every label is known)."""
+
+    def __init__(self, num_labels: int) -> None:
+        self.num_labels = num_labels
+        super().__init__(3 * num_labels + 4)
+        self.directions = {"micro_f1": True, "macro_f1": True, "hamming_loss": False, "subset_accuracy": True}
+
+    def statistics(self, output: Tensor, target: Tensor) -> Tensor:
+        known = ~torch.isnan(target)
+        truth = target.nan_to_num(0.0) > 0.5
+        predicted = output > 0
+        tp = (predicted & truth & known).sum(0)
+        fp = (predicted & ~truth & known).sum(0)
+        fn = (~predicted & truth & known).sum(0)
+        wrong = (predicted != truth) & known
+        complete = known.all(dim=1)
+        exact = complete & ~wrong.any(dim=1)
+        tail = torch.stack([exact.sum(), complete.sum(), wrong.sum(), known.sum()])
+        return torch.cat([tp, fp, fn, tail]).double()
+
+    def compute(self) -> dict[str, float]:
+        tp, fp, fn = self.state[: 3 * self.num_labels].view(3, self.num_labels)
+        exact, complete, wrong, known = self.state[-4:]
+        per_label = 2 * tp + fp + fn
+        seen = per_label > 0
+        macro = float((2 * tp[seen] / per_label[seen]).mean()) if bool(seen.any()) else math.nan
+        return {
+            "micro_f1": _ratio(2 * tp.sum(), per_label.sum()),
+            "macro_f1": macro,
+            "hamming_loss": _ratio(wrong, known),
+            "subset_accuracy": _ratio(exact, complete),
+        }
+
+
+class Masked(Meter):
+    """Another meter on the samples whose target is known: a NaN target means the row has no label for this
+    task, and it counts neither in the statistics nor in the sample count."""
+
+    def __init__(self, inner: Meter) -> None:
+        self.inner = inner
+        self.state = inner.state
+        self.directions = inner.directions
+
+    def reset(self) -> None:
+        self.inner.reset()
+
+    def statistics(self, output: Tensor, target: Tensor) -> Tensor:
+        known = ~torch.isnan(target.reshape(-1))
+        return self.inner.statistics(output[known], target.reshape(-1)[known])
+
+    def compute(self) -> dict[str, float]:
+        return self.inner.compute()

@@ -13,6 +13,7 @@ from flatmtl.workers.problems.office_home import OfficeHome
 from flatmtl.workers.problems.options import accepted_options, check_options
 from flatmtl.workers.problems.qm9 import QM9
 from flatmtl.workers.problems.synthetic import SyntheticRegression
+from flatmtl.workers.problems.table import TableProblem
 from flatmtl.workers.problems.yeast import Yeast
 
 PROBLEMS: dict[str, type[Problem]] = {
@@ -29,6 +30,7 @@ PROBLEMS: dict[str, type[Problem]] = {
         OfficeHome,
         QM9,
         SyntheticRegression,
+        TableProblem,
     )
 }
 

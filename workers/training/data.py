@@ -47,6 +47,10 @@ class BatchPlan:
 
 
 def collate(dataset: Dataset[Any], indices: Sequence[int] | np.ndarray) -> Any:
+    """The samples as one batch; a dataset with a ``batch(indices)`` method (in-memory tensors) gathers them at once."""
+    gather = getattr(dataset, "batch", None)
+    if callable(gather):
+        return gather(indices)
     return default_collate([dataset[int(i)] for i in indices])
 
 

@@ -111,6 +111,9 @@ class Trainer:
         checkpoint.seed_everything(spec.seed)
         problem_options, self.references = split_references(spec)
         self.problem = problems.build(spec.problem, **problem_options)
+        saved = checkpoint.load(run.latest) if resume else None
+        if saved is not None:
+            self.problem.load_state_dict(saved.get("problem", {}))
         self.tasks = self.problem.task_names
         self.model = self.problem.model(model_name(spec), **spec.model_options).to(context.device, self.dtype)
         self.train_data = self.problem.dataset("train")
@@ -121,7 +124,6 @@ class Trainer:
             rank=context.rank,
             seed=spec.seed,
         )
-        saved = checkpoint.load(run.latest) if resume else None
         if saved is not None:
             self._check_compatible(saved)
             self.model.load_state_dict(saved["model"])
@@ -275,6 +277,7 @@ class Trainer:
             "world_size": self.ctx.world_size,
             "position": {"epoch": self.epoch, "batch": self.batch, "step": self.global_step},
             "model": model_state,
+            "problem": self.problem.state_dict(),
             "optimizer": optimizer_states,
             "scheduler": self.scheduler.state_dict(),
             "mtl_step": method_state,

@@ -7,6 +7,8 @@
   ``width``/``stem``).
 - ``mmoe``: multi-gate mixture of experts for tabular inputs (``num_experts``, ``expert_hidden``,
   ``tower_hidden``).
+- ``ple``: progressive layered extraction for tabular inputs (``num_levels``, ``shared_experts``,
+  ``task_experts``, ``expert_hidden``, ``tower_hidden``).
 - ``mtan``: SegNet-based MTAN for dense tasks (``widths``); ``segnet``: the same SegNet shared by all tasks
   with a conv head each (hard sharing, exposes its representation).
 """
@@ -24,6 +26,7 @@ from flatmtl.workers.problems.models.encoders import CNNEncoder, LeNetEncoder, M
 from flatmtl.workers.problems.models.hps import HardSharing
 from flatmtl.workers.problems.models.mmoe import MMoE
 from flatmtl.workers.problems.models.mtan import MTAN
+from flatmtl.workers.problems.models.ple import PLE
 from flatmtl.workers.problems.options import check_options
 from flatmtl.workers.problems.tasks import Task
 
@@ -33,7 +36,7 @@ ENCODERS: dict[str, Callable[..., nn.Module]] = {
     "cnn": CNNEncoder,
     "resnet18": ResNet18Encoder,
 }
-MODEL_NAMES = (*ENCODERS, "mmoe", "mtan", "segnet")
+MODEL_NAMES = (*ENCODERS, "mmoe", "ple", "mtan", "segnet")
 
 
 def build_model(
@@ -51,11 +54,12 @@ def build_model(
         return HardSharing(encoder, heads, multi_input=multi_input)
     if multi_input:
         raise ProblemError(f"model {name!r} takes one input; multi-input problems need one of {sorted(ENCODERS)}")
-    if name == "mmoe":
+    if name in ("mmoe", "ple"):
         if any(dense):
-            raise ProblemError("model 'mmoe' predicts one vector per input; dense tasks need 'mtan' or 'segnet'")
-        check_options(name, MMoE, options, skip=("input_shape", "out_features"))
-        return MMoE(input_shape, out_channels, **options)
+            raise ProblemError(f"model {name!r} predicts one vector per input; dense tasks need 'mtan' or 'segnet'")
+        cls = MMoE if name == "mmoe" else PLE
+        check_options(name, cls, options, skip=("input_shape", "out_features"))
+        return cls(input_shape, out_channels, **options)
     if name in ("mtan", "segnet"):
         if not all(dense) or len(input_shape) != 3:
             raise ProblemError(f"model {name!r} is for dense prediction on images; these tasks are not all dense")
@@ -64,4 +68,4 @@ def build_model(
     raise ProblemError(f"unknown model {name!r}; known: {list(MODEL_NAMES)}")
 
 
-__all__ = ["MODEL_NAMES", "MTAN", "HardSharing", "MMoE", "MultiTaskNet", "build_model"]
+__all__ = ["MODEL_NAMES", "MTAN", "PLE", "HardSharing", "MMoE", "MultiTaskNet", "build_model"]

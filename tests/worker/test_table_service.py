@@ -1,0 +1,115 @@
+"""The ``table`` problem through the whole service: REST submit, a real worker, real Ray, 2-process runs.
+
+Yeast written to Parquet trains, with sharded optimizer state over 2 ranks, to exactly the metrics of the
+built-in ``yeast`` problem; a sweep over a table with every task kind and missing labels succeeds; a file with a
+bad cell fails the job with the file, column and row in its reason, and the worker goes on serving.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pytest
+
+from flatmtl.workers.worker.service_demo import (
+    API_COMMAND,
+    api_call,
+    api_client,
+    create_demo_token,
+    free_port,
+    process,
+    service_env,
+    wait_healthy,
+)
+from tests.problems.tables import mixed_columns, mixed_tables, write, yeast_tables
+from tests.worker.cluster import require_ray, start_worker, stop
+from tests.worker.test_service import Service
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+    require_ray()
+    out = tmp_path_factory.mktemp("table_service")
+    token = create_demo_token(out, "tester")
+    port = free_port()
+    env = service_env(out)
+    worker = start_worker(env, out / "worker.log")
+    try:
+        with (
+            process([*API_COMMAND, "--port", str(port)], env, out / "api.log") as api,
+            api_client(f"http://127.0.0.1:{port}", token) as client,
+        ):
+            wait_healthy(client, api, out / "api.log", timeout_s=60)
+            yield Service(client, out, worker)
+    finally:
+        stop(worker)
+
+
+def _spec(problem: str, options: dict[str, Any], **overrides: Any) -> dict[str, Any]:
+    return {
+        "problem": problem,
+        "problem_options": options,
+        "model": "mmoe",
+        "model_options": {"num_experts": 2, "expert_hidden": [16], "tower_hidden": 8},
+        "epochs": 1,
+        "batch_size": 32,
+        "seed": 2,
+        "processes": 2,
+        **overrides,
+    }
+
+
+def _final(service: Service, job_id: int) -> dict[str, Any]:
+    job = service.wait_ended(job_id, 300)
+    assert job["state"] == "succeeded", job["error"]
+    summary = json.loads((service.job_dir(job_id) / "run" / "summary.json").read_text())
+    assert summary["processes"] == 2
+    return summary["final"]
+
+
+def test_yeast_as_parquet_trains_on_two_sharded_ranks_like_builtin_yeast(service: Service, tmp_path: Path) -> None:
+    options = yeast_tables(tmp_path, ".parquet")
+    table_job = service.submit(_spec("table", options, sharding="zero1"))
+    yeast_job = service.submit(_spec("yeast", {}, sharding="zero1"))
+    table, yeast = _final(service, table_job), _final(service, yeast_job)
+    shared = [key for key in yeast if key.startswith("test/")]
+    assert len(shared) == 14 * 5
+    assert {key: table[key] for key in shared} == {key: yeast[key] for key in shared}
+
+
+def test_a_sweep_over_a_table_with_missing_labels(service: Service, tmp_path: Path) -> None:
+    base = _spec("table", mixed_tables(tmp_path, ".parquet"), model="ple", model_options={"expert_hidden": [8]})
+    sweep = {
+        "kind": "sweep",
+        "base": base,
+        "space": {"optimizer.lr": {"type": "grid", "values": [0.001, 0.01]}},
+        "metric": "test/price/rmse",
+        "mode": "min",
+    }
+    job_id = service.submit(sweep)
+    job = service.wait_ended(job_id, 400)
+    assert job["state"] == "succeeded", job["error"]
+    trials = api_call(service.client, "GET", f"/v1/jobs/{job_id}/trials")["items"]
+    assert [t["state"] for t in trials] == ["succeeded"] * 2
+    assert job["result"]["best_metric"] == min(t["best_metric"] for t in trials) > 0
+
+
+def test_a_bad_cell_fails_the_job_naming_file_column_and_row(service: Service, tmp_path: Path) -> None:
+    options = mixed_tables(tmp_path)
+    columns = mixed_columns(400, 1)
+    columns["price"] = [None if v is None else str(v) for v in columns["price"]]
+    columns["price"][41] = "twelve"
+    write(pa.table(columns), Path(options["train"]))
+    job = service.wait_ended(service.submit(_spec("table", options)), 120)
+    assert job["state"] == "failed"
+    for fragment in (options["train"], "'price'", "row 42", "'twelve'"):
+        assert fragment in job["error"], job["error"]
+    missing = service.wait_ended(service.submit(_spec("table", {**options, "test": "/nowhere/test.csv"})), 120)
+    assert missing["state"] == "failed" and "/nowhere/test.csv" in missing["error"], missing["error"]
+    assert service.worker.poll() is None
