@@ -41,7 +41,7 @@ from flatmtl.workers.problems.canvas import CanvasDataset
 from flatmtl.workers.problems.delta import delta_m
 from flatmtl.workers.problems.errors import DataNotFoundError, ProblemError
 from flatmtl.workers.problems.models import MODEL_NAMES, MultiTaskNet, build_model
-from flatmtl.workers.problems.registry import PROBLEMS, build, problem_names, problem_options
+from flatmtl.workers.problems.registry import PROBLEMS, build, problem_class, problem_names, problem_options
 from flatmtl.workers.problems.tasks import Task
 
 __all__ = [
@@ -59,6 +59,7 @@ __all__ = [
     "build",
     "build_model",
     "delta_m",
+    "problem_class",
     "problem_names",
     "problem_options",
 ]

@@ -148,11 +148,14 @@ class Problem:
 
     def model(self, name: str | None = None, **options: Any) -> MultiTaskNet:
         """The named architecture (default ``default_model``) sized for this problem's inputs and tasks."""
+        from flatmtl.workers.problems import plugins
+
         name = name or self.default_model
+        if name in plugins.model_plugins():
+            return plugins.build_plugin_model(name, self, **options)
         if name not in self.model_names:
-            raise ProblemError(
-                f"{self.name}: model {name!r} does not fit this problem; choose from {list(self.model_names)}"
-            )
+            allowed = [*self.model_names, *plugins.model_plugins()]
+            raise ProblemError(f"{self.name}: model {name!r} does not fit this problem; choose from {allowed}")
         return build_model(name, self.input_shape, self.tasks, multi_input=self.multi_input, **options)
 
     def losses(self, outputs: Sequence[Tensor], targets: Sequence[Tensor]) -> Tensor:

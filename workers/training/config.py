@@ -134,30 +134,39 @@ def model_name(spec: TrainSpec) -> str | None:
 
 
 def check_runnable(spec: TrainSpec, source: str = "") -> None:
-    """Build the problem, model and methods once on CPU (no data is loaded) so the config fails now, not
-    mid-run. Every ``sharding`` value runs (TrainSpec already refuses methods that cannot be sharded)."""
+    """Build the problem, model and methods once on CPU (no data is loaded, except one batch through a plugin's
+    problem or model to check its shapes) so the config fails now, not mid-run. Every ``sharding`` value runs
+    (TrainSpec already refuses methods that cannot be sharded)."""
     from flatmtl.workers import mtl, problems
     from flatmtl.workers.mtl.errors import MethodError
+    from flatmtl.workers.problems import plugins
 
     found: list[ConfigProblem] = []
     try:
         options, references = split_references(spec)
     except ConfigError as error:
         raise ConfigError(error.problems, source) from None
+    plugin = plugins.is_plugin(spec.problem, model_name(spec))
+    # A plugin's own code may raise anything; it fails the job with that error rather than the worker.
+    plugin_errors: tuple[type[BaseException], ...] = (Exception,) if plugin else ()
     try:
+        problems.problem_class(spec.problem)
         problem = problems.build(spec.problem, **options)
-    except problems.ProblemError as error:
-        field = "problem" if spec.problem not in problems.problem_names() else "problem_options"
-        found.append(ConfigProblem(field, spec.problem if field == "problem" else options, str(error)))
-        raise ConfigError(found, source) from None
-    except FileNotFoundError as error:
-        found.append(ConfigProblem("problem_options", options, str(error)))
+    except (problems.ProblemError, FileNotFoundError, *plugin_errors) as error:
+        try:
+            problems.problem_class(spec.problem)
+            field = "problem_options"
+        except problems.ProblemError:
+            field = "problem"
+        found.append(ConfigProblem(field, spec.problem if field == "problem" else options, _reason(error)))
         raise ConfigError(found, source) from None
     try:
-        problem.model(model_name(spec), **spec.model_options)
-    except (problems.ProblemError, TypeError) as error:
+        model = problem.model(model_name(spec), **spec.model_options)
+        if plugin:
+            plugins.check_sample(f"{spec.problem} with model {spec.model}", problem, model)
+    except (problems.ProblemError, TypeError, *plugin_errors) as error:
         field = "model" if model_name(spec) not in (None, *problem.model_names) else "model_options"
-        found.append(ConfigProblem(field, spec.model if field == "model" else spec.model_options, str(error)))
+        found.append(ConfigProblem(field, spec.model if field == "model" else spec.model_options, _reason(error)))
     directions = problem.metric_directions()
     for key in references:
         if directions.get(key) is None:
@@ -173,3 +182,12 @@ def check_runnable(spec: TrainSpec, source: str = "") -> None:
             found.append(ConfigProblem(f"method.{kind}", choice.name, str(error)))
     if found:
         raise ConfigError(found, source)
+
+
+def _reason(error: BaseException) -> str:
+    """A problem's own errors speak for themselves; anything else (a plugin's code) is named by its type."""
+    from flatmtl.workers.problems import ProblemError
+
+    if isinstance(error, ProblemError | FileNotFoundError):
+        return str(error)
+    return f"{type(error).__name__}: {error}"

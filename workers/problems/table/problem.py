@@ -117,7 +117,7 @@ class TableProblem(Problem):
         """The named vector model; with categorical features, behind their shared embedding or one-hot front."""
         name = name or self.default_model
         if name not in self.model_names:
-            raise ProblemError(f"table: model {name!r} does not fit this problem; choose from {list(self.model_names)}")
+            return super().model(name, **options)
         if not self.transform.categorical:
             return build_model(name, self.input_shape, self.tasks, **options)
         front = CategoricalInput(

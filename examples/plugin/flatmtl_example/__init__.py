@@ -1,0 +1,1 @@
+"""An example FlatMTL plugin: the ``sines`` problem and the ``two_towers`` model."""
