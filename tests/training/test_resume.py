@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from flatmtl.workers.training import ConfigError, RunDirectory, RunOptions, train
-from flatmtl.workers.training.checkpoint import load, save
+from flatmtl.workers.training.checkpoint import capture_rng, load, restore_rng, save, seed_everything
 from tests.training.specs import spec
 
 METHOD = {"weighting": "uw", "aggregator": "pcgrad", "wrapper": {"name": "sam", "hparams": {"rho": 0.05}}}
@@ -87,3 +87,15 @@ def test_a_checkpoint_from_before_a_spec_field_existed_resumes_with_its_default(
     save(latest, {key: value for key, value in saved.items() if key != "format"})
     resumed = train(spec(**SPEC), tmp_path, resume=True, options=RunOptions(max_steps=2, plots=False))
     assert resumed.summary["steps"] == 2
+
+
+def test_random_state_saved_on_a_gpu_restores_on_the_cpu() -> None:
+    """A checkpoint carries one CUDA generator, the rank's own; resuming where it is not (the CPU, or fewer
+    visible GPUs) restores the host generators and leaves CUDA's alone instead of failing."""
+    seed_everything(7)
+    state = capture_rng()
+    assert state["cuda"] is None
+    expected = torch.rand(3)
+    seed_everything(8)
+    restore_rng({**state, "cuda": torch.zeros(16, dtype=torch.uint8)}, torch.device("cpu"))
+    torch.testing.assert_close(torch.rand(3), expected, rtol=0, atol=0)

@@ -36,6 +36,9 @@ class Stateful:
     """
 
     state_keys: ClassVar[tuple[str, ...]] = ()
+    host_state_keys: ClassVar[tuple[str, ...]] = ()
+    """State the method keeps on the CPU in float64 (its K x K algebra runs there): loaded back there whatever
+    device or dtype a checkpoint carried it in, so a resumed step meets it where an uninterrupted one would."""
 
     def state_dict(self) -> dict[str, Any]:
         return {key: _clone(getattr(self, key)) for key in self.state_keys}
@@ -45,7 +48,10 @@ class Stateful:
         if unknown:
             raise KeyError(f"{type(self).__name__}: unknown state keys {sorted(unknown)}")
         for key in self.state_keys:
-            setattr(self, key, _clone(state[key]))
+            value = _clone(state[key])
+            if key in self.host_state_keys and isinstance(value, Tensor):
+                value = value.to("cpu", torch.float64)
+            setattr(self, key, value)
 
 
 def _clone(value: Any) -> Any:

@@ -13,8 +13,14 @@ from torch import Tensor
 
 
 class FlatParams:
-    def __init__(self, params: Sequence[Tensor]) -> None:
+    """``like``: a tensor whose device and dtype an empty list's vectors take (a task without head parameters
+    still has a [0] gradient, and it must live with the others to be concatenated or reduced with them)."""
+
+    def __init__(self, params: Sequence[Tensor], *, like: Tensor | None = None) -> None:
         self.params = list(params)
+        template = self.params[0] if self.params else like
+        self.device = template.device if template is not None else torch.device("cpu")
+        self.dtype = template.dtype if template is not None else torch.get_default_dtype()
         self.numels = [p.numel() for p in self.params]
         self.numel = sum(self.numels)
         bounds = torch.tensor([0, *self.numels]).cumsum(0)
@@ -34,7 +40,7 @@ class FlatParams:
             for t, p, n in zip(tensors, self.params, self.numels, strict=True)
         ]
         if not parts:
-            return torch.zeros(0)
+            return torch.zeros(0, dtype=self.dtype, device=self.device)
         return torch.cat(parts)
 
     def flatten_batched(self, tensors: Sequence[Tensor | None], batch: int) -> Tensor:
@@ -44,7 +50,7 @@ class FlatParams:
             for t, p, n in zip(tensors, self.params, self.numels, strict=True)
         ]
         if not parts:
-            return torch.zeros(batch, 0)
+            return torch.zeros(batch, 0, dtype=self.dtype, device=self.device)
         return torch.cat(parts, dim=1)
 
     def views(self, flat: Tensor) -> list[Tensor]:

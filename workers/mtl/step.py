@@ -11,6 +11,7 @@ Usage::
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -128,7 +129,7 @@ class MTLStep:
         self.wrapper: Wrapper = _build("wrapper", wrapper, wrapper_hparams)
         self.comm = comm or LocalComm()
         self.shared = FlatParams(split.shared)
-        self.heads = [FlatParams(head) for head in split.heads]
+        self.heads = [FlatParams(head, like=split.shared[0]) for head in split.heads]
         self.generator = torch.Generator(device=split.shared[0].device).manual_seed(seed)
         self.buffers = list(buffers)
         self.gradient_engine = TaskGradientEngine(gradient_mode)
@@ -182,6 +183,7 @@ class MTLStep:
             "aggregator": self.aggregator.state_dict(),
             "wrapper": self.wrapper.state_dict(),
             "generator": self.generator.get_state(),
+            "generator_device": self.generator.device.type,
             "steps_taken": self.steps_taken,
         }
 
@@ -189,5 +191,16 @@ class MTLStep:
         self.weighting.load_state_dict(state["weighting"])
         self.aggregator.load_state_dict(state["aggregator"])
         self.wrapper.load_state_dict(state["wrapper"])
-        self.generator.set_state(state["generator"])
         self.steps_taken = state.get("steps_taken", 0)
+        if state.get("generator_device", self.generator.device.type) == self.generator.device.type:
+            self.generator.set_state(state["generator"])
+        else:
+            self.generator.manual_seed(reseeded(state["generator"]))
+
+
+def reseeded(generator_state: Tensor) -> int:
+    """A seed derived from a generator state saved on another device type. CPU (Mersenne Twister) and CUDA
+    (Philox) generators share neither their state layout nor their draws, so a run that resumes across device
+    types cannot continue the saved stream; it continues a stream fixed by the checkpoint instead, the same on
+    every rank and every retry."""
+    return int.from_bytes(hashlib.sha256(generator_state.cpu().numpy().tobytes()).digest()[:8], "little")

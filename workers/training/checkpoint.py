@@ -16,26 +16,30 @@ import numpy as np
 import torch
 
 FORMAT_VERSION = 1
+CPU = torch.device("cpu")
 
 
-def capture_rng() -> dict[str, Any]:
-    """Python's, numpy's and torch's global generators (CUDA's too when present)."""
+def capture_rng(device: torch.device = CPU) -> dict[str, Any]:
+    """Python's, numpy's and torch's global generators, and on a CUDA ``device`` that one GPU's (the rank's
+    own: the others are not this rank's to restore, and fewer of them may be visible when it resumes)."""
     name, keys, position, has_gauss, cached = np.random.get_state()
     return {
         "python": random.getstate(),
         "numpy": (name, torch.from_numpy(keys.astype(np.int64)), int(position), int(has_gauss), float(cached)),
         "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
     }
 
 
-def restore_rng(state: dict[str, Any]) -> None:
+def restore_rng(state: dict[str, Any], device: torch.device = CPU) -> None:
+    """The generators ``capture_rng`` saved. A run resumed on another device type keeps its fresh CUDA generator
+    (or has none): CPU and CUDA draws differ anyway, so such a resume continues, but not bit-exactly."""
     random.setstate(_as_python_state(state["python"]))
     name, keys, position, has_gauss, cached = state["numpy"]
     np.random.set_state((name, keys.numpy().astype(np.uint32), position, has_gauss, cached))
     torch.set_rng_state(state["torch"])
-    if state["cuda"] is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if state["cuda"] is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], device)
 
 
 def _as_python_state(value: Any) -> tuple[Any, ...]:

@@ -262,7 +262,7 @@ class Trainer:
     def save(self, *, epoch_end: bool = False) -> None:
         """Write ``latest`` (and ``epoch_NNNN`` at an epoch end when asked); a collective on every rank."""
         optimizer_states = self._gather(self.optimizer_state.state_dict())
-        rng_states = self._gather(checkpoint.capture_rng())
+        rng_states = self._gather(checkpoint.capture_rng(self.ctx.device))
         with self._full_parameters():
             # copies: zero3 frees the gathered tensors when the block ends
             state = self.model.state_dict() if self.ctx.leader else {}
@@ -299,7 +299,7 @@ class Trainer:
         self.epoch, self.batch, self.global_step = position["epoch"], position["batch"], position["step"]
         self.accumulator = EpochAccumulator.from_state(saved["accumulator"])
         self.history = list(saved["history"])
-        checkpoint.restore_rng(saved["rng"][rank])
+        checkpoint.restore_rng(saved["rng"][rank], self.ctx.device)
 
     # ---- one step ----------------------------------------------------------------------------------
     def _closure(self, inputs: Any, targets: Any) -> Callable[[], Tensor | tuple[Tensor, Tensor]]:

@@ -40,6 +40,7 @@ class GradVac(GramAggregator):
     """
 
     state_keys: ClassVar[tuple[str, ...]] = ("targets",)
+    host_state_keys: ClassVar[tuple[str, ...]] = ("targets",)
 
     def __init__(self, beta: float) -> None:
         self.beta = beta

@@ -45,6 +45,7 @@ class MoCo(Aggregator):
     """
 
     state_keys: ClassVar[tuple[str, ...]] = ("tracked", "weights")
+    host_state_keys: ClassVar[tuple[str, ...]] = ("weights",)
 
     def __init__(self, beta: float, gamma: float, rho: float) -> None:
         self.beta = beta

@@ -66,6 +66,7 @@ class NashMTL(GramAggregator):
     """
 
     state_keys: ClassVar[tuple[str, ...]] = ("previous_weights", "calls")
+    host_state_keys: ClassVar[tuple[str, ...]] = ("previous_weights",)
 
     def __init__(self, update_weights_every: int = 1, max_norm: float = 0.0, normalize_gram: bool = True) -> None:
         self.update_weights_every = update_weights_every
