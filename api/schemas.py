@@ -7,6 +7,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+JobState = Literal["queued", "running", "succeeded", "partially_failed", "failed", "cancelled"]
+
 
 class JobOut(BaseModel):
     model_config = ConfigDict(from_attributes=True)
@@ -14,7 +16,9 @@ class JobOut(BaseModel):
     id: int
     kind: Literal["train", "sweep"]
     name: str | None
-    state: Literal["queued", "running", "succeeded", "failed", "cancelled"]
+    state: JobState = Field(
+        description="partially_failed: a sweep some of whose trials failed; result.trials counts the trials by state."
+    )
     priority: int
     attempt: int
     max_attempts: int

@@ -20,7 +20,8 @@ import yaml
 if TYPE_CHECKING:
     import httpx
 
-TERMINAL = ("succeeded", "failed", "cancelled")
+JOB_STATES = ("queued", "running", "succeeded", "partially_failed", "failed", "cancelled")
+TERMINAL = ("succeeded", "partially_failed", "failed", "cancelled")
 url_option = click.option(
     "--url", envvar="FLATMTL_API_URL", default="http://127.0.0.1:8000", show_default=True, help="The API's base URL."
 )
@@ -139,7 +140,7 @@ def _wait(client: httpx.Client, job: dict[str, Any], poll: float) -> dict[str, A
 
 
 @click.command("jobs")
-@click.option("--state", multiple=True, type=click.Choice(["queued", "running", "succeeded", "failed", "cancelled"]))
+@click.option("--state", multiple=True, type=click.Choice(JOB_STATES))
 @click.option("--kind", multiple=True, type=click.Choice(["train", "sweep"]))
 @click.option("--name", default=None)
 @click.option("--limit", type=click.IntRange(1, 500), default=20, show_default=True)
@@ -164,13 +165,22 @@ def jobs_command(
     if as_json:
         click.echo(json.dumps(page["items"], indent=2))
         return
-    click.echo(f"{'ID':>6}  {'KIND':<5}  {'STATE':<9}  {'PROGRESS':>8}  {'CREATED':<19}  NAME")
+    click.echo(f"{'ID':>6}  {'KIND':<5}  {'STATE':<16}  {'PROGRESS':>8}  {'CREATED':<19}  {'TRIALS':<24}  NAME")
     for job in page["items"]:
         progress = "" if job["progress"] is None else f"{100 * job['progress']:.0f}%"
         created = job["created_at"][:19].replace("T", " ")
         click.echo(
-            f"{job['id']:>6}  {job['kind']:<5}  {job['state']:<9}  {progress:>8}  {created:<19}  {job['name'] or ''}"
+            f"{job['id']:>6}  {job['kind']:<5}  {job['state']:<16}  {progress:>8}  {created:<19}  "
+            f"{trial_counts(job):<24}  {job['name'] or ''}"
         )
+
+
+def trial_counts(job: dict[str, Any]) -> str:
+    """A finished sweep's trials by state (``3 succeeded, 1 failed``); empty for anything else."""
+    counts = (job.get("result") or {}).get("trials")
+    if not isinstance(counts, dict):
+        return ""
+    return ", ".join(f"{number} {state}" for state, number in sorted(counts.items()))
 
 
 @click.command("logs")

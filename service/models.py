@@ -26,8 +26,11 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
-JOB_STATES = ("queued", "running", "succeeded", "failed", "cancelled")
-TERMINAL_STATES = ("succeeded", "failed", "cancelled")
+JOB_STATES = ("queued", "running", "succeeded", "partially_failed", "failed", "cancelled")
+TERMINAL_STATES = ("succeeded", "partially_failed", "failed", "cancelled")
+"""``succeeded``: every trial of the job succeeded (or was ended early by its sweep's scheduler);
+``partially_failed``: a sweep some of whose trials failed while others reported its metric (the result counts
+them and names the best of the others); ``failed``: nothing usable, or the job could not run."""
 JOB_KINDS = ("train", "sweep")
 TRIAL_STATES = ("pending", "running", "succeeded", "failed", "stopped")
 SCOPES = ("read", "submit", "admin")

@@ -27,7 +27,7 @@ from flatmtl.service.specs.sweep import SweepSpec
 from flatmtl.service.specs.train import TrainSpec
 
 HeartbeatStatus = Literal["ok", "cancelled", "lost"]
-Outcome = Literal["succeeded", "failed"]
+Outcome = Literal["succeeded", "partially_failed", "failed"]
 
 
 @dataclass(frozen=True)
@@ -82,7 +82,7 @@ _FINISH = (
         finished_at=bindparam("b_now", type_=UTCDateTime),
         result=bindparam("b_result", type_=JSON),
         error=bindparam("b_error"),
-        progress=case((bindparam("b_outcome") == "succeeded", 1.0), else_=JOBS.c.progress),
+        progress=case((bindparam("b_outcome") != "failed", 1.0), else_=JOBS.c.progress),
         lease_owner=None,
         lease_expires_at=None,
     )
@@ -212,7 +212,7 @@ def complete(
     error: str | None = None,
     now: datetime | None = None,
 ) -> None:
-    """Mark the job succeeded or failed; LeaseLostError if the token is stale (the write is refused)."""
+    """Mark the job with its outcome; LeaseLostError if the token is stale (the write is refused)."""
     now = now or utcnow()
     params = {
         "b_id": lease.job_id,

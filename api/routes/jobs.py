@@ -18,6 +18,7 @@ from flatmtl.api.schemas import (
     EventOut,
     JobOut,
     JobPage,
+    JobState,
     LogTail,
     MetricHistory,
     MetricSeries,
@@ -78,9 +79,7 @@ async def submit_job(
 def list_jobs(
     _principal: Reader,
     db: DatabaseDep,
-    state: Annotated[
-        list[Literal["queued", "running", "succeeded", "failed", "cancelled"]] | None, Query(description="Repeatable.")
-    ] = None,
+    state: Annotated[list[JobState] | None, Query(description="Repeatable.")] = None,
     kind: Annotated[list[Literal["train", "sweep"]] | None, Query(description="Repeatable.")] = None,
     name: Annotated[str | None, Query(max_length=200)] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,

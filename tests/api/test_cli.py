@@ -118,3 +118,19 @@ def test_token_create_stores_a_usable_hashed_token(tmp_path: Path, monkeypatch: 
         assert revoked.exit_code == 0 and authenticate(database, settings.token_key(), token) is None
     finally:
         database.dispose()
+
+
+def test_jobs_shows_a_partially_failed_sweeps_trial_counts(cli: CliRunner, api: Api, tmp_path: Path) -> None:
+    job_id = int(cli.invoke(COMMANDS["submit"], [spec_file(tmp_path, TRAIN)]).output)
+    lease = queue.claim(api.db, "worker", 30)
+    assert lease is not None and lease.job_id == job_id
+    counts = {"succeeded": 2, "failed": 1}
+    queue.complete(api.db, lease, "partially_failed", result={"trials": counts}, error="1 of 3 trials failed")
+    listed = cli.invoke(COMMANDS["jobs"], ["--state", "partially_failed"])
+    assert listed.exit_code == 0, listed.output
+    assert f"{job_id:>6}  train  partially_failed      100%" in listed.output
+    assert "1 failed, 2 succeeded" in listed.output
+    assert (
+        api.client.get(f"/v1/jobs/{job_id}", headers={"Authorization": f"Bearer {api.tokens['alice']}"}).json()["state"]
+        == "partially_failed"
+    )

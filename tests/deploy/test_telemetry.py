@@ -214,7 +214,8 @@ def test_database_source_reads_the_control_plane_and_running_jobs(db: Database) 
     with db.read() as session:
         result = database_snapshot(session, now=NOW, lease_seconds=60.0)
 
-    assert result.jobs_by_state == {"queued": 2, "running": 1, "succeeded": 1, "failed": 0, "cancelled": 0}
+    states = {"queued": 2, "running": 1, "succeeded": 1, "partially_failed": 0, "failed": 0, "cancelled": 0}
+    assert result.jobs_by_state == states
     assert result.oldest_queued_age_seconds == pytest.approx(300.0, abs=0.01)
     wait = dict(zip(result.queue_wait.bounds, result.queue_wait.cumulative, strict=True))
     assert (result.queue_wait.count, wait[1.0], wait[5.0], wait[60.0], wait[120.0]) == (2, 0, 1, 1, 2)

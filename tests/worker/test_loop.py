@@ -138,8 +138,9 @@ def test_the_sweep_outcome_is_the_trial_with_the_best_value_of_the_metric(
 
     pick = max if mode == "max" else min
     best = {index: pick(values) for index, values in curves.items()}
-    winner = pick(best, key=lambda i: best[i])
-    assert outcome == "succeeded" and error is None and result is not None
+    winner = pick((0, 1), key=lambda i: best[i])  # a failed trial's values never make it the best
+    assert outcome == "partially_failed" and result is not None
+    assert error == "1 of 3 trials failed: trial 2: RayTaskError: boom"
     assert (result["best_trial"], result["best_metric"]) == (winner, best[winner])
     assert result["best_config"] == {"method.wrapper.hparams.rho": [0.01, 0.1, 0.2][winner]}
     assert result["trials"] == {"succeeded": 1, "stopped": 1, "failed": 1}
@@ -152,6 +153,35 @@ def test_the_sweep_outcome_is_the_trial_with_the_best_value_of_the_metric(
     assert [(p.trial_index, p.step, p.value) for p in history] == [
         (index, 10 * epoch, value) for index, values in curves.items() for epoch, value in enumerate(values, 1)
     ]
+
+
+def test_a_sweep_is_succeeded_only_when_no_trial_failed_or_vanished(db: Database, tmp_path: Path) -> None:
+    run = sweep_run(db, tmp_path, "max")
+    run.load_previous()
+    for index in range(3):
+        run.trial_started(index)
+        report(run, index, 1, 0.1 * (index + 1))
+    finish(run, 0, "SUCCEEDED")
+    finish(run, 1, "STOPPED")
+    assert run.outcome()[0] == "partially_failed"  # trial 2 never ended: it vanished
+    with db.read() as session:
+        vanished = {t.trial_index: t for t in list_trials(session, run.lease.job_id)}[2]
+    assert vanished.state == "failed" and "ended while the trial was running" in vanished.result["error"]
+
+    clean = sweep_run(db, tmp_path / "clean", "max")
+    clean.load_previous()
+    for index in range(3):
+        report(clean, index, 1, 0.5)
+        finish(clean, index, "SUCCEEDED")
+    assert clean.outcome()[:3:2] == ("succeeded", None)
+
+    hopeless = sweep_run(db, tmp_path / "hopeless", "max")
+    hopeless.load_previous()
+    for index in range(3):
+        hopeless.trial_ended(index, f"ValueError: trial {index}")
+    state, result, error = hopeless.outcome()
+    assert state == "failed" and result == {"trials": {"failed": 3}}
+    assert error is not None and "trial 2: ValueError: trial 2" in error
 
 
 def test_a_sweep_trials_telemetry_reaches_the_metrics_the_api_exports_for_it(db: Database, tmp_path: Path) -> None:

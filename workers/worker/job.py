@@ -217,13 +217,13 @@ class JobRun:
     def relative(self, path: Path) -> str:
         return path.relative_to(self.paths.root).as_posix()
 
-    def outcome(self) -> tuple[str, dict[str, Any] | None, str | None]:
-        """``(succeeded|failed, result, error)`` once every trial has ended."""
+    def outcome(self) -> tuple[queue.Outcome, dict[str, Any] | None, str | None]:
+        """``(state, result, error)`` once every trial has ended; the state is one of ``queue.Outcome``."""
         if self.plan.kind == "train":
             return self._train_outcome(self.trials[0])
         return self._sweep_outcome()
 
-    def _train_outcome(self, trial: TrialState) -> tuple[str, dict[str, Any] | None, str | None]:
+    def _train_outcome(self, trial: TrialState) -> tuple[queue.Outcome, dict[str, Any] | None, str | None]:
         run = RunDirectory(trial.plan.run_dir)
         if trial.state != "succeeded":
             return "failed", None, trial.error or f"the training run ended {trial.state} without finishing"
@@ -238,17 +238,24 @@ class JobRun:
         }
         return "succeeded", result, None
 
-    def _sweep_outcome(self) -> tuple[str, dict[str, Any] | None, str | None]:
+    def _sweep_outcome(self) -> tuple[queue.Outcome, dict[str, Any] | None, str | None]:
+        """``succeeded`` when every trial succeeded or was ended early by the scheduler; ``partially_failed`` when
+        some failed (a trial Tune never ended counts as failed) but others reported the metric; else ``failed``."""
         sweep = self.plan.sweep
         assert sweep is not None
-        scored = [t for t in self.trials.values() if t.best is not None]
+        for trial in self.trials.values():
+            if trial.state not in FINAL_TRIAL_STATES:
+                trial.state, trial.error = "failed", f"the sweep ended while the trial was {trial.state}"
+                self._write_trial(trial)
         counts: dict[str, int] = {}
         for trial in self.trials.values():
             counts[trial.state] = counts.get(trial.state, 0) + 1
+        failed = [t for t in self.trials.values() if t.state == "failed"]
+        failures = "; ".join(f"trial {t.plan.index}: {t.error}" for t in failed)
+        scored = [t for t in self.trials.values() if t.best is not None and t.state != "failed"]
         if not scored:
-            errors = sorted({t.error for t in self.trials.values() if t.error})
             reason = f"no trial reported the metric {sweep.metric!r}"
-            return "failed", {"trials": counts}, _shorten(reason + (f"; errors: {'; '.join(errors)}" if errors else ""))
+            return "failed", {"trials": counts}, _shorten(reason + (f"; {failures}" if failed else ""))
         pick = max if sweep.mode == "max" else min
         best = pick(scored, key=lambda t: t.best if t.best is not None else math.nan)
         run = RunDirectory(best.plan.run_dir)
@@ -263,4 +270,7 @@ class JobRun:
             "best_plots": sorted(self.relative(p) for p in run.plots.glob("*.png")),
             "trials": counts,
         }
+        if failed:
+            error = f"{len(failed)} of {len(self.trials)} trials failed: {failures}"
+            return "partially_failed", result, _shorten(error)
         return "succeeded", result, None

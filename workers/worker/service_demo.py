@@ -23,7 +23,7 @@ from typing import Any
 
 import httpx
 
-TERMINAL = ("succeeded", "failed", "cancelled")
+TERMINAL = ("succeeded", "partially_failed", "failed", "cancelled")
 METRIC = "test/mean/accuracy"
 RADII = {"samo": ("rho", "alpha"), "fmtl": ("rho_shared", "rho_task")}
 POLL_S = 2.0
