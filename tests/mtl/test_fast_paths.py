@@ -5,9 +5,11 @@ weighting that observes the Gram)."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import pytest
 import torch
+from torch import Tensor, nn
 
 from flatmtl.workers import mtl
 from tests.mtl.models import tiny_problem
@@ -80,3 +82,70 @@ def test_non_finite_gradients_are_named_from_the_cheap_check(aggregator: str) ->
         method(grads, losses=torch.ones(3, dtype=torch.float64))
     if aggregator == "moco":
         assert method.state_dict()["tracked"] is None  # the state did not move
+
+
+def representation_problem(
+    declare_heads: bool,
+) -> tuple[mtl.ParameterSplit, nn.Module, Callable[[], tuple[Tensor, Tensor]]]:
+    from tests.mtl.test_trunk import DeclaredHeads
+
+    torch.manual_seed(0)
+    model = DeclaredHeads(num_tasks=3, batch_norm=False).double()
+    x = torch.randn(16, 6, dtype=torch.float64)
+    targets = torch.randn(16, 3, dtype=torch.float64)
+    split = mtl.ParameterSplit.from_model(model)
+    if not declare_heads:
+        split.task_heads = None
+    return split, model, lambda: model.losses_and_representation(x, targets)
+
+
+def per_task_representation_gradients(
+    model: nn.Module, closure: Callable[[], tuple[Tensor, Tensor]]
+) -> tuple[Tensor, Tensor, Tensor, list[tuple[Tensor, ...]]]:
+    """By the definitions: each task's gradient w.r.t. the representation and w.r.t. the shared parameters."""
+    losses, features = closure()
+    shared = model.shared_parameters()
+    rep = torch.stack([torch.autograd.grad(losses[k], features, retain_graph=True)[0] for k in range(3)])
+    params = torch.stack(
+        [torch.cat([g.flatten() for g in torch.autograd.grad(losses[k], shared, retain_graph=True)]) for k in range(3)]
+    )
+    heads = [torch.autograd.grad(losses[k], model.task_parameters()[k], retain_graph=True) for k in range(3)]
+    return features.detach(), rep, params, heads
+
+
+@pytest.mark.parametrize("declare_heads", [True, False])
+def test_mgda_ub_takes_mgda_weights_of_the_representation_gram_through_one_trunk_backward(declare_heads: bool) -> None:
+    split, model, closure = representation_problem(declare_heads)
+    step = mtl.MTLStep(split, aggregator="mgda_ub", diagnostics_every=2)
+    step(closure)
+    model.zero_grad()
+    record = step(closure)  # not a diagnostics step: no parameter Gram
+    assert record.gram is None
+    _, rep, params, heads = per_task_representation_gradients(model, closure)
+    flat_rep = rep.reshape(3, -1)
+    weights = mtl.aggregator("mgda").weights(flat_rep @ flat_rep.T)
+    got = torch.cat([p.grad.flatten() for p in model.shared_parameters()])
+    torch.testing.assert_close(got, weights @ params, rtol=0, atol=1e-10)
+    for k, head in enumerate(model.task_parameters()):
+        for param, expected in zip(head, heads[k], strict=True):
+            torch.testing.assert_close(param.grad, expected, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("leak", [0.0, 0.3])
+def test_graddrop_drops_signs_at_the_representation_as_the_paper_defines(leak: float) -> None:
+    split, model, closure = representation_problem(True)
+    step = mtl.MTLStep(split, aggregator="graddrop", aggregator_hparams={"leak": leak}, seed=5)
+    generator = torch.Generator().manual_seed(5)  # the step's generator, replayed
+    record = step(closure)
+    assert record.gram is not None  # the first step is a diagnostics step
+    features, rep, _, _ = per_task_representation_gradients(model, closure)
+    signals = (features.sign() * rep).sum(dim=1)  # [K, features]: batch sums of sign(A) * dL_k/dA
+    seed = int(torch.randint(2**62, (1,), generator=generator))
+    uniform = torch.rand(signals.shape[1], generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    purity = 0.5 * (1 + signals.sum(0) / signals.abs().sum(0))
+    masks = ((purity > uniform) & (signals > 0)) | ((purity < uniform) & (signals < 0))
+    combined = ((leak + (1 - leak) * masks.double()).unsqueeze(1) * rep).sum(dim=0)
+    _, features_again = closure()
+    expected = torch.autograd.grad(features_again, model.shared_parameters(), combined)
+    for param, grad in zip(model.shared_parameters(), expected, strict=True):
+        torch.testing.assert_close(param.grad, grad, rtol=0, atol=1e-12)

@@ -9,7 +9,7 @@ are taken, where (perturbed parameters for SAM variants), and how they reach the
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
@@ -69,6 +69,8 @@ class Aggregator(Stateful):
 
     ``reduce_gram`` sums K x K statistics over parameter shards; on whole parameters it is the
     identity. ``generator`` drives every random choice so all ranks take the same step.
+    ``uses_representation``: the method is defined on the gradients w.r.t. the shared representation
+    (``combine_representation``); on a plain [K, P] matrix it acts on the parameter gradients instead.
     ``averages_gradients``: the update is the plain mean of the task gradients whatever they are, so it
     is the gradient of the mean weighted loss and a step needs one backward, not K (``mean``).
     """
@@ -103,6 +105,21 @@ class Aggregator(Stateful):
     ) -> Tensor:
         raise NotImplementedError
 
+    def combine_representation(
+        self,
+        rows: Sequence[Tensor],
+        values: Sequence[Tensor],
+        *,
+        losses: Tensor | None,
+        generator: torch.Generator | None,
+        reduce_gram: GramReducer,
+    ) -> list[Tensor]:
+        """For ``uses_representation`` aggregators: the one output gradient of the shared representation from
+        the K per-task ones (``rows[j]`` is [K, *shape] for the representation tensor ``values[j]``); a single
+        backward of it through the trunk is the shared update. ``reduce_gram`` averages K x K statistics over
+        ranks, whose batches differ."""
+        raise NotImplementedError
+
 
 class GramAggregator(Aggregator):
     """An aggregator whose update is ``weights(G G^T) @ G``: shardable with a K x K all-reduce.
@@ -119,6 +136,21 @@ class GramAggregator(Aggregator):
 
     def compute_weights(self, gram: Tensor, *, losses: Tensor | None, generator: torch.Generator | None) -> Tensor:
         raise NotImplementedError
+
+    def combine_representation(
+        self,
+        rows: Sequence[Tensor],
+        values: Sequence[Tensor],
+        *,
+        losses: Tensor | None,
+        generator: torch.Generator | None,
+        reduce_gram: GramReducer,
+    ) -> list[Tensor]:
+        """The weights from the Gram of the representation's per-task gradients, applied to those gradients."""
+        num_tasks = rows[0].shape[0]
+        gram = reduce_gram(sum(row.reshape(num_tasks, -1) @ row.reshape(num_tasks, -1).T for row in rows))
+        weights = self.weights(gram, losses=losses, generator=generator)
+        return [torch.tensordot(weights.to(row.dtype), row, dims=1) for row in rows]
 
     def aggregate(
         self,

@@ -200,7 +200,7 @@ class GradientOracle:
         if self._through_trunk(weighted):
             return self._task_gradients_through_trunk(weighted, retain_graph)
         representation = None
-        if self.aggregator.uses_representation and self._representation is not None:
+        if self._weighs_by_representation() and self._representation is not None:
             rep_grads = self.gradient_engine(weighted, [self._representation], retain_graph=True)[0]
             representation = rep_grads.reshape(self.num_tasks, -1)
         heads = self._head_gradients(weighted.sum(), retain_graph=True)
@@ -208,6 +208,45 @@ class GradientOracle:
         self.record.backward_passes += self.num_tasks
         shared = self.shared.flatten_batched(grads, self.num_tasks)
         return TaskGradients(self.comm.reduce_task_gradients(shared), self._reduce_heads(heads), representation)
+
+    def _weighs_by_representation(self) -> bool:
+        return self.aggregator.uses_representation and isinstance(self.aggregator, GramAggregator)
+
+    def representation_step(self, weighted: Tensor) -> bool:
+        """The whole step of a ``uses_representation`` aggregator, where the representation is known: K
+        gradients of the losses w.r.t. the shared representation (cheap: the heads only, when the model
+        declares them), the aggregator's one output gradient from them, and one backward of it through the
+        trunk. Heads get their own task's gradient. On diagnostics steps the per-task parameter gradients
+        are taken as well, for the Gram. False (nothing done) where the representation is unknown."""
+        if self._through_trunk(weighted):
+            assert self.trunk is not None
+            leaf_grads, heads = self._backward_to_trunk(weighted.sum(), self.heads, retain_graph=False)
+            sources, rows = self.trunk.trunk_rows(leaf_grads, self.num_tasks)
+        elif self._representation is not None:
+            heads = self._head_gradients(weighted.sum(), retain_graph=True)
+            sources = [self._representation]
+            rows = self.gradient_engine(weighted, sources, retain_graph=True)
+        else:
+            return False
+        self.record.backward_passes += self.num_tasks
+        if self.wants_gram and sources:
+            grads = self.gradient_engine.flat_backward(sources, rows, self.shared, retain_graph=True)
+            self.record.gram = self.comm.shard_sum(grads @ grads.T).detach()
+            assert self.record.losses is not None
+            self.weighting.observe(self.record.losses, self.record.gram)
+        started = time.perf_counter()
+        combined = self.aggregator.combine_representation(
+            rows, sources, losses=self.record.losses, generator=self.generator, reduce_gram=self.comm.mean
+        )
+        self.record.seconds_aggregation += time.perf_counter() - started
+        if sources:
+            grads = torch.autograd.grad(sources, self.shared.params, combined, allow_unused=True)
+            shared = self.shared.flatten(grads)
+        else:
+            shared = self.shared.flatten([None] * len(self.shared.params))
+        shared = self.comm.reduce_task_gradients(shared.unsqueeze(0))[0]
+        self.write(shared, self._reduce_heads(heads))
+        return True
 
     def task_gradient(self, weighted: Tensor, task: int) -> tuple[Tensor, Tensor]:
         """Gradient of one task's weighted loss: (shared [P], its head [P_task]), reduced."""
@@ -283,7 +322,7 @@ class GradientOracle:
         leaf_grads, heads = self._backward_to_trunk(weighted.sum(), self.heads, retain_graph=retain_graph)
         sources, rows = self.trunk.trunk_rows(leaf_grads, self.num_tasks)
         representation = None
-        if self.aggregator.uses_representation and self._representation is not None:
+        if self._weighs_by_representation() and self._representation is not None:
             if len(sources) == 1 and sources[0] is self._representation:
                 rep_grads = rows[0]
             else:
@@ -361,7 +400,7 @@ class GradientOracle:
             seen.append(reduced)
             return reduced
 
-        if representation is not None:
+        if representation is not None and isinstance(aggregator, GramAggregator):
             weights = aggregator.weights(self.comm.mean(representation @ representation.T), losses=self.record.losses)
             update = weights.to(grads.dtype) @ grads
         else:

@@ -1,7 +1,10 @@
 """GradDrop (Chen et al., "Just Pick a Sign: Optimizing Deep Multitask Models with Gradient Sign
-Dropout", NeurIPS 2020), applied element-wise to the shared parameters' gradients."""
+Dropout", NeurIPS 2020): sign dropout on the gradients at the shared representation."""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import ClassVar
 
 import torch
 from torch import Tensor
@@ -21,16 +24,21 @@ SEED_BOUND = 2**62
     hparams=(HParam("leak", float, 0.0, "fraction of each task gradient that passes unmasked", low=0.0, high=1.0),),
 )
 class GradDrop(Aggregator):
-    """Update = sum_i (leak g_i + (1 - leak) M_i g_i) with, per coordinate, sign purity
-    P = (1 + sum_i g_i / sum_i |g_i|) / 2, U ~ U(0, 1) and M_i = [P > U][g_i > 0] + [P < U][g_i < 0].
+    """Sign dropout (the paper's Algorithm 1). Per coordinate, with signals S_i, sign purity
+    P = (1 + sum_i S_i / sum_i |S_i|) / 2, U ~ U(0, 1) and M_i = [P > U][S_i > 0] + [P < U][S_i < 0], the
+    output is sum_i (leak + (1 - leak) M_i) R_i. One leak for every task (the paper allows one per task).
 
-    The paper applies the mask to gradients w.r.t. activations (and sums over the batch); we apply it
-    to parameter gradients (as common MTL libraries do), which is element-wise and so works on
-    parameter shards unchanged. One leak for every task (the paper allows one per task).
+    In a step where the model declares its task heads (or the closure returns the representation), this
+    runs where the paper puts it, on the gradients R_i w.r.t. the shared representation A: the signals are
+    the batch sums of sign(A) R_i, so one mask per feature, and the masked sum goes back through the trunk
+    in one backward. Called on a [K, P] matrix (and in steps with no representation), R_i = S_i are the
+    parameter gradients, element-wise, so it runs on parameter shards unchanged.
     The uniforms come from a sub-generator seeded by one draw from ``generator``, so the step's
     generator advances by the same amount on every rank whatever its shard size (else from the
     method's own generator, seeded 0 at construction); shards therefore reuse one uniform stream.
     """
+
+    uses_representation: ClassVar[bool] = True
 
     def __init__(self, leak: float) -> None:
         self.leak = leak
@@ -44,14 +52,34 @@ class GradDrop(Aggregator):
         generator: torch.Generator | None,
         reduce_gram: GramReducer,
     ) -> Tensor:
+        return self._drop(grads, grads, generator).sum(dim=0)
+
+    def combine_representation(
+        self,
+        rows: Sequence[Tensor],
+        values: Sequence[Tensor],
+        *,
+        losses: Tensor | None,
+        generator: torch.Generator | None,
+        reduce_gram: GramReducer,
+    ) -> list[Tensor]:
+        combined = []
+        for row, value in zip(rows, values, strict=True):
+            signals = (value.detach().sign() * row).sum(dim=1) if row.dim() > 2 else row
+            kept = self._drop(signals, torch.ones_like(signals), generator)
+            combined.append((kept.unsqueeze(1) * row if row.dim() > 2 else kept * row).sum(dim=0))
+        return combined
+
+    def _drop(self, signals: Tensor, grads: Tensor, generator: torch.Generator | None) -> Tensor:
+        """[K, N]: each task's ``grads`` scaled by ``leak + (1 - leak) M_i`` from the ``signals``' purity."""
         generator = generator if generator is not None else self._default_generator
         seed = int(torch.randint(SEED_BOUND, (1,), generator=generator, device=generator.device))
-        local = torch.Generator(device=grads.device).manual_seed(seed)
-        uniform = torch.rand(grads.shape[1], generator=local, device=grads.device, dtype=grads.dtype)
-        total = grads.sum(dim=0)
-        magnitude = grads.abs().sum(dim=0)
-        purity = 0.5 * (1.0 + total / magnitude.clamp_min(torch.finfo(grads.dtype).tiny))
-        keep_positive = (purity > uniform) & (grads > 0)
-        keep_negative = (purity < uniform) & (grads < 0)
+        local = torch.Generator(device=signals.device).manual_seed(seed)
+        uniform = torch.rand(signals.shape[1:], generator=local, device=signals.device, dtype=signals.dtype)
+        total = signals.sum(dim=0)
+        magnitude = signals.abs().sum(dim=0)
+        purity = 0.5 * (1.0 + total / magnitude.clamp_min(torch.finfo(signals.dtype).tiny))
+        keep_positive = (purity > uniform) & (signals > 0)
+        keep_negative = (purity < uniform) & (signals < 0)
         masked = grads * (keep_positive | keep_negative).to(grads.dtype)
-        return (self.leak * grads + (1.0 - self.leak) * masked).sum(dim=0)
+        return self.leak * grads + (1.0 - self.leak) * masked

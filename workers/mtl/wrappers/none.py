@@ -17,12 +17,15 @@ from flatmtl.workers.mtl.registry import register
 class Plain(Wrapper):
     """One forward, one (batched) per-task backward; heads get their own task's gradient. An averaging
     aggregator (``mean``) needs no per-task gradients: one backward of the weighted sum, except on
-    diagnostics steps."""
+    diagnostics steps; one defined on the shared representation (MGDA-UB, GradDrop) takes K backwards
+    from the representation and one through the trunk."""
 
     def step(self, oracle: GradientOracle) -> None:
         if oracle.one_backward_suffices:
             oracle.weighted_sum_step()
             return
         weighted = oracle.losses()
+        if oracle.aggregator.uses_representation and oracle.representation_step(weighted):
+            return
         grads = oracle.task_gradients(weighted)
         oracle.write(oracle.aggregate(grads.shared, grads.representation), grads.heads)
