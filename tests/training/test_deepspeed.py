@@ -83,3 +83,14 @@ def test_deepspeed_zero3_resumes_bit_identically(tmp_path: Path) -> None:
         for index, state in rank_done["state"].items():
             for key, value in state.items():
                 assert torch.equal(value, rank_resumed["state"][index][key]), (index, key)
+
+
+def test_deepspeed_engine_is_built_on_the_parameters_one_device() -> None:
+    """The engine is placed on the parameters' device (not DeepSpeed's ``cuda:LOCAL_RANK`` default); parameters
+    split over devices are refused before DeepSpeed moves any of them (``meta`` stands in for a second device)."""
+    from flatmtl.workers.engine.deepspeed_zero import parameters_device
+
+    here = torch.nn.Parameter(torch.zeros(2))
+    assert parameters_device([here, torch.nn.Parameter(torch.ones(3))]) == torch.device("cpu")
+    with pytest.raises(ValueError, match=r"\['cpu', 'meta'\]; allowed: one device"):
+        parameters_device([here, torch.nn.Parameter(torch.zeros(2, device="meta"))])

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from flatmtl.workers.training.flatness import ball_direction, rho_sharpness, top_hessian_eigenvalue
+from flatmtl.workers.training.flatness import ball_direction, gaussian, rho_sharpness, top_hessian_eigenvalue
 
 
 def _symmetric(eigenvalues: list[float], seed: int) -> torch.Tensor:
@@ -73,3 +73,13 @@ def test_ball_directions_lie_in_the_ball() -> None:
     # uniform in a 50-dimensional ball: P(|e| <= r t) = t^50, so the median radius is r 0.5^(1/50)
     assert float(norms.median()) == pytest.approx(0.3 * 0.5 ** (1 / 50), rel=0.01)
     assert math.isfinite(float(norms.min()))
+
+
+def test_draws_follow_the_generator_not_the_device_the_model_lives_on() -> None:
+    """The power iteration's start is drawn where the generator is (a CPU generator cannot draw on CUDA) and then
+    moved, so it is the same vector on every device; ``meta`` stands in for a device the generator is not on."""
+    drawn = gaussian(6, generator=torch.Generator().manual_seed(4), like=torch.empty(0, dtype=torch.float64))
+    expected = torch.randn(6, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    torch.testing.assert_close(drawn, expected, rtol=0, atol=0)
+    elsewhere = gaussian(6, generator=torch.Generator(), like=torch.empty(0, dtype=torch.float64, device="meta"))
+    assert (elsewhere.device.type, elsewhere.dtype) == ("meta", torch.float64)

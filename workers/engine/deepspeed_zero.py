@@ -24,6 +24,7 @@ import os
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -114,9 +115,19 @@ class DeepSpeedZero:
             "steps_per_print": 2**62,
             "wall_clock_breakdown": False,
         }
+        device = parameters_device(self.params)
+        # DeepSpeed moves the module to ``cuda:LOCAL_RANK`` unless told a device; under Ray Train a rank's GPU
+        # (``ray.train.torch.get_device()``) need not be that one, and buffers and data would stay behind.
+        args = SimpleNamespace(device_rank=device.index) if device.type == "cuda" else None
         self.engine, _, _, _ = self.deepspeed.initialize(
-            model=_ParameterStore(self.params), optimizer=self.optimizer, config=config, dist_init_required=False
+            args=args,
+            model=_ParameterStore(self.params),
+            optimizer=self.optimizer,
+            config=config,
+            dist_init_required=False,
         )
+        if torch.device(self.engine.device) != device:
+            raise RuntimeError(f"DeepSpeed placed the engine on {self.engine.device}, the parameters are on {device}")
         self._gathered = stage != 3
 
     @contextmanager
@@ -180,6 +191,14 @@ class DeepSpeedZero:
             yield
         finally:
             zero._clear_fp32_optimizer_param_groups()
+
+
+def parameters_device(params: Sequence[Tensor]) -> torch.device:
+    """The one device every parameter lives on (DeepSpeed keeps a whole engine on one device)."""
+    devices = {param.device for param in params}
+    if len(devices) != 1:
+        raise ValueError(f"the parameters live on {sorted(map(str, devices))}; allowed: one device")
+    return devices.pop()
 
 
 def _grad_or_zeros(param: Tensor) -> Tensor:

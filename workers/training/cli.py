@@ -133,6 +133,7 @@ def train_command(
 @click.option("--radius", type=click.FloatRange(min=0), default=0.05, show_default=True, help="r-ball radius.")
 @click.option("--draws", type=click.IntRange(min=1), default=5, show_default=True)
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
 @click.option("--json", "as_json", is_flag=True)
 def flatness_command(
     run_dir: Path,
@@ -145,10 +146,14 @@ def flatness_command(
     radius: float,
     draws: int,
     seed: int,
+    device: str,
     as_json: bool,
 ) -> None:
     """Per-task rho-sharpness, top Hessian eigenvalue and metrics inside an r-ball, into RUN_DIR/flatness.json."""
+    import torch
+
     from flatmtl.workers.training.flatness import FlatnessSettings, evaluate_run
+    from flatmtl.workers.training.local import resolve_device
 
     if not (run_dir / "config.json").exists():
         raise click.BadParameter(f"{run_dir} holds no config.json; is it a run directory?", param_hint="RUN_DIR")
@@ -162,7 +167,11 @@ def flatness_command(
         draws=draws,
         seed=seed,
     )
-    report = evaluate_run(run_dir, settings, checkpoint_path=checkpoint)
+    try:
+        where = resolve_device(device, 1, torch.cuda.device_count())
+    except ConfigError as error:
+        _fail_config(error)
+    report = evaluate_run(run_dir, settings, checkpoint_path=checkpoint, device=where)
     if as_json:
         click.echo(json.dumps(report))
         return

@@ -111,8 +111,7 @@ def top_hessian_eigenvalue(
     quotient ``v.Hv``; stops when it changes by less than ``tolerance`` relative to its size."""
     loss = loss_fn()
     grad = _gradient(loss, params, create_graph=True)
-    template = params[0]
-    vector = torch.randn(grad.numel(), generator=generator, dtype=template.dtype, device=template.device)
+    vector = gaussian(grad.numel(), generator=generator, like=params[0])
     vector = vector / vector.norm()
     value = 0.0
     if not grad.requires_grad:
@@ -129,6 +128,13 @@ def top_hessian_eigenvalue(
         if iteration > 1 and abs(value - previous) <= tolerance * max(abs(value), 1e-12):
             return Eigenvalue(value, iteration, True)
     return Eigenvalue(value, iterations, False)
+
+
+def gaussian(numel: int, *, generator: torch.Generator | None, like: Tensor) -> Tensor:
+    """A standard normal vector drawn on the generator's device (a CPU generator cannot draw on CUDA), then moved
+    to ``like``'s, so the draws depend on the seed alone, not on where the model lives."""
+    device = like.device if generator is None else generator.device
+    return torch.randn(numel, generator=generator, dtype=like.dtype, device=device).to(like.device)
 
 
 def ball_direction(numel: int, radius: float, *, generator: torch.Generator, dtype: torch.dtype) -> Tensor:
@@ -173,17 +179,23 @@ class FlatnessSettings:
     batch_size: int = 256
 
 
-def evaluate_run(run_dir: Path, settings: FlatnessSettings, *, checkpoint_path: Path | None = None) -> dict[str, Any]:
-    """Every measure on the run's checkpoint (``latest`` by default), written to ``flatness.json``.
+def evaluate_run(
+    run_dir: Path,
+    settings: FlatnessSettings,
+    *,
+    checkpoint_path: Path | None = None,
+    device: torch.device = torch.device("cpu"),  # noqa: B008 (an immutable default)
+) -> dict[str, Any]:
+    """Every measure on the run's checkpoint (``latest`` by default), on ``device``, written to ``flatness.json``.
 
     Losses are means over a fixed, seeded subset of ``samples`` items of the split (the model in eval mode);
-    the r-ball metrics use the whole split.
+    the r-ball metrics use the whole split. Random draws come from a CPU generator seeded by ``settings.seed``,
+    so they are the same on every device.
     """
     run = RunDirectory(run_dir)
     spec = TrainSpec.model_validate(run.read_json(run.config))
     options = RunOptions(**run.read_json(run.options))
     dtype = getattr(torch, options.dtype)
-    device = torch.device("cpu")
     problem_options, _ = split_references(spec)
     problem = problems.build(spec.problem, **problem_options)
     model = problem.model(model_name(spec), **spec.model_options).to(device, dtype)
