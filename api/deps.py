@@ -18,7 +18,8 @@ from flatmtl.service.settings import Settings
 from flatmtl.service.tokens import Principal, TokenCache
 
 bearer = HTTPBearer(auto_error=False, description="An API token from `flatmtl token create`.")
-ANONYMOUS = Principal("anonymous", frozenset({"read"}))
+ANONYMOUS = Principal("anonymous", frozenset({"read", "read_all"}))
+"""With ``reads_open`` the operator opened every read to everyone: anonymous callers read all users' jobs."""
 CHALLENGE = {"WWW-Authenticate": "Bearer"}
 
 

@@ -13,6 +13,7 @@ for a delayed ACK (uvicorn issue #3149).
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 
@@ -35,6 +36,9 @@ def environment(settings: Settings) -> dict[str, str]:
             continue
         if hasattr(value, "get_secret_value"):
             value = value.get_secret_value()
+        if isinstance(value, list):  # pydantic-settings reads lists from JSON
+            found[PREFIX + name.upper()] = json.dumps([str(item) for item in value])
+            continue
         found[PREFIX + name.upper()] = str(value).lower() if isinstance(value, bool) else str(value)
     return found
 

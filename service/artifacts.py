@@ -15,6 +15,7 @@ from pathlib import Path
 from flatmtl.service.errors import NotFoundError
 
 LOG_NAME = "job.log"
+MAX_PATH_CHARS = 1024
 
 
 @dataclass(frozen=True)
@@ -50,10 +51,17 @@ def list_artifacts(artifact_root: Path, job_id: int) -> list[ArtifactInfo]:
 
 def resolve_artifact(artifact_root: Path, job_id: int, relative: str) -> Path:
     """The file ``relative`` inside the job's directory; NotFoundError for anything outside or missing."""
+    missing = NotFoundError(f"job {job_id} has no artifact {relative[:200]!r}")
+    if "\x00" in relative or len(relative) > MAX_PATH_CHARS or relative.startswith(("/", "\\")):
+        raise missing
     root = job_dir(artifact_root, job_id).resolve()
-    candidate = (root / relative).resolve()
-    if relative.startswith(("/", "\\")) or not candidate.is_relative_to(root) or not candidate.is_file():
-        raise NotFoundError(f"job {job_id} has no artifact {relative!r}")
+    try:
+        candidate = (root / relative).resolve()
+        found = candidate.is_relative_to(root) and candidate.is_file()
+    except (OSError, ValueError):  # a name too long for the filesystem, say
+        found = False
+    if not found:
+        raise missing
     return candidate
 
 

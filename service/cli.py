@@ -228,10 +228,10 @@ def token() -> None:
     "--scope",
     "scopes",
     multiple=True,
-    type=click.Choice(["read", "submit", "admin"]),
+    type=click.Choice(["read", "read_all", "submit", "admin"]),
     default=("submit",),
     show_default=True,
-    help="Repeatable. submit implies read; admin implies everything.",
+    help="Repeatable. read and submit: one's own jobs; read_all: every user's; admin implies everything.",
 )
 @click.option("--config", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None)
 def token_create(user: str, scopes: tuple[str, ...], config: Path | None) -> None:

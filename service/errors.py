@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+from flatmtl.service.validation import FieldProblem
+
 
 class ServiceError(Exception):
     """Base class: ``message`` is safe to show to clients."""
@@ -21,6 +25,14 @@ class ConflictError(ServiceError):
 
 class ForbiddenError(ServiceError):
     """The caller may not act on this object (403)."""
+
+
+class InvalidInputError(ServiceError):
+    """Input that passed the schema but not a check that needs the server's settings (422, field by field)."""
+
+    def __init__(self, problems: Sequence[FieldProblem]) -> None:
+        super().__init__("invalid request: " + "; ".join(str(p) for p in problems[:3]))
+        self.problems = list(problems)
 
 
 class LeaseLostError(ServiceError):

@@ -1,4 +1,8 @@
-"""Read queries over jobs, trials, metrics and events (the API's and CLI's view of the queue)."""
+"""Read queries over jobs, trials, metrics and events (the API's and CLI's view of the queue).
+
+``owner`` scopes a read to one user's jobs (None: every user's); another user's job reads as missing, so a
+caller learns nothing of jobs that are not theirs.
+"""
 
 from __future__ import annotations
 
@@ -12,9 +16,9 @@ from flatmtl.service.errors import NotFoundError
 from flatmtl.service.models import Event, Job, Metric, Trial
 
 
-def get_job(session: Session, job_id: int) -> Job:
+def get_job(session: Session, job_id: int, *, owner: str | None = None) -> Job:
     job = session.get(Job, job_id)
-    if job is None:
+    if job is None or (owner is not None and job.created_by != owner):
         raise NotFoundError(f"job {job_id} does not exist")
     return job
 
@@ -27,9 +31,12 @@ def list_jobs(
     name: str | None = None,
     before: int | None = None,
     limit: int = 50,
+    owner: str | None = None,
 ) -> tuple[list[Job], int | None]:
     """Newest first; returns the page and the cursor (an id) of the next page, if any."""
     query = select(Job).order_by(Job.id.desc()).limit(limit + 1)
+    if owner is not None:
+        query = query.where(Job.created_by == owner)
     if states:
         query = query.where(Job.state.in_(states))
     if kinds:
@@ -44,13 +51,13 @@ def list_jobs(
     return jobs, None
 
 
-def list_trials(session: Session, job_id: int) -> list[Trial]:
-    get_job(session, job_id)
+def list_trials(session: Session, job_id: int, *, owner: str | None = None) -> list[Trial]:
+    get_job(session, job_id, owner=owner)
     return list(session.scalars(select(Trial).where(Trial.job_id == job_id).order_by(Trial.trial_index)))
 
 
-def list_events(session: Session, job_id: int) -> list[Event]:
-    get_job(session, job_id)
+def list_events(session: Session, job_id: int, *, owner: str | None = None) -> list[Event]:
+    get_job(session, job_id, owner=owner)
     return list(session.scalars(select(Event).where(Event.job_id == job_id).order_by(Event.id)))
 
 
@@ -69,13 +76,14 @@ def metric_history(
     names: Sequence[str] = (),
     trial_index: int | None = None,
     max_points: int | None = None,
+    owner: str | None = None,
 ) -> list[Point]:
     """Each series (name, trial) ordered by step; with ``max_points``, evenly spaced points per series.
 
     Downsampling happens in SQL: row r of a series of n is kept when floor(r (m-1) / (n-1)) differs
     from the previous row's, which keeps exactly m points, the first and the last among them.
     """
-    get_job(session, job_id)
+    get_job(session, job_id, owner=owner)
     series = (Metric.name, func.coalesce(Metric.trial_index, -1))
     rank = func.row_number().over(partition_by=series, order_by=(Metric.step, Metric.id)) - 1
     count = func.count().over(partition_by=series)

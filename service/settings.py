@@ -28,6 +28,11 @@ class Settings(BaseSettings):
     data_dir: Path = Field(default_factory=lambda: Path.home() / ".flatmtl", description="Root of local state.")
     database_url: str | None = Field(None, description="SQLAlchemy URL; default: SQLite file under data_dir.")
     artifact_dir: Path | None = Field(None, description="Per-job artifacts and logs; default: data_dir/artifacts.")
+    data_roots: list[Path] | None = Field(
+        None,
+        description="The only directories (and what is below them) that paths in specs may name, such as "
+        "problem_options.data_dir; default: data_dir/datasets and /usr/share/datasets.",
+    )
     ray_address: str = Field("local", description="'local' starts a Ray on this machine; else a cluster address.")
     lease_seconds: float = Field(60.0, gt=0, description="How long a claim lasts without a heartbeat.")
     max_attempts: int = Field(3, ge=1, le=100, description="Default attempts before a job whose lease expires fails.")
@@ -51,12 +56,19 @@ class Settings(BaseSettings):
             self.database_url = f"sqlite:///{self.data_dir / 'flatmtl.db'}"
         if self.artifact_dir is None:
             self.artifact_dir = self.data_dir / "artifacts"
+        if self.data_roots is None:
+            self.data_roots = [self.data_dir / "datasets", Path("/usr/share/datasets")]
         return self
 
     @property
     def db_url(self) -> str:
         assert self.database_url is not None
         return self.database_url
+
+    @property
+    def allowed_data(self) -> list[Path]:
+        assert self.data_roots is not None
+        return self.data_roots
 
     @property
     def artifacts(self) -> Path:

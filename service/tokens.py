@@ -1,7 +1,7 @@
 """Per-user API tokens with scopes. Only an HMAC of each token is stored; the token is shown once.
 
-Scopes: ``read`` (GET endpoints), ``submit`` (submit, cancel and retry one's own jobs; implies read),
-``admin`` (everything, on anyone's jobs).
+Scopes: ``read`` (GET endpoints, on one's own jobs), ``read_all`` (reads of every user's jobs; implies read),
+``submit`` (submit, cancel and retry one's own jobs; implies read), ``admin`` (everything, on anyone's jobs).
 
 Tokens are 256 random bits, so a keyed SHA-256 is the right hash (a slow KDF protects low-entropy
 passwords, not these) and verification is one indexed lookup. The API still caches verified tokens for a
@@ -27,6 +27,7 @@ from flatmtl.service.models import SCOPES, ApiToken, utcnow
 TOKEN_PREFIX = "fmtl_"
 IMPLIED: dict[str, frozenset[str]] = {
     "read": frozenset({"read"}),
+    "read_all": frozenset({"read", "read_all"}),
     "submit": frozenset({"read", "submit"}),
     "admin": frozenset(SCOPES),
 }
@@ -41,6 +42,11 @@ class Principal:
 
     def can(self, scope: str) -> bool:
         return scope in self.scopes
+
+    @property
+    def reads_as(self) -> str | None:
+        """The user whose jobs this principal may read; None for every user's (``read_all``, ``admin``)."""
+        return None if self.can("read_all") else self.user
 
 
 def hash_token(token: str, key: bytes) -> str:

@@ -53,6 +53,7 @@ def make_api(database_url: str, tmp_path: Path, **overrides: object) -> Iterator
             "alice": create_token(db, key, "alice", ["submit"]),
             "bob": create_token(db, key, "bob", ["submit"]),
             "reader": create_token(db, key, "reader", ["read"]),
+            "auditor": create_token(db, key, "auditor", ["read_all"]),
             "root": create_token(db, key, "root", ["admin"]),
         }
         yield Api(client, db, settings, tokens)

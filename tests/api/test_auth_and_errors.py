@@ -36,7 +36,7 @@ def test_every_mutating_route_refuses_missing_wrong_and_unscoped_tokens(api: Api
             assert response.json()["code"] == ("unauthorized" if status == 401 else "forbidden")
             if status == 401:
                 assert response.headers["www-authenticate"] == "Bearer"
-    assert api.client.get(f"/v1/jobs/{job['id']}", headers=api.as_user("reader")).json()["state"] == "queued"
+    assert api.client.get(f"/v1/jobs/{job['id']}", headers=api.as_user("auditor")).json()["state"] == "queued"
 
 
 def test_only_the_owner_or_an_admin_changes_a_job(api: Api) -> None:
@@ -147,7 +147,7 @@ def test_ten_megabyte_bodies_are_413_declared_or_streamed(api: Api) -> None:
 
     streamed = api.client.post("/v1/jobs", content=chunks(), headers=headers)
     assert streamed.status_code == 413 and "exceeds" in streamed.json()["message"]
-    assert api.client.get("/v1/jobs", headers=api.as_user("reader")).json()["items"] == []
+    assert api.client.get("/v1/jobs", headers=api.as_user("auditor")).json()["items"] == []
 
 
 def test_unknown_routes_and_methods_use_the_error_body(api: Api) -> None:

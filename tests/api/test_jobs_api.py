@@ -36,7 +36,7 @@ def test_submit_get_and_list_with_filters_and_pages(api: Api) -> None:
     assert created[0]["spec"]["optimizer"]["name"] == "adam", "the stored spec has its defaults filled in"
     assert sweep["kind"] == "sweep" and sweep["name"] == "rho-alpha"
 
-    headers = api.as_user("reader")
+    headers = api.as_user("auditor")
     got = api.client.get(f"/v1/jobs/{created[2]['id']}", headers=headers).json()
     assert got == created[2]
 
@@ -104,7 +104,7 @@ def test_metrics_and_trials_written_by_a_worker(api: Api) -> None:
     for index, config in enumerate(configs):
         queue.record_trial(api.db, lease, index, config=config, state="succeeded", best_metric=-index - 0.5)
 
-    headers = api.as_user("reader")
+    headers = api.as_user("auditor")
     url = f"/v1/jobs/{job['id']}/metrics"
     history = api.client.get(url, headers=headers).json()["series"]
     assert {(s["name"], s["trial_index"]) for s in history} == {("loss", 0), ("delta_m", 1), ("diverged", None)}
@@ -129,7 +129,7 @@ def test_log_tail_and_follow(api: Api) -> None:
     path.parent.mkdir(parents=True)
     path.write_text("".join(f"line {i}\n" for i in range(1000)))
     url = f"/v1/jobs/{job['id']}/logs"
-    headers = api.as_user("reader")
+    headers = api.as_user("auditor")
     tail = api.client.get(url, params={"tail": 3}, headers=headers).json()
     assert tail["lines"] == ["line 997", "line 998", "line 999"] and tail["next_offset"] == path.stat().st_size
     with path.open("a") as handle:
@@ -146,7 +146,7 @@ def test_artifacts_list_download_and_no_traversal(api: Api) -> None:
     (root / "plots" / "loss.png").write_bytes(b"\x89PNG")
     secret = api.settings.data_dir / "token_secret"
     os.symlink(secret, root / "escape")
-    headers = api.as_user("reader")
+    headers = api.as_user("auditor")
     listed = api.client.get(f"/v1/jobs/{job['id']}/artifacts", headers=headers).json()["items"]
     assert [(a["path"], a["size"]) for a in listed] == [("plots/loss.png", 4), ("report.json", 17)]
     download = api.client.get(f"/v1/jobs/{job['id']}/artifacts/plots/loss.png", headers=headers)
@@ -194,7 +194,7 @@ def test_prometheus_metrics_show_running_jobs_and_request_latency(api: Api) -> N
     job = submit(api)
     lease = queue.claim(api.db, "worker", 30)
     assert lease is not None and lease.job_id == job["id"]
-    api.client.get(f"/v1/jobs/{job['id']}", headers=api.as_user("reader"))
+    api.client.get(f"/v1/jobs/{job['id']}", headers=api.as_user("auditor"))
     response = api.client.get("/metrics")
     assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
     text = response.text
