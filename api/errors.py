@@ -22,8 +22,9 @@ from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from flatmtl.service.errors import ConflictError, ForbiddenError, NotFoundError, ServiceError
+from flatmtl.service.errors import ConflictError, ForbiddenError, InvalidInputError, NotFoundError, ServiceError
 from flatmtl.service.retry import describe, is_transient
+from flatmtl.service.specs.base import MAX_DEPTH
 from flatmtl.service.validation import json_safe, problems_from
 
 log = logging.getLogger("flatmtl.api")
@@ -91,6 +92,14 @@ def install(app: FastAPI) -> None:
     async def _api_error(_request: Request, exc: ApiError) -> JSONResponse:
         return error_response(exc.status, exc.message, headers=exc.headers)
 
+    @app.exception_handler(InvalidInputError)
+    async def _invalid_input(_request: Request, exc: InvalidInputError) -> JSONResponse:
+        found = [
+            FieldErrorBody(field=p.field, value=json_safe(p.value), message=p.message, allowed=p.allowed)
+            for p in exc.problems
+        ]
+        return error_response(422, exc.message, found)
+
     @app.exception_handler(ServiceError)
     async def _service_error(_request: Request, exc: ServiceError) -> JSONResponse:
         status = {NotFoundError: 404, ConflictError: 409, ForbiddenError: 403}.get(type(exc), 409)
@@ -109,7 +118,12 @@ def install(app: FastAPI) -> None:
     async def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
         if exc.status_code == 400:
             # FastAPI's only 400: a body it could not decode (not UTF-8, say). That is invalid input, like bad JSON.
-            problem = FieldErrorBody(field="", message=f"unreadable body: {exc.detail}", allowed="a JSON document")
+            if isinstance(exc.__cause__, RecursionError):
+                message = f"unreadable body: nested deeper than {MAX_DEPTH} levels"
+                allowed = f"a JSON document at most {MAX_DEPTH} levels deep"
+            else:
+                message, allowed = f"unreadable body: {exc.detail}", "a JSON document"
+            problem = FieldErrorBody(field="", message=message, allowed=allowed)
             return error_response(422, f"invalid request: (body): {problem.message}", [problem])
         return error_response(exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None))
 

@@ -47,12 +47,15 @@ def field_path(loc: tuple[Any, ...] | list[Any]) -> str:
 
 def json_safe(value: Any) -> Any:
     """Values echoed back to clients: JSON types only, non-finite floats as strings, long input cut."""
-    if value is None or isinstance(value, bool | int | str):
-        return value if not isinstance(value, str) or len(value) <= 200 else value[:200] + "..."
+    if isinstance(value, str):
+        shown = value if len(value) <= 200 else value[:200] + "..."
+        return shown.encode("utf-8", "backslashreplace").decode("utf-8")  # a lone surrogate cannot be sent
+    if value is None or isinstance(value, bool | int):
+        return value
     if isinstance(value, float):
         return value if math.isfinite(value) else repr(value)
     if isinstance(value, dict):
-        return {str(k): json_safe(v) for k, v in list(value.items())[:50]}
+        return {json_safe(str(k)): json_safe(v) for k, v in list(value.items())[:50]}
     if isinstance(value, list | tuple):
         return [json_safe(v) for v in list(value)[:50]]
     return repr(value)[:200]

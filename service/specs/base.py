@@ -20,6 +20,66 @@ from pydantic_core import PydanticCustomError
 
 from flatmtl.service.catalog import Catalog, load_catalog
 
+MAX_DEPTH = 32
+"""Nesting a document may have (a spec is about 6 deep): deeper ones cost the server recursion it may not have."""
+MAX_ITEMS = 10_000
+"""Entries of any one object or array of a document."""
+
+
+def printable_text(text: str) -> str:
+    """``text`` with lone surrogates escaped, safe to put into an error body."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _text_problem(text: str) -> str | None:
+    if "\x00" in text:
+        return "contains a NUL character"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        return f"contains a lone surrogate (\\u{ord(text[error.start]):04x}), which is not Unicode text"
+    return None
+
+
+def check_document(data: Any) -> None:
+    """Refuse what no database column can hold or no response can carry, wherever it is in a submitted document:
+    strings (keys too) with a NUL or a lone surrogate, nesting deeper than MAX_DEPTH, more than MAX_ITEMS entries.
+
+    Iterative, so that a document nested thousands deep is refused rather than exhausting the stack.
+    """
+    stack: list[tuple[tuple[str | int, ...], Any]] = [((), data)]
+    while stack:
+        path, value = stack.pop()
+        if isinstance(value, str):
+            problem = _text_problem(value)
+            if problem:
+                allowed = "Unicode text without NUL"
+                raise field_error(problem, subloc=path, value=printable_text(value[:200]), allowed=allowed)
+            continue
+        if not isinstance(value, dict | list):
+            continue
+        if len(path) >= MAX_DEPTH:
+            raise field_error(
+                f"nested deeper than {MAX_DEPTH} levels", subloc=path, allowed=f"at most {MAX_DEPTH} levels of nesting"
+            )
+        if len(value) > MAX_ITEMS:
+            raise field_error(
+                f"has {len(value)} entries", subloc=path, allowed=f"at most {MAX_ITEMS} entries in an object or array"
+            )
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if isinstance(key, str) and _text_problem(key):
+                    raise field_error(
+                        f"key {_text_problem(key)}",
+                        subloc=path,
+                        value=printable_text(key[:200]),
+                        allowed="Unicode text without NUL",
+                    )
+                stack.append(((*path, key), item))
+        else:
+            stack.extend(((*path, index), item) for index, item in enumerate(value))
+
+
 JobName = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")]
 
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import Discriminator, Field, Tag
+from pydantic import Discriminator, Field, Tag, model_validator
 
 from flatmtl.service.catalog import Catalog
-from flatmtl.service.specs.base import SpecModel
+from flatmtl.service.specs.base import SpecModel, check_document
 from flatmtl.service.specs.sweep import SweepSpec
 from flatmtl.service.specs.train import TrainSpec
 
@@ -33,6 +33,13 @@ class JobSubmission(SpecModel):
     idempotency_key: str | None = Field(
         None, min_length=1, max_length=200, description="A repeat with the same key returns the existing job."
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _storable(cls, data: Any) -> Any:
+        """Before any field: what passes is stored as it is and read back by every later request."""
+        check_document(data)
+        return data
 
 
 def parse_spec(document: dict[str, Any], catalog: Catalog | None = None) -> TrainSpec | SweepSpec:
