@@ -26,7 +26,7 @@ from flatmtl.service.db import Database
 from flatmtl.service.jobs import get_job, list_events
 from flatmtl.service.models import Metric
 from flatmtl.service.settings import Settings
-from flatmtl.service.specs import TrainSpec
+from flatmtl.service.specs.train import TrainSpec
 from flatmtl.service.tokens import create_token
 from flatmtl.workers.worker.service_demo import API_COMMAND, api_client, free_port, process, service_env, wait_healthy
 from tests.worker.cluster import line_count, require_ray, start_worker, stop, tiny, wait_until
