@@ -85,3 +85,13 @@ def test_head_count_must_match_tasks() -> None:
     split.task_heads = split.task_heads[:2] if split.task_heads else None
     with pytest.raises(mtl.MethodError, match="2 task heads for 3 tasks"):
         split.check()
+
+
+def test_task_rows_sum_each_tasks_leaves_and_leave_unowned_rows_zero() -> None:
+    """Heads reading the trunk at several points (or not at all): row k is the sum of task k's leaf gradients."""
+    from flatmtl.workers.mtl.trunk import _task_rows
+
+    grads = [torch.full((2,), float(value), dtype=torch.float64) for value in (1, 2, 4)]
+    rows = _task_rows([2, 0, 2], grads, num_tasks=3)
+    assert torch.equal(rows, torch.tensor([[2.0, 2.0], [0.0, 0.0], [5.0, 5.0]], dtype=torch.float64))
+    assert torch.equal(_task_rows([0, 1], grads[:2], num_tasks=2), torch.stack(grads[:2]))

@@ -8,6 +8,7 @@ plus cosine schedule, and the data order (seeded per epoch). The interrupted run
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -99,3 +100,23 @@ def test_random_state_saved_on_a_gpu_restores_on_the_cpu() -> None:
     seed_everything(8)
     restore_rng({**state, "cuda": torch.zeros(16, dtype=torch.uint8)}, torch.device("cpu"))
     torch.testing.assert_close(torch.rand(3), expected, rtol=0, atol=0)
+
+
+def test_the_deterministic_option_sets_the_process_for_repeatable_cuda_kernels(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Deterministic kernels where torch has them (a warning where it has none), cuBLAS's fixed workspace and no
+    TF32; off again for the next run in the same process (a Ray worker runs many)."""
+    from flatmtl.workers.training import determinism
+
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    try:
+        determinism.configure(True)
+        assert torch.are_deterministic_algorithms_enabled()
+        assert torch.is_deterministic_algorithms_warn_only_enabled()
+        assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.allow_tf32
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == determinism.CUBLAS_WORKSPACE
+    finally:
+        determinism.configure(False)
+    assert not torch.are_deterministic_algorithms_enabled()
+    assert not torch.backends.cudnn.deterministic and torch.backends.cudnn.allow_tf32

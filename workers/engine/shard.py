@@ -34,6 +34,9 @@ class ShardedFlatParams(FlatParams):
         self.full_numel = self.numel
         self.numel = self.layout.shard_numel
         self.local_segment_ids = self.layout.local_segment_ids
+        self.local_layer_numels = torch.bincount(self.local_segment_ids, minlength=self.num_layers + 1).tolist()
+        """Slots of each layer in this shard, padding last: the shard is contiguous, so its layers are runs."""
+        self._segment_ids_on: dict[torch.device, Tensor] = {}
         self.grad_shard: Tensor | None = None
 
     def values(self) -> Tensor:
@@ -53,20 +56,23 @@ class ShardedFlatParams(FlatParams):
         self.grad_shard = flat.detach().clone()
 
     def layer_sq_norms(self, flat: Tensor) -> Tensor:
-        """Shard-local squared norm per layer ([L] or [K, L]); sum over ranks with ``comm.shard_sum``."""
-        ids = self.local_segment_ids.to(flat.device)
-        buckets = self.num_layers + 1
-        squared = flat.pow(2)
+        """Shard-local squared norm per layer ([L] or [K, L]); sum over ranks with ``comm.shard_sum``.
+
+        One reduction per run of a layer's slots, as ``FlatParams`` does: no scatter, so no atomics, and the
+        result is the same on every run (layers with no slot here get 0)."""
+        parts = list(flat.split(self.local_layer_numels, dim=-1)[: self.num_layers])
         if flat.dim() == 1:
-            out = torch.zeros(buckets, dtype=flat.dtype, device=flat.device).index_add_(0, ids, squared)
-        else:
-            out = torch.zeros(flat.shape[0], buckets, dtype=flat.dtype, device=flat.device).index_add_(1, ids, squared)
-        return out[..., : self.num_layers]
+            return torch.stack(torch._foreach_norm(parts)).pow(2)
+        return torch.stack([part.pow(2).sum(-1) for part in parts], dim=-1)
 
     def expand_layers(self, per_layer: Tensor) -> Tensor:
-        """One value per layer broadcast to this rank's slots; padding slots get zero."""
+        """One value per layer broadcast to this rank's slots; padding slots get zero. The slot-to-layer index
+        is copied to a device once, not per call (SAMO expands 2K + 1 times a step)."""
         padded = torch.nn.functional.pad(per_layer, (0, 1))
-        return padded[..., self.local_segment_ids.to(per_layer.device)]
+        ids = self._segment_ids_on.get(per_layer.device)
+        if ids is None:
+            ids = self._segment_ids_on.setdefault(per_layer.device, self.local_segment_ids.to(per_layer.device))
+        return padded[..., ids]
 
 
 class ShardedOptimizer:

@@ -98,9 +98,12 @@ class TrunkCut:
 
 def _task_rows(tasks: list[int], grads: list[Tensor], num_tasks: int) -> Tensor:
     """[K, *shape]: row k sums the gradients of the leaves task k's head owns (one stack where each task
-    owns exactly one, in order, as with one head per task on a shared representation)."""
-    stacked = torch.stack(grads)
+    owns exactly one, in order, as with one head per task on a shared representation). Sums are taken row by
+    row, not scattered: no atomics, so the rows are the same on every run, on CUDA too."""
     if tasks == list(range(num_tasks)):
-        return stacked
-    index = torch.tensor(tasks, device=stacked.device)
-    return stacked.new_zeros(num_tasks, *stacked.shape[1:]).index_add_(0, index, stacked)
+        return torch.stack(grads)
+    owned: list[list[Tensor]] = [[] for _ in range(num_tasks)]
+    for task, grad in zip(tasks, grads, strict=True):
+        owned[task].append(grad)
+    zero = grads[0].new_zeros(grads[0].shape)
+    return torch.stack([zero if not row else row[0] if len(row) == 1 else torch.stack(row).sum(0) for row in owned])

@@ -56,6 +56,7 @@ def _epoch_line(record: dict[str, Any], epochs: int) -> str:
     "--checkpoint-every", type=click.IntRange(min=0), default=0, show_default=True, help="Steps between saves."
 )
 @click.option("--keep-epoch-checkpoints", is_flag=True, help="Also keep checkpoints/epoch_NNNN.pt.")
+@click.option("--deterministic", is_flag=True, help="Deterministic CUDA kernels, no TF32: CUDA runs repeat exactly.")
 def train_command(
     config: Path | None,
     as_json: bool,
@@ -66,6 +67,7 @@ def train_command(
     device: str,
     checkpoint_every: int,
     keep_epoch_checkpoints: bool,
+    deterministic: bool,
 ) -> None:
     """Train the TrainSpec in CONFIG (YAML or JSON) into a run directory."""
     from flatmtl.workers.training.config import RunOptions, load_spec
@@ -92,6 +94,7 @@ def train_command(
             checkpoint_every=checkpoint_every,
             keep_epoch_checkpoints=keep_epoch_checkpoints,
             progress=not as_json,
+            deterministic=deterministic,
         )
     except ConfigError as error:
         _fail_config(error)

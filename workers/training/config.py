@@ -38,6 +38,8 @@ class RunOptions:
     ``checkpoint_every`` also saves ``latest`` every that many steps (0: at epoch ends and when stopping).
     ``plots``: draw the PNG figures when the run ends (they can be redrawn from the metric files).
     ``threads``: torch threads per process (default: torch's own locally, the cores split over the ranks).
+    ``deterministic``: deterministic CUDA kernels and no TF32, so CUDA runs repeat bit for bit
+    (``flatmtl.workers.training.determinism`` says what that covers); CPU runs do without it.
     """
 
     dtype: Literal["float32", "float64"] = "float32"
@@ -51,6 +53,7 @@ class RunOptions:
     progress: bool = False
     plots: bool = True
     threads: int | None = None
+    deterministic: bool = False
 
     def __post_init__(self) -> None:
         checks = (

@@ -46,7 +46,7 @@ from flatmtl.service.specs.train import TrainSpec
 from flatmtl.workers import mtl, problems
 from flatmtl.workers.mtl.errors import MethodError
 from flatmtl.workers.problems import delta_m
-from flatmtl.workers.training import checkpoint, plots
+from flatmtl.workers.training import checkpoint, determinism, plots
 from flatmtl.workers.training.config import RunOptions, model_name, split_references
 from flatmtl.workers.training.data import BatchPlan, collate, model_input, to_device
 from flatmtl.workers.training.errors import NonFiniteLossError, TrainingFailedError
@@ -108,6 +108,7 @@ class Trainer:
         """DeepSpeed takes the step's update through its own backward, inside the step's gathered parameters."""
         self.started = time.perf_counter()
 
+        determinism.configure(options.deterministic)
         checkpoint.seed_everything(spec.seed)
         problem_options, self.references = split_references(spec)
         self.problem = problems.build(spec.problem, **problem_options)
