@@ -64,5 +64,18 @@ def require(scope: str) -> object:
     return Depends(dependency)
 
 
+async def optional_principal(credentials: Credentials, tokens: TokensDep) -> Principal | None:
+    """The caller when a bearer token is given (401 if it is not valid), else None."""
+    if credentials is None:
+        return None
+    principal = tokens.cached(credentials.credentials) or await run_in_threadpool(
+        tokens.verify, credentials.credentials
+    )
+    if principal is None:
+        raise ApiError(401, "unknown or revoked token", CHALLENGE)
+    return principal
+
+
 Reader = Annotated[Principal, require("read")]
+MaybeCaller = Annotated[Principal | None, Depends(optional_principal)]
 Submitter = Annotated[Principal, require("submit")]

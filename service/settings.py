@@ -44,6 +44,11 @@ class Settings(BaseSettings):
     )
     token_secret: SecretStr | None = Field(None, description="HMAC key for API token hashes; default: a file.")
     reads_open: bool = Field(False, description="Serve GET endpoints without a token.")
+    metrics_open: bool = Field(
+        True,
+        description="Serve /metrics without a token (to the Prometheus scraper); off, it needs a token, and a token "
+        "without read_all sees only its own user's running jobs there.",
+    )
     max_body_bytes: int = Field(1_048_576, ge=1024, description="Larger request bodies get 413.")
     sqlite_busy_timeout_s: float = Field(30.0, gt=0, description="How long SQLite waits for the write lock.")
     migrate_on_start: bool = Field(True, description="Run Alembic migrations when the API starts.")

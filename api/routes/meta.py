@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Query, Response
 from fastapi.concurrency import run_in_threadpool
 
-from flatmtl.api.deps import DatabaseDep, Reader
+from flatmtl.api.deps import CHALLENGE, DatabaseDep, MaybeCaller, Reader, SettingsDep
 from flatmtl.api.errors import ApiError, responses
 from flatmtl.api.schemas import Health, MethodList, MethodOut
 from flatmtl.service.catalog import load_catalog
@@ -56,8 +56,13 @@ async def readyz(db: DatabaseDep) -> Health:
     response_class=Response,
     tags=["health"],
     summary="Prometheus metrics: control plane and running jobs (no token, for the scraper)",
-    responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text format."}} | responses(),
+    responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text format."}} | responses(401),
 )
-async def metrics() -> Response:
-    body = await run_in_threadpool(TELEMETRY.render)
+async def metrics(caller: MaybeCaller, settings: SettingsDep) -> Response:
+    """Without a token (when ``metrics_open``): everything, for the scraper. With one: the training series of the
+    token's user's jobs only, unless it reads all."""
+    if caller is None and not settings.metrics_open:
+        raise ApiError(401, "/metrics needs a bearer token on this server", CHALLENGE)
+    owner = None if caller is None else caller.reads_as
+    body = await run_in_threadpool(TELEMETRY.render, owner)
     return Response(body, media_type=CONTENT_TYPE_LATEST)

@@ -57,8 +57,8 @@ def _family(spec: MetricSpec, extra_labels: Sequence[str] = ()) -> Metric:
 class SnapshotCollector(Collector):
     """Exports a :data:`SnapshotSource` at every scrape. A failing source yields only ``source_up 0``."""
 
-    def __init__(self, source: SnapshotSource) -> None:
-        self.source = source
+    def __init__(self, source: SnapshotSource, owner: str | None = None) -> None:
+        self.source, self.owner = source, owner
 
     def collect(self) -> Iterator[Metric]:
         up = GaugeMetricFamily(SOURCE_UP.name, SOURCE_UP.help)
@@ -72,7 +72,10 @@ class SnapshotCollector(Collector):
         up.add_metric([], 1.0)
         yield up
         yield from _control_plane(snapshot)
-        yield from _training(snapshot.running_jobs)
+        running = snapshot.running_jobs
+        if self.owner is not None:
+            running = [job for job in running if job.owner == self.owner]
+        yield from _training(running)
 
 
 def _control_plane(snapshot: Snapshot) -> Iterator[Metric]:
@@ -157,9 +160,18 @@ class Telemetry:
         raw path, and unmatched paths one fixed label, so the label set stays bounded."""
         self.api_request_seconds.labels(route=route, method=method.upper(), status=str(status)).observe(seconds)
 
-    def render(self) -> bytes:
-        """The registry in Prometheus's text format (serve it with :data:`CONTENT_TYPE_LATEST`)."""
-        return generate_latest(self.registry)
+    def render(self, owner: str | None = None) -> bytes:
+        """The registry in Prometheus's text format (serve it with :data:`CONTENT_TYPE_LATEST`); with ``owner``,
+        the training series of that user's running jobs only (the control plane's totals name no job)."""
+        if owner is None:
+            return generate_latest(self.registry)
+        with self._lock:
+            collector = self._collector
+        scoped = CollectorRegistry()
+        scoped.register(self.api_request_seconds)
+        if collector is not None:
+            scoped.register(SnapshotCollector(collector.source, owner))
+        return generate_latest(scoped)
 
 
 TELEMETRY = Telemetry()

@@ -57,11 +57,13 @@ class TrainingSeries:
 
 @dataclass(frozen=True)
 class RunningJob:
-    """A running job: a training job has one :class:`TrainingSeries`, a sweep one per running trial."""
+    """A running job: a training job has one :class:`TrainingSeries`, a sweep one per running trial. ``owner``
+    (who submitted it) decides who may see its series."""
 
     job_id: int
     attempt: int
     series: Sequence[TrainingSeries] = ()
+    owner: str | None = None
 
 
 @dataclass(frozen=True)
@@ -120,10 +122,10 @@ def database_snapshot(session: Session, *, now: datetime, lease_seconds: float) 
         ).all()
     )
     running = session.execute(
-        select(Job.id, Job.attempt, Job.lease_owner, Job.lease_expires_at).where(Job.state == "running")
+        select(Job.id, Job.attempt, Job.lease_owner, Job.lease_expires_at, Job.created_by).where(Job.state == "running")
     ).all()
     heartbeats: dict[str, float] = {}
-    for _, _, owner, expires in running:
+    for _, _, owner, expires, _ in running:
         if owner is not None and expires is not None:
             age = max((now - expires).total_seconds() + lease_seconds, 0.0)
             heartbeats[owner] = min(age, heartbeats.get(owner, math.inf))
@@ -136,11 +138,15 @@ def database_snapshot(session: Session, *, now: datetime, lease_seconds: float) 
         failures=int(events.get("failed", 0)),
         worker_heartbeat_age_seconds=heartbeats,
         workers_alive=sum(1 for age in heartbeats.values() if age < lease_seconds),
-        running_jobs=_running_jobs(session, {job_id: attempt for job_id, attempt, _, _ in running}),
+        running_jobs=_running_jobs(
+            session,
+            {job_id: attempt for job_id, attempt, *_ in running},
+            {job_id: user for job_id, *_, user in running},
+        ),
     )
 
 
-def _running_jobs(session: Session, attempts: Mapping[int, int]) -> list[RunningJob]:
+def _running_jobs(session: Session, attempts: Mapping[int, int], owners: Mapping[int, str | None]) -> list[RunningJob]:
     """Running jobs with the series of their training run (training jobs) or running trials (sweeps)."""
     if not attempts:
         return []
@@ -183,6 +189,7 @@ def _running_jobs(session: Session, attempts: Mapping[int, int]) -> list[Running
                 TrainingSeries(trial, latest, steps.get((job_id, trial), empty))
                 for trial, latest in sorted(runs[job_id].items(), key=lambda item: -1 if item[0] is None else item[0])
             ],
+            owners.get(job_id),
         )
         for job_id in ids
     ]

@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from flatmtl.service import artifacts
+from flatmtl.service import artifacts, queue
+from flatmtl.service.telemetry.names import POINT_STEP_SECONDS
 from tests.api.conftest import Api
 from tests.api.test_jobs_api import SWEEP, TRAIN, submit
 
@@ -101,3 +102,23 @@ def test_users_read_only_their_own_jobs_unless_they_read_all(api: Api, reader: s
             assert api.client.get(f"/v1/jobs/{job['id']}{route}", headers=api.as_user(allowed)).status_code == 200
     assert api.client.get("/v1/jobs", headers=api.as_user(reader)).json()["items"] == []
     assert [j["id"] for j in api.client.get("/v1/jobs", headers=api.as_user("auditor")).json()["items"]] == [job["id"]]
+
+
+def test_a_users_token_sees_only_their_own_jobs_in_the_prometheus_metrics(api: Api) -> None:
+    running = {}
+    for user in ("alice", "bob"):
+        job = submit(api, user=user)
+        lease = queue.claim(api.db, "worker", 60)
+        assert lease is not None and lease.job_id == job["id"]
+        queue.record_metrics(api.db, lease, [(1, POINT_STEP_SECONDS, 0.25)])
+        running[user] = f'job_id="{job["id"]}"'
+
+    def scrape(user: str | None) -> str:
+        response = api.client.get("/metrics", headers=api.as_user(user) if user else {})
+        assert response.status_code == 200, response.text
+        return response.text
+
+    for user, other in (("alice", "bob"), ("bob", "alice")):
+        assert running[user] in scrape(user) and running[other] not in scrape(user)
+    for everyone in (None, "auditor", "root"):
+        assert running["alice"] in scrape(everyone) and running["bob"] in scrape(everyone)
