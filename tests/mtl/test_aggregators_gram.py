@@ -142,6 +142,33 @@ def test_mgda_ub_uses_the_representation_and_is_mgda_on_a_plain_matrix() -> None
     torch.testing.assert_close(upper_bound(grads), mtl.aggregator("mgda", normalization="l2")(grads))
 
 
+def test_mgda_ub_weighs_bf16_representation_gradients_by_a_float32_gram() -> None:
+    """Autocast hands MGDA-UB bfloat16 gradients; nearly parallel ones make its weights hinge on
+    ``|g_1 - g_2|^2``, far below bfloat16's resolution of Gram entries near 256."""
+    from flatmtl.workers.mtl.aggregators.mgda_ub import MGDAUpperBound
+
+    class SolvedWeights(MGDAUpperBound):
+        """MGDA-UB that keeps the weights it solved for, to compare them with the definition's."""
+
+        def compute_weights(self, gram: Tensor, *, losses: Tensor | None, generator: torch.Generator | None) -> Tensor:
+            self.solved = super().compute_weights(gram, losses=losses, generator=generator)
+            return self.solved
+
+    noise = torch.randn(256, generator=torch.Generator().manual_seed(0))
+    spread = 0.05 * (noise - noise.mean())  # orthogonal to the common part: interior weights near 1/2
+    rows = torch.stack([1.0 + spread, 1.0 - spread]).to(torch.bfloat16)
+    method = SolvedWeights(normalization="none")
+    combined = method.combine_representation(
+        [rows.view(2, 16, 16)], [rows[0]], losses=None, generator=None, reduce_gram=lambda gram: gram
+    )
+    assert combined[0].shape == (16, 16)
+    exact = rows.double()
+    expected = mtl.aggregator("mgda", normalization="none").weights(exact @ exact.T)
+    torch.testing.assert_close(method.solved.double(), expected, rtol=0, atol=1e-4)
+    coarse = mtl.aggregator("mgda", normalization="none").weights((rows @ rows.T).double())
+    assert float((coarse - expected).abs().max()) > 0.01  # what a bfloat16 Gram gave
+
+
 # ---- IMTL-G, ConFIG ---------------------------------------------------------------------------------
 
 

@@ -28,6 +28,14 @@ def identity_reducer(gram: Tensor) -> Tensor:
     return gram
 
 
+def wide_gram(rows: Tensor) -> Tensor:
+    """``rows @ rows.T`` in float32 at least: bfloat16 gradients (autocast's representation gradients) would
+    round entries that sum thousands of products to 3 digits, while their differences (``|g_i - g_j|^2``)
+    decide the weights."""
+    wide = rows.to(torch.promote_types(rows.dtype, torch.float32))
+    return wide @ wide.T
+
+
 class Stateful:
     """Methods with memory (EMAs, learned logits, warm starts) expose it for checkpoints.
 
@@ -146,9 +154,11 @@ class GramAggregator(Aggregator):
         generator: torch.Generator | None,
         reduce_gram: GramReducer,
     ) -> list[Tensor]:
-        """The weights from the Gram of the representation's per-task gradients, applied to those gradients."""
+        """The weights from the Gram of the representation's per-task gradients, applied to those gradients.
+
+        Under autocast those gradients are bfloat16: see ``wide_gram``."""
         num_tasks = rows[0].shape[0]
-        gram = reduce_gram(sum(row.reshape(num_tasks, -1) @ row.reshape(num_tasks, -1).T for row in rows))
+        gram = reduce_gram(sum(wide_gram(row.reshape(num_tasks, -1)) for row in rows))
         weights = self.weights(gram, losses=losses, generator=generator)
         return [torch.tensordot(weights.to(row.dtype), row, dims=1) for row in rows]
 

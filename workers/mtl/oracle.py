@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from flatmtl.workers.mtl.base import Aggregator, GramAggregator, LossWeighting
+from flatmtl.workers.mtl.base import Aggregator, GramAggregator, LossWeighting, wide_gram
 from flatmtl.workers.mtl.checks import check_finite
 from flatmtl.workers.mtl.communicator import Communicator
 from flatmtl.workers.mtl.errors import MethodError
@@ -401,7 +401,7 @@ class GradientOracle:
             return reduced
 
         if representation is not None and isinstance(aggregator, GramAggregator):
-            weights = aggregator.weights(self.comm.mean(representation @ representation.T), losses=self.record.losses)
+            weights = aggregator.weights(self.comm.mean(wide_gram(representation)), losses=self.record.losses)
             update = weights.to(grads.dtype) @ grads
         else:
             update = aggregator(
