@@ -1,5 +1,5 @@
 # The README's two commands. Both set everything up first (scripts/bootstrap.sh is idempotent).
-.PHONY: setup demo demo-toy test lint bench
+.PHONY: setup demo demo-toy test test-fast bench
 
 setup:
 	bash scripts/bootstrap.sh
@@ -12,6 +12,10 @@ demo-toy: setup
 
 test:
 	bash scripts/test.sh
+
+# The edit-test loop: everything but the tests marked slow (real processes, Ray, training runs, clean installs).
+test-fast:
+	bash scripts/test.sh -m "not slow"
 
 bench: setup
 	.venv/bin/python benchmarks/mtl_core.py
