@@ -23,6 +23,7 @@ def run_demo(out: Path, *extra: str) -> tuple[int, str]:
     return result.exit_code, result.output
 
 
+@pytest.mark.slow
 def test_demo_writes_figures_and_tables_with_finite_end_points(tmp_path: Path) -> None:
     code, output = run_demo(tmp_path / "a", "--seed", "3")
     assert code == 0, output
@@ -111,6 +112,7 @@ def test_plain_equal_weighting_lowers_the_mean_objective(name: str) -> None:
         assert means[-10:].mean() < means[:10].mean()
 
 
+@pytest.mark.slow
 def test_worker_processes_give_the_same_table_as_one_process(tmp_path: Path) -> None:
     tables = []
     for workers in ("1", "2"):

@@ -31,6 +31,8 @@ from flatmtl.service.specs.submission import parse_spec
 from flatmtl.service.tokens import create_token
 from tests.service.catalogs import CATALOG
 
+pytestmark = pytest.mark.slow
+
 POSITIVE = GenerationMode.POSITIVE
 EXAMPLES = {POSITIVE: 30, GenerationMode.NEGATIVE: 15}
 JOB = {"problem": "multi_digits", "model": "mlp", "epochs": 1, "name": "fuzzed"}

@@ -15,6 +15,8 @@ from tests.deploy.live_service import require_ray, running_service
 from tests.deploy.prometheus_server import check_every_expression, check_rules_healthy, prometheus, query, wait_for
 from tests.deploy.promql import binary
 
+pytestmark = pytest.mark.slow
+
 EPOCHS = 400
 """Far more than the test waits for: the job is cancelled once the checks ran, so it is running throughout."""
 JOB = {

@@ -29,6 +29,8 @@ from flatmtl.workers.engine import (
 from flatmtl.workers.mtl.registry import methods
 from tests.mtl.models import TinyHPS
 
+pytestmark = pytest.mark.slow
+
 WORLD = 2
 STEPS = 4
 LR = 0.1

@@ -20,6 +20,8 @@ from flatmtl.workers.reproduce.scale import QUICK
 from flatmtl.workers.reproduce.verdict import VERDICTS, Check, verdict
 from tests.worker.cluster import require_ray
 
+pytestmark = pytest.mark.slow
+
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 

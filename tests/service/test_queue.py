@@ -28,6 +28,7 @@ def spec(name: str = "job", **fields: object) -> TrainSpec:
     return TrainSpec.model_validate({"problem": "toy", "name": name, **fields})
 
 
+@pytest.mark.slow
 def test_concurrent_claimers_drain_every_job_exactly_once(db: Database) -> None:
     with db.write() as session:
         session.add_all(

@@ -19,6 +19,8 @@ from flatmtl.workers.training.config import load_spec
 from flatmtl.workers.training.rundir import RunDirectory
 from tests.training.specs import TASKS, TEST_SIZE, TRAIN_SIZE, document
 
+pytestmark = pytest.mark.slow
+
 REFERENCES = {"top_left/accuracy": 0.8, "bottom_right/accuracy": 0.7}
 STEP_KEYS = (
     "samples_per_s",

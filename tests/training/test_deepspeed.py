@@ -19,6 +19,8 @@ from flatmtl.workers.training import RunDirectory, RunOptions, train
 from flatmtl.workers.training.checkpoint import load
 from tests.training.specs import spec
 
+pytestmark = pytest.mark.slow
+
 OPTIONS = RunOptions(dtype="float32", plots=False)
 SGD = {"name": "sgd", "lr": 0.1, "momentum": 0.9}
 CASES = {

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 
 from flatmtl.workers import problems
 from flatmtl.workers.training import RunDirectory, RunOptions, train
 from flatmtl.workers.training.checkpoint import load, seed_everything
 from tests.training.specs import TASKS, TEST_SIZE, TRAIN_SIZE, spec
+
+pytestmark = pytest.mark.slow
 
 METHOD = {"weighting": "uw", "aggregator": "pcgrad", "wrapper": {"name": "sam", "hparams": {"rho": 0.05}}}
 

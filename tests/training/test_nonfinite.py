@@ -16,6 +16,7 @@ from tests.training.specs import spec
 BAD_STEP = 3
 
 
+@pytest.mark.slow
 def test_nan_loss_fails_the_run_naming_step_and_task(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     original = MultiDigits.losses
     calls = {"forward": 0}

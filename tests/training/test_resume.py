@@ -18,6 +18,8 @@ from flatmtl.workers.training import ConfigError, RunDirectory, RunOptions, trai
 from flatmtl.workers.training.checkpoint import capture_rng, load, restore_rng, save, seed_everything
 from tests.training.specs import spec
 
+pytestmark = pytest.mark.slow
+
 METHOD = {"weighting": "uw", "aggregator": "pcgrad", "wrapper": {"name": "sam", "hparams": {"rho": 0.05}}}
 SPEC = {"method": METHOD, "scheduler": {"name": "cosine", "warmup_epochs": 1}, "epochs": 2}
 QUIET = RunOptions(plots=False)

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 
 from flatmtl.workers.training import RunDirectory, RunOptions, train
 from flatmtl.workers.training.checkpoint import load
 from tests.training.specs import spec
+
+pytestmark = pytest.mark.slow
 
 METHOD = {"weighting": "uw", "aggregator": "pcgrad", "wrapper": {"name": "sam", "hparams": {"rho": 0.05}}}
 OPTIONS = RunOptions(dtype="float64", plots=False)

@@ -28,6 +28,8 @@ from tests.worker.cluster import (
     wait_until,
 )
 
+pytestmark = pytest.mark.slow
+
 LEASE_SECONDS = 5
 EPOCHS = 3
 TRAIN_SIZE = 512  # 16 steps per epoch: time to kill the worker inside epoch 2

@@ -6,11 +6,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
 import torch
 
 from flatmtl.service.specs.train import TrainSpec
 from flatmtl.workers.training import RunDirectory, RunOptions
 from flatmtl.workers.training.trainer import RankContext, Trainer
+
+pytestmark = pytest.mark.slow
 
 SPEC: dict[str, Any] = {
     "problem": "multi_digits",

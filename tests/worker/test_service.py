@@ -33,7 +33,7 @@ from flatmtl.workers.worker.service_demo import (
 from tests.worker.cluster import TASKS, line_count, require_ray, start_worker, steps_per_epoch, stop, tiny, wait_until
 
 LEASE_SECONDS = 6
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 
 @dataclass
