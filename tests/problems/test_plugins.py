@@ -15,6 +15,7 @@ from tests.problems.plugin_dists import on_path, pip_install_example, write_dist
 from tests.training.specs import spec
 
 
+@pytest.mark.slow
 def test_the_example_package_installed_by_pip_trains_as_a_named_problem(tmp_path: Path) -> None:
     with on_path(pip_install_example(tmp_path / "site")):
         listed = {(e["kind"], e["name"]): e for e in catalog()}

@@ -37,6 +37,7 @@ def pbt_plan(tmp_path: Path, **scheduler: Any) -> Any:
     return plan_job(1, SweepSpec.model_validate(document).model_dump(mode="json"), tmp_path)
 
 
+@pytest.mark.slow
 def test_a_pbt_spec_maps_to_population_based_training_with_its_settings(tmp_path: Path) -> None:
     require_ray()
     from ray.tune.schedulers import PopulationBasedTraining
@@ -56,6 +57,7 @@ def test_pbt_perturbations_stay_inside_a_range() -> None:
     assert clip({"alpha": -0.1})["alpha"] == 0.0 and clip({"alpha": 0.5})["alpha"] == 0.5
 
 
+@pytest.mark.slow
 def test_tune_resolves_each_trial_to_its_own_planned_values(tmp_path: Path) -> None:
     require_ray()
     from ray.tune.search.variant_generator import generate_variants
@@ -80,6 +82,7 @@ def test_a_requeued_pbt_trial_starts_from_the_values_its_run_trained_with(tmp_pa
     assert search.current_values(plan.trials[0].run_dir, paths, plan.trials[0].config) == plan.trials[0].config
 
 
+@pytest.mark.slow
 def test_an_optuna_sweep_searches_the_space_with_a_seeded_sampler(tmp_path: Path) -> None:
     require_ray()
     from ray.tune.search.optuna import OptunaSearch
