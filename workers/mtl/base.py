@@ -28,6 +28,15 @@ def identity_reducer(gram: Tensor) -> Tensor:
     return gram
 
 
+def on_device_of(values: Tensor, like: Tensor) -> Tensor:
+    """K host values (weights solved on the CPU) on ``like``'s device and dtype. To CUDA through pinned memory
+    and asynchronously: a copy from pageable memory would make the host wait for the device's queue first."""
+    values = values.to(like.dtype)
+    if like.device.type == "cuda" and values.device.type == "cpu":
+        return values.pin_memory().to(like.device, non_blocking=True)
+    return values.to(like.device)
+
+
 def wide_gram(rows: Tensor) -> Tensor:
     """``rows @ rows.T`` in float32 at least: bfloat16 gradients (autocast's representation gradients) would
     round entries that sum thousands of products to 3 digits, while their differences (``|g_i - g_j|^2``)
@@ -160,7 +169,7 @@ class GramAggregator(Aggregator):
         num_tasks = rows[0].shape[0]
         gram = reduce_gram(sum(wide_gram(row.reshape(num_tasks, -1)) for row in rows))
         weights = self.weights(gram, losses=losses, generator=generator)
-        return [torch.tensordot(weights.to(row.dtype), row, dims=1) for row in rows]
+        return [torch.tensordot(on_device_of(weights, row), row, dims=1) for row in rows]
 
     def aggregate(
         self,
@@ -173,7 +182,7 @@ class GramAggregator(Aggregator):
         gram = reduce_gram(grads @ grads.T)
         check_finite_through(self.method_name, gram, grads)
         weights = self.compute_weights(gram, losses=losses, generator=generator)
-        return weights.to(grads.dtype) @ grads
+        return on_device_of(weights, grads) @ grads
 
 
 class LossWeighting(Stateful):

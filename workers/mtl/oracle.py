@@ -9,7 +9,6 @@ are restored after perturbed passes, so they never move there.
 
 from __future__ import annotations
 
-import math
 import time
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -19,10 +18,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from flatmtl.workers.mtl.base import Aggregator, GramAggregator, LossWeighting, wide_gram
+from flatmtl.workers.mtl.base import Aggregator, GramAggregator, LossWeighting, on_device_of, wide_gram
 from flatmtl.workers.mtl.checks import check_finite
 from flatmtl.workers.mtl.communicator import Communicator
-from flatmtl.workers.mtl.errors import MethodError
+from flatmtl.workers.mtl.errors import MethodError, NonFiniteLossesError
 from flatmtl.workers.mtl.flat import FlatParams
 from flatmtl.workers.mtl.probes import BatchedProbes
 from flatmtl.workers.mtl.task_gradients import TaskGradientEngine
@@ -48,6 +47,10 @@ class StepRecord:
 
     losses: Tensor | None = None
     gram: Tensor | None = None
+    host_losses: Tensor | None = None
+    """``losses`` on the CPU in float64, from the step's one device-to-host copy (``GradientOracle.on_host``)."""
+    host_gram: Tensor | None = None
+    """``gram`` on the CPU, where the aggregator solved on it (read with the losses in the same copy)."""
     seconds_total: float = 0.0
     seconds_aggregation: float = 0.0
     seconds_perturbed: float = 0.0
@@ -140,7 +143,8 @@ class GradientOracle:
             return
         shared = [torch.zeros_like(p) if g is None else g for p, g in zip(self.shared.params, shared, strict=True)]
         torch._foreach_div_(shared, float(self.num_tasks))
-        if not math.isfinite(float(torch.stack(torch._foreach_norm(shared)).sum())):
+        [finite] = self.on_host(torch.isfinite(torch.stack(torch._foreach_norm(shared)).sum()))
+        if not finite:
             check_finite(self.aggregator.method_name, "update", self.shared.flatten(shared))
         for param, grad in zip([*self.shared.params, *head_params], [*shared, *heads], strict=True):
             param.grad = torch.zeros_like(param) if grad is None else grad
@@ -159,8 +163,7 @@ class GradientOracle:
         first = self.record.losses is None
         if first:
             detached = self.comm.mean(raw.detach().clone())
-            check_finite("loss closure", "losses", detached)
-            self.record.losses = detached
+            self.record.losses = detached  # checked with the step's first host read (``on_host``)
             self.weighting.begin_step(detached, self.generator)
         weighted = self.weighting.weigh(raw)
         self._cut_losses = weakref.ref(weighted) if cut and self.trunk and self.trunk.active else None
@@ -236,7 +239,11 @@ class GradientOracle:
             self.weighting.observe(self.record.losses, self.record.gram)
         started = time.perf_counter()
         combined = self.aggregator.combine_representation(
-            rows, sources, losses=self.record.losses, generator=self.generator, reduce_gram=self.comm.mean
+            rows,
+            sources,
+            losses=self._losses_for(self.aggregator),
+            generator=self.generator,
+            reduce_gram=lambda gram: self.on_host(self.comm.mean(gram))[0],
         )
         self.record.seconds_aggregation += time.perf_counter() - started
         if sources:
@@ -396,17 +403,20 @@ class GradientOracle:
         seen: list[Tensor] = []
 
         def reduce_and_remember(gram: Tensor) -> Tensor:
+            """The reduced Gram on the host, where the K x K problems are solved: one copy with the losses."""
             reduced = self.comm.shard_sum(gram)
+            [host] = self.on_host(reduced)
             seen.append(reduced)
-            return reduced
+            if self.record.host_gram is None:
+                self.record.host_gram = host
+            return host
 
+        losses = self._losses_for(aggregator)
         if representation is not None and isinstance(aggregator, GramAggregator):
-            weights = aggregator.weights(self.comm.mean(wide_gram(representation)), losses=self.record.losses)
-            update = weights.to(grads.dtype) @ grads
+            weights = aggregator.weights(reduce_and_remember(wide_gram(representation)), losses=losses)
+            update = on_device_of(weights, grads) @ grads
         else:
-            update = aggregator(
-                grads, losses=self.record.losses, generator=self.generator, reduce_gram=reduce_and_remember
-            )
+            update = aggregator(grads, losses=losses, generator=self.generator, reduce_gram=reduce_and_remember)
         self.record.seconds_aggregation += time.perf_counter() - started
         if saved is not None:
             aggregator.load_state_dict(saved[0])
@@ -421,6 +431,34 @@ class GradientOracle:
                 self.weighting.observe(self.record.losses, self.record.gram)
         return update
 
+    def on_host(self, *tensors: Tensor) -> list[Tensor]:
+        """``tensors`` copied to the CPU in one transfer, with the step's losses the first time: on CUDA a
+        device-to-host copy makes the host wait for every queued kernel, so a step makes as few as it can
+        (the Gram a K x K solver needs, and the update's finiteness flag). The losses' finiteness is checked
+        here, once per step, and they are kept as ``record.host_losses``. Each copy keeps its dtype."""
+        unread = self.record.losses is not None and self.record.host_losses is None
+        parts = [self.record.losses, *tensors] if unread else list(tensors)
+        if not parts:
+            return []
+        packed = torch.cat([part.detach().reshape(-1).to(torch.float64) for part in parts]).cpu()  # type: ignore[union-attr]
+        pieces = list(packed.split([part.numel() for part in parts]))  # type: ignore[union-attr]
+        if unread:
+            losses = pieces.pop(0)
+            self.record.host_losses = losses
+            finite = torch.isfinite(losses)
+            if not finite.all():
+                bad = (~finite).nonzero().flatten().tolist()
+                raise NonFiniteLossesError(bad, [float(losses[i]) for i in bad])
+        return [piece.view(t.shape).to(t.dtype) for piece, t in zip(pieces, tensors, strict=True)]
+
+    def _losses_for(self, aggregator: Aggregator) -> Tensor | None:
+        """The step's losses on the host for an aggregator that uses them, else None (no copy to make)."""
+        if not aggregator.needs_losses or self.record.losses is None:
+            return None
+        if self.record.host_losses is None:
+            self.on_host()
+        return self.record.host_losses
+
     def norm(self, vector: Tensor) -> Tensor:
         """Euclidean norm over all shards of a [P] vector (or each row of [K, P])."""
         return self.comm.shard_sum(vector.pow(2).sum(dim=-1)).sqrt()
@@ -431,8 +469,11 @@ class GradientOracle:
 
     # ---- output --------------------------------------------------------------------------------
     def write(self, shared_update: Tensor, head_updates: Sequence[Tensor]) -> None:
-        """Store the step's update as the parameters' ``.grad`` for the optimizer."""
-        check_finite(self.aggregator.method_name, "update", shared_update)
+        """Store the step's update as the parameters' ``.grad`` for the optimizer; its finiteness is one flag
+        read with the losses where they are still unread."""
+        [finite] = self.on_host(torch.isfinite(shared_update).all())
+        if not finite:
+            check_finite(self.aggregator.method_name, "update", shared_update)
         self.shared.set_grad(shared_update)
         for head, update in zip(self.heads, head_updates, strict=True):
             head.set_grad(update)

@@ -151,7 +151,11 @@ class MTLStep:
     def __call__(self, closure: LossClosure) -> StepRecord:
         oracle = self.oracle(closure, diagnostics=self.steps_taken % self.diagnostics_every == 0)
         started = time.perf_counter()
-        self.wrapper.step(oracle)
+        try:
+            self.wrapper.step(oracle)
+        except MethodError:
+            oracle.on_host()  # losses still unread are checked first: a NaN loss is what any later check met
+            raise
         oracle.record.seconds_total = time.perf_counter() - started
         self.steps_taken += 1
         return oracle.record

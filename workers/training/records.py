@@ -27,7 +27,8 @@ def step_metrics(
     SAM and aggregation shares are fractions of the method's own time (``record.seconds_total``).
     """
     assert record.losses is not None
-    losses = record.losses.double().cpu().tolist()
+    host_losses = record.host_losses if record.host_losses is not None else record.losses.cpu()
+    losses = host_losses.double().tolist()
     metrics: dict[str, float] = {f"loss/{task}": loss for task, loss in zip(tasks, losses, strict=True)}
     metrics["loss"] = sum(losses) / len(losses)
     metrics["samples_per_s"] = samples / seconds if seconds > 0 else 0.0
@@ -39,7 +40,7 @@ def step_metrics(
     metrics["forward_passes"] = record.forward_passes
     metrics["backward_passes"] = record.backward_passes
     if record.gram is not None:
-        summary = diagnostics.summarize(record.gram)
+        summary = diagnostics.summarize(record.host_gram if record.host_gram is not None else record.gram.cpu())
         metrics.update({name: getattr(summary, name) for name in DIAGNOSTICS})
         metrics.update({f"grad_norm/{task}": norm for task, norm in zip(tasks, summary.norms, strict=True)})
     return metrics

@@ -44,7 +44,7 @@ from tqdm import tqdm
 
 from flatmtl.service.specs.train import TrainSpec
 from flatmtl.workers import mtl, problems
-from flatmtl.workers.mtl.errors import MethodError
+from flatmtl.workers.mtl.errors import MethodError, NonFiniteLossesError
 from flatmtl.workers.problems import delta_m
 from flatmtl.workers.training import checkpoint, determinism, plots
 from flatmtl.workers.training.config import RunOptions, model_name, split_references
@@ -313,8 +313,7 @@ class Trainer:
                 else:
                     outputs, representation = self.model(inputs), None
                 losses = self.problem.losses(outputs, targets)
-            losses = losses.to(self.dtype)
-            self._check_finite(losses)
+            losses = losses.to(self.dtype)  # the step checks the first forward's losses (NonFiniteLossesError)
             return losses if representation is None else (losses, representation)
 
         return closure
@@ -322,19 +321,6 @@ class Trainer:
     def autocast(self) -> torch.autocast:
         """bfloat16 autocast on the run's device when the spec asks for bf16, else a disabled one."""
         return torch.autocast(self.ctx.device.type, dtype=torch.bfloat16, enabled=self.spec.precision == "bf16")
-
-    def _check_finite(self, losses: Tensor) -> None:
-        """Raise on every rank at once: the rank mean is non-finite iff some rank's loss is."""
-        seen = self.step.comm.mean(losses.detach()) if self.ctx.distributed else losses.detach()
-        finite = torch.isfinite(seen)
-        if not finite.all():
-            bad = (~finite).nonzero().flatten().tolist()
-            raise NonFiniteLossError(
-                step=self.global_step + 1,
-                epoch=self.epoch + 1,
-                tasks=[self.tasks[i] for i in bad],
-                values=[float(seen[i]) for i in bad],
-            )
 
     def _take_step(self, indices: Any) -> dict[str, float]:
         started = time.perf_counter()
@@ -344,6 +330,13 @@ class Trainer:
         with self._full_parameters():
             try:
                 record = self.step(self._closure(model_input(inputs), targets))
+            except NonFiniteLossesError as error:  # rank means: every rank raises at this step
+                raise NonFiniteLossError(
+                    step=self.global_step + 1,
+                    epoch=self.epoch + 1,
+                    tasks=[self.tasks[i] for i in error.indices],
+                    values=error.values,
+                ) from None
             except MethodError as error:
                 raise TrainingFailedError(
                     f"step {self.global_step + 1} (epoch {self.epoch + 1}) failed: {error}",

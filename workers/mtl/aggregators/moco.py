@@ -8,7 +8,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from flatmtl.workers.mtl.base import Aggregator, GramReducer
+from flatmtl.workers.mtl.base import Aggregator, GramReducer, on_device_of
 from flatmtl.workers.mtl.checks import check_finite_through, check_num_tasks
 from flatmtl.workers.mtl.errors import MethodError
 from flatmtl.workers.mtl.registry import HParam, register
@@ -82,4 +82,4 @@ class MoCo(Aggregator):
             self.weights = torch.full((num_tasks,), 1.0 / num_tasks, dtype=torch.float64)
         regularized = gram + self.rho * torch.eye(num_tasks, dtype=torch.float64)
         self.weights = project_to_simplex(self.weights - self.gamma * regularized @ self.weights)
-        return self.weights.to(device=grads.device, dtype=grads.dtype) @ self.tracked
+        return on_device_of(self.weights, grads) @ self.tracked

@@ -1,0 +1,59 @@
+"""A step reads the device from the host as few times as it can: the losses travel with the first read
+(the Gram a K x K solver needs, or the update's finiteness flag), and a NaN loss is still named as such.
+
+On CUDA each read makes the host wait for the queued kernels (``benchmarks/gpu_check.py`` counts the syncs
+themselves with ``torch.cuda.set_sync_debug_mode``); here the oracle's own reads are counted, through the
+step's ``oracle_class`` extension point."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import pytest
+import torch
+from torch import Tensor
+
+from flatmtl.workers import mtl
+from flatmtl.workers.mtl.errors import NonFiniteLossesError
+from flatmtl.workers.mtl.oracle import GradientOracle
+from tests.mtl.models import tiny_problem
+
+
+class CountedReads(GradientOracle):
+    reads: ClassVar[list[int]] = []
+
+    def on_host(self, *tensors: Tensor) -> list[Tensor]:
+        type(self).reads.append(len(tensors))
+        return super().on_host(*tensors)
+
+
+@pytest.mark.parametrize(
+    ("aggregator", "wrapper", "reads"),
+    [("mgda", "samo", 2), ("mean", "none", 1), ("mgda", "none", 2)],
+)
+def test_a_step_outside_diagnostics_reads_the_host_at_most_twice(aggregator: str, wrapper: str, reads: int) -> None:
+    model, x, targets = tiny_problem()
+    step = mtl.MTLStep.from_model(model, aggregator=aggregator, wrapper=wrapper, diagnostics_every=10)
+    step.oracle_class = CountedReads
+    step(lambda: model.task_losses(x, targets))  # the first step is a diagnostics step
+    CountedReads.reads = []
+    record = step(lambda: model.task_losses(x, targets))
+    assert len(CountedReads.reads) == reads
+    assert record.losses is not None and record.host_losses is not None
+    torch.testing.assert_close(record.host_losses, record.losses.double(), rtol=0, atol=0)
+    if aggregator == "mgda":
+        assert record.host_gram is not None and record.gram is not None
+        torch.testing.assert_close(record.host_gram, record.gram, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("wrapper", ["samo", "none"])
+def test_a_nan_loss_is_named_though_it_is_read_late(wrapper: str) -> None:
+    """The losses are checked when first read, after the perturbed passes; what failed before (NaN gradients)
+    is reported as the NaN loss that caused it."""
+    model, x, targets = tiny_problem()
+    step = mtl.MTLStep.from_model(model, aggregator="mgda", wrapper=wrapper, diagnostics_every=10)
+    scale = torch.tensor([1.0, float("nan"), 1.0], dtype=torch.float64)
+    with pytest.raises(NonFiniteLossesError) as caught:
+        step(lambda: model.task_losses(x, targets) * scale)
+    assert caught.value.indices == [1]
+    assert "loss closure: losses contain NaN or inf" in str(caught.value)
