@@ -17,7 +17,9 @@ from typing import Any
 
 import httpx
 import pytest
+from click.testing import CliRunner
 
+from flatmtl.service.cli import submit
 from flatmtl.workers.worker.contracts import PLACEMENT_GROUP_FILE
 from flatmtl.workers.worker.service_demo import (
     API_COMMAND,
@@ -163,3 +165,19 @@ def test_cancellation_stops_the_running_ranks_within_seconds(service: Service) -
     # the killed trial's Train placement group was released, so its CPUs serve the next job
     assert not (steps_file.parent / PLACEMENT_GROUP_FILE).exists()
     assert line_count(steps_file) < 1000 * steps_per_epoch()
+
+
+def test_a_trials_exception_reaches_the_jobs_error_over_rest_and_cli(service: Service, tmp_path: Path) -> None:
+    """A rank's exception, raised inside Ray Train inside a Tune trial: its type, message and last traceback lines."""
+    spec = tmp_path / "job.yaml"
+    spec.write_text(json.dumps({"spec": tiny(batch_size=1_000_000, problem_options={"train_size": 256})}))
+    token = service.client.headers["Authorization"].removeprefix("Bearer ")
+    submitted = CliRunner().invoke(
+        submit, [str(spec), "--wait", "--poll", "0.5", "--url", str(service.client.base_url), "--token", token]
+    )
+    assert submitted.exit_code == 1, submitted.output
+    reason = "ValueError: batch_size=1000000 x processes=2 = 2000000 exceeds the 256 training samples"
+    assert reason in submitted.output, submitted.output
+    job = service.job(int(submitted.output.split()[0]))
+    assert job["state"] == "failed" and job["error"].startswith(reason), job["error"]
+    assert 'File "' in job["error"] and "line" in job["error"], "the traceback's last lines come with it"

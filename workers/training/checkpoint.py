@@ -7,6 +7,7 @@ renamed, so a crash mid-write leaves the previous checkpoint intact.
 
 from __future__ import annotations
 
+import io
 import os
 import random
 from pathlib import Path
@@ -14,6 +15,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from flatmtl.workers.training.rundir import naming
 
 FORMAT_VERSION = 1
 CPU = torch.device("cpu")
@@ -55,10 +58,22 @@ def seed_everything(seed: int) -> None:
 
 
 def save(path: Path, payload: dict[str, Any]) -> None:
+    """Atomically: the old checkpoint stays whole until the new one is on disk. Serialised in memory first, so
+    that a full disk or a missing permission raises OSError naming the file (torch's own writer reports it as
+    an opaque RuntimeError), and the partial file is removed."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    buffer = io.BytesIO()
+    torch.save({"format": FORMAT_VERSION, **payload}, buffer)
     temporary = path.with_name(path.name + ".tmp")
-    torch.save({"format": FORMAT_VERSION, **payload}, temporary)
-    os.replace(temporary, path)
+    try:
+        with naming(temporary), temporary.open("wb") as handle:
+            handle.write(buffer.getbuffer())
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except OSError:
+        temporary.unlink(missing_ok=True)
+        raise
 
 
 def load(path: Path) -> dict[str, Any]:

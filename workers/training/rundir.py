@@ -16,6 +16,8 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +39,18 @@ def json_ready(value: Any) -> Any:
 
 def dumps(value: Any) -> str:
     return json.dumps(json_ready(value), allow_nan=False)
+
+
+@contextmanager
+def naming(path: Path) -> Iterator[None]:
+    """Re-raise an OSError that names no file (a ``write`` failing for lack of space) with ``path``, so the run's
+    error says where the disk was full."""
+    try:
+        yield
+    except OSError as error:
+        if error.filename is not None:
+            raise
+        raise OSError(error.errno, error.strerror or str(error), str(path)) from error
 
 
 class RunDirectory:
@@ -61,14 +75,15 @@ class RunDirectory:
 
     def write_json(self, path: Path, value: Any) -> None:
         temporary = path.with_name(path.name + ".tmp")
-        temporary.write_text(json.dumps(json_ready(value), indent=2, allow_nan=False) + "\n")
+        with naming(temporary):
+            temporary.write_text(json.dumps(json_ready(value), indent=2, allow_nan=False) + "\n")
         os.replace(temporary, path)
 
     def read_json(self, path: Path) -> Any:
         return json.loads(path.read_text())
 
     def append(self, path: Path, record: dict[str, Any]) -> None:
-        with path.open("a") as handle:
+        with naming(path), path.open("a") as handle:
             handle.write(dumps(record) + "\n")
 
     def read_lines(self, path: Path) -> list[dict[str, Any]]:
@@ -85,5 +100,6 @@ class RunDirectory:
 
     def write_lines(self, path: Path, records: list[dict[str, Any]]) -> None:
         temporary = path.with_name(path.name + ".tmp")
-        temporary.write_text("".join(dumps(record) + "\n" for record in records))
+        with naming(temporary):
+            temporary.write_text("".join(dumps(record) + "\n" for record in records))
         os.replace(temporary, path)

@@ -3,13 +3,16 @@ its Tune trial (Ray imported here only)."""
 
 from __future__ import annotations
 
+import traceback
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from ray import tune
 from ray.train.v2.api.callback import UserCallback
 
 from flatmtl.workers.worker.contracts import TrialSink
+from flatmtl.workers.worker.failures import summarise_traceback
 from flatmtl.workers.worker.search import trial_index
 
 
@@ -55,8 +58,23 @@ class Bridge(_SinkHolder, tune.Callback):
     def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         index = trial_index(str(trial))
         self.release(index)
-        error = trial.get_error()
-        self.sink.trial_ended(index, str(error) if error is not None else "the trial failed")
+        self.sink.trial_ended(index, trial_error(trial))
+
+
+def trial_error(trial: Any) -> str:
+    """What failed in a trial, for the job's error: Tune's error.txt (its traceback, which is there before the
+    pickled exception can be read back) summarised, else the exception itself."""
+    path = trial.error_file
+    text = Path(path).read_text(errors="replace") if path and Path(path).is_file() else ""
+    if not text.strip():
+        try:
+            error = trial.get_error()
+        except Exception:  # Tune could not write it whole (a full disk, say)
+            error = None
+        text = "".join(traceback.format_exception(error)) if error is not None else ""
+    if not text.strip():
+        return f"trial {trial} failed without an error report; see the job's log"
+    return summarise_traceback(text)
 
 
 class StopWhenAsked(_SinkHolder, tune.Stopper):

@@ -203,6 +203,10 @@ class JobRun:
         self.log.info("trial %d %s%s", index, trial.state, f": {trial.error}" if trial.error else "")
         self._write_trial(trial)
 
+    def all_ended(self) -> bool:
+        """Whether every trial has reached a final state (its outcome is known)."""
+        return all(trial.state in FINAL_TRIAL_STATES for trial in self.trials.values())
+
     # ---- progress and outcome ----------------------------------------------------------------------------
     def progress(self) -> float:
         """Share of the job's epochs done (a finished trial counts whole, even if stopped early)."""
