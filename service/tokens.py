@@ -59,8 +59,8 @@ def create_token(db: Database, key: bytes, user: str, scopes: Iterable[str]) -> 
     unknown = [s for s in granted if s not in SCOPES]
     if unknown or not granted:
         raise ValueError(f"scopes {unknown or granted!r} not allowed; allowed: {', '.join(SCOPES)} (at least one)")
-    if not user or len(user) > 100:
-        raise ValueError(f"user {user!r} not allowed; allowed: 1 to 100 characters")
+    if not user or len(user) > 100 or not user.isprintable():
+        raise ValueError(f"user {user!r} not allowed; allowed: 1 to 100 printable characters")
     token = TOKEN_PREFIX + secrets.token_urlsafe(32)
     with db.write() as session:
         session.add(

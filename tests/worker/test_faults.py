@@ -158,7 +158,8 @@ def test_postgres_outages_lose_no_job_and_run_none_twice(postgres: Postgres, tmp
             .having(func.count() > 1)
         ).all()
     db.dispose()
-    assert worker.returncode == 0, log_text(worker_log)[-3000:]
+    assert worker.returncode == 0, log_text(worker_log)[-3000:]  # SIGTERM to the idle worker: a clean exit
+    assert "SIGTERM: shutting down" in log_text(worker_log)
     assert job.state == "succeeded", job.error
     assert "released" in kinds or "lease_expired" in kinds, kinds
     assert duplicates == []
@@ -207,3 +208,49 @@ def test_sigterm_releases_the_job_and_the_next_worker_resumes_it(tmp_path: Path)
     assert done.state == "succeeded", done.error
     assert kinds.count("released") == 1 and "lease_expired" not in kinds
     assert "trial 0 resumes from its checkpoint" in (run_dir.parent / "job.log").read_text()
+
+
+@contextlib.contextmanager
+def small_filesystem(path: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of ``size`` mounted at ``path`` (needs root, as CI has)."""
+    path.mkdir(parents=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.fail(f"cannot mount a tmpfs at {path} (run as root, as CI does): {mounted.stderr.decode()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def test_a_full_artifact_disk_fails_the_job_with_enospc_and_the_worker_goes_on(tmp_path: Path) -> None:
+    require_ray()
+    with small_filesystem(tmp_path / "artifacts", "1m") as artifacts:
+        settings = Settings(data_dir=tmp_path, database_url=f"sqlite:///{tmp_path / 'flatmtl.db'}")
+        db = Database.from_settings(settings)
+        db.migrate()
+        free = os.statvfs(artifacts)
+        filler = artifacts / "filler"
+        filler.write_bytes(b"\0" * (free.f_bavail * free.f_frsize - 64 * 1024))  # room for the log, not a checkpoint
+        job, _ = queue.submit(db, TrainSpec.model_validate(tiny(problem_options={"train_size": 256, "test_size": 64})))
+        worker_log = tmp_path / "worker.log"
+        worker = start_worker(service_env(tmp_path, FLATMTL_LEASE_SECONDS="30"), worker_log)
+        try:
+
+            def ended(job_id: int) -> Any:
+                assert worker.poll() is None, log_text(worker_log)[-3000:]
+                with db.read() as session:
+                    found = get_job(session, job_id)
+                return found if found.state in ("succeeded", "failed") else None
+
+            failed = wait_until(lambda: ended(job.id), 240, "the job to fail", interval_s=0.5)
+            assert failed.state == "failed" and "ENOSPC" in failed.error, failed.error
+            assert "No space left on device" in failed.error and str(artifacts) in failed.error, failed.error
+
+            filler.unlink()
+            cheap, _ = queue.submit(db, TrainSpec.model_validate(tiny(resources={"cpus": 1, "gpus": 1})))
+            refused = wait_until(lambda: ended(cheap.id), 120, "the next job", interval_s=0.5)
+            assert "GPUs" in refused.error, refused.error  # the worker lived on and ran it
+        finally:
+            stop(worker)
+            db.dispose()

@@ -9,7 +9,6 @@ sends lands. An attempt > 1 resumes each trial from its run directory's checkpoi
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import signal
@@ -29,6 +28,7 @@ from flatmtl.service.errors import LeaseLostError
 from flatmtl.service.retry import Backoff, GaveUpError, describe, is_transient, retrying
 from flatmtl.service.settings import Settings
 from flatmtl.workers.training import ConfigError, RunOptions, check_runnable
+from flatmtl.workers.worker.failures import os_error
 from flatmtl.workers.worker.job import JobRun
 from flatmtl.workers.worker.plan import JobPaths, plan_job
 from flatmtl.workers.worker.trials import ClusterTooSmallError, RaySettings, ensure_ray, run_plan
@@ -315,15 +315,22 @@ class Worker:
                     device="cuda" if plan.resources["gpus"] > 0 else "cpu",
                     threads=max(1, int(plan.resources["cpus"])),
                 )
-                run_plan(
-                    plan,
-                    run,
-                    self.ray_settings,
-                    paths=paths,
-                    attempt=lease.attempt,
-                    options=options,
-                    indices=todo,
-                )
+                try:
+                    run_plan(
+                        plan,
+                        run,
+                        self.ray_settings,
+                        paths=paths,
+                        attempt=lease.attempt,
+                        options=options,
+                        indices=todo,
+                    )
+                except Exception as tune_error:
+                    if not run.all_ended():
+                        raise
+                    # Tune's own bookkeeping failed after the trials had ended (reading back an error file
+                    # that a full disk truncated, say): the trials' outcomes say what happened.
+                    job_logger.warning("Ray Tune failed after every trial had ended: %r", tune_error)
             if not run.should_stop():
                 outcome, result, error = run.outcome()
                 self._complete(lease, outcome, result, error, job_logger)
@@ -336,7 +343,10 @@ class Worker:
             self._complete(lease, "failed", None, str(error), job_logger)
         except Exception as error:
             job_logger.exception("attempt %d failed", lease.attempt)
-            self._complete(lease, "failed", None, f"{type(error).__name__}: {error}", job_logger)
+            if self._shutdown.is_set():  # Ray going down with the machine is no fault of the job's
+                run.stop("shutdown")
+            else:
+                self._complete(lease, "failed", None, f"{type(error).__name__}: {error}", job_logger)
         finally:
             keeper.finish()
             with self._grace_lock:
@@ -384,15 +394,6 @@ class Worker:
             job_logger.warning("job %d: outcome %s not recorded: %s", lease.job_id, outcome, gave_up)
             return
         job_logger.info("job %d %s%s", lease.job_id, outcome, f": {error}" if error else "")
-
-
-def os_error(error: OSError) -> str:
-    """An OSError as a job's reason: what failed, the errno's name and the path."""
-    code = errno.errorcode.get(error.errno or 0)
-    if code is None:
-        return f"{type(error).__name__}: {error}"
-    where = f": {error.filename}" if error.filename else ""
-    return f"{type(error).__name__} [{code}] {error.strerror or error}{where}"
 
 
 @contextmanager
