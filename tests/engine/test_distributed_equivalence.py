@@ -124,7 +124,7 @@ def _rank_main(rank: int, world: int, out: str, combos: list[Combo]) -> None:
 
 def _sharded_direction(step: ShardedMTLStep) -> torch.Tensor:
     """Gathered SPSA direction drawn through the sharded oracle's random_direction."""
-    from flatmtl.workers.engine.sharded_step import ShardedOracle
+    from flatmtl.workers.engine.sharded_mtl_step import ShardedOracle
 
     oracle = ShardedOracle(
         lambda: torch.zeros(NUM_TASKS),

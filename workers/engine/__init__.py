@@ -1,6 +1,7 @@
-"""FlatMTL's training engine: data-parallel and sharded communicators for the MTL core, the sharded
-step and optimizer, ZeRO-3 parameter partitioning, running-statistics averaging, and a local
-process-group launcher.
+"""FlatMTL's training engine: the sharding modes the trainer runs its steps through (``sharding_modes``),
+data-parallel and sharded communicators for the MTL core, the core's step on shards (``sharded_mtl_step``) and
+the sharded optimizer, ZeRO-3 parameter partitioning, running-statistics averaging, and a local process-group
+launcher.
 
 Sharding modes: zero1 partitions the shared parameters' optimizer state; zero2 also reduce-scatters the
 per-task gradients [K, P] so each rank keeps and aggregates only its [K, P/N] shard; zero3 also keeps
@@ -26,7 +27,8 @@ from flatmtl.workers.engine.launch import check_backend, launch
 from flatmtl.workers.engine.layout import ShardLayout
 from flatmtl.workers.engine.partition import PartitionedParameters
 from flatmtl.workers.engine.shard import ShardedFlatParams, ShardedOptimizer
-from flatmtl.workers.engine.sharded_step import ShardedMTLStep, ShardedOracle, check_shardable, sharded_comm
+from flatmtl.workers.engine.sharded_mtl_step import ShardedMTLStep, ShardedOracle, check_shardable, sharded_comm
+from flatmtl.workers.engine.sharding_modes import ShardingMode, build_sharding_mode
 
 __all__ = [
     "Collectives",
@@ -40,7 +42,9 @@ __all__ = [
     "ShardedMTLStep",
     "ShardedOptimizer",
     "ShardedOracle",
+    "ShardingMode",
     "TrafficCounter",
+    "build_sharding_mode",
     "check_backend",
     "check_shardable",
     "launch",

@@ -1,5 +1,6 @@
-"""One multi-task training step: weighting x aggregator x wrapper, on any model that declares which
-parameters are shared and which belong to which task.
+"""The MTL step: one batch's update from the per-task losses, weighting x aggregator x wrapper, on any model that
+declares which parameters are shared and which belong to which task. It fills the gradients; the optimizer
+steps. (A training run calls it from ``flatmtl.workers.training.trainer``, through the engine's sharding modes.)
 
 Usage::
 

@@ -1,22 +1,10 @@
 """One rank's training loop: build from a TrainSpec, resume from a checkpoint, run epochs, record everything.
 
-Modes, by ``processes`` and ``sharding``:
-
-- local (one process, no sharding): the core's ``MTLStep`` with its identity communicator.
-- data-parallel: ``DataParallelComm`` all-reduces the per-task gradients before aggregation; parameters
-  and optimizer state are replicated and stay identical on every rank.
-- zero1: as data-parallel, but the optimizer state of the shared parameters is partitioned
-  (``ShardedOptimizer`` over a shard view): any method runs, since every rank still sees whole gradients.
-- zero2: per-task gradients are reduce-scattered (``ShardedMTLStep``) and each rank aggregates and
-  optimizes only its shard; only shardable methods (TrainSpec refuses the others).
-- zero3: as zero2, and the shared parameters themselves are kept only as this rank's shard between steps,
-  all-gathered for each step (and for evaluation and checkpoints, which hold the full model on rank 0).
-- ``sharding_backend="deepspeed"``: the same per-task reduction (all-reduce for zero1, reduce-scatter for
-  zero2/zero3), but DeepSpeed's ZeRO engine of that stage owns the partitions of the optimizer state (and of
-  gradients and parameters) and takes the aggregated update (``flatmtl.workers.engine.DeepSpeedZero``).
-
-Distributed runs average the normalization layers' running statistics over ranks after every step
-(``RunningStatisticsAverager``), so every rank evaluates with the same buffers.
+Where the pieces of a training step live: the update of one batch is the MTL core's step
+(``flatmtl.workers.mtl.step.MTLStep``: weighting x aggregator x wrapper); how that step is distributed over
+ranks, and which optimizer owns which partition, is the sharding mode the engine builds from the spec's
+``sharding`` and ``sharding_backend`` (``flatmtl.workers.engine.sharding_modes``); this loop feeds it batches,
+schedules the learning rate, evaluates, checkpoints and records, the same for every mode.
 
 ``precision="bf16"`` runs every forward pass and loss (training, SAM's perturbed passes, evaluation) under
 bfloat16 autocast on the run's device; weights, gradients, the Gram matrix and the optimizer stay in ``dtype``
@@ -32,7 +20,6 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,15 +30,18 @@ from torch import Tensor
 from tqdm import tqdm
 
 from flatmtl.service.specs.train import TrainSpec
-from flatmtl.workers import mtl, problems
+from flatmtl.workers import problems
+from flatmtl.workers.engine.sharding_modes import build_sharding_mode
 from flatmtl.workers.mtl.errors import MethodError, NonFiniteLossesError
+from flatmtl.workers.mtl.oracle import StepRecord
+from flatmtl.workers.mtl.step import MTLStep
 from flatmtl.workers.problems import delta_m
 from flatmtl.workers.training import checkpoint, determinism, plots
 from flatmtl.workers.training.config import RunOptions, model_name, split_references
 from flatmtl.workers.training.data import BatchPlan, collate, model_input, to_device
-from flatmtl.workers.training.errors import NonFiniteLossError, TrainingFailedError
+from flatmtl.workers.training.errors import ConfigError, ConfigProblem, NonFiniteLossError, TrainingFailedError
 from flatmtl.workers.training.evaluation import evaluate
-from flatmtl.workers.training.optim import build_optimizer, build_scheduler, optimizer_options
+from flatmtl.workers.training.optim import build_scheduler, optimizer_options
 from flatmtl.workers.training.records import EpochAccumulator, step_metrics
 from flatmtl.workers.training.rundir import STATUS_FAILED, STATUS_STOPPED, STATUS_SUCCEEDED, RunDirectory
 
@@ -103,9 +93,6 @@ class Trainer:
         self.should_stop = should_stop
         self.on_epoch = on_epoch
         self.dtype = getattr(torch, options.dtype)
-        self.sharded_optimizer = spec.sharding in ("zero1", "zero2", "zero3")
-        self.hands_over_updates = spec.sharding_backend == "deepspeed"
-        """DeepSpeed takes the step's update through its own backward, inside the step's gathered parameters."""
         self.started = time.perf_counter()
 
         determinism.configure(options.deterministic)
@@ -128,13 +115,32 @@ class Trainer:
         if saved is not None:
             self._check_compatible(saved)
             self.model.load_state_dict(saved["model"])
-        self._build_step_and_optimizer(saved)
+        method = spec.method
+        self.mode = build_sharding_mode(
+            self.model,
+            distributed=context.distributed,
+            sharding=spec.sharding,
+            backend=spec.sharding_backend,
+            method={
+                "weighting": method.weighting.name,
+                "aggregator": method.aggregator.name,
+                "wrapper": method.wrapper.name,
+                "weighting_hparams": method.weighting.hparams,
+                "aggregator_hparams": method.aggregator.hparams,
+                "wrapper_hparams": method.wrapper.hparams,
+                "seed": spec.seed,
+                "diagnostics_every": spec.diagnostics_every,
+            },
+            optimizer=optimizer_options(spec.optimizer),
+            prepare_step=lambda step: self._load_method_state(step, saved),
+        )
+        self.step: MTLStep = self.mode.step
         # The closure below checks its losses with data-dependent control flow and autocasts inside, neither of
         # which vmap batches faithfully: SAMO probes one forward per point here (flatmtl.workers.mtl.probes).
         self.step.probes = None
         self.scheduler = build_scheduler(
             spec.scheduler,
-            self.torch_optimizer,
+            self.mode.torch_optimizer,
             base_lr=spec.optimizer.lr,
             epochs=spec.epochs,
             steps_per_epoch=self.plan.steps_per_epoch,
@@ -147,96 +153,19 @@ class Trainer:
             self._restore(saved)
 
     # ---- building ----------------------------------------------------------------------------------
-    def _build_step_and_optimizer(self, saved: dict[str, Any] | None) -> None:
-        from flatmtl.workers import engine
-
-        method = self.spec.method
-        kwargs: dict[str, Any] = {
-            "weighting": method.weighting.name,
-            "aggregator": method.aggregator.name,
-            "wrapper": method.wrapper.name,
-            "weighting_hparams": method.weighting.hparams,
-            "aggregator_hparams": method.aggregator.hparams,
-            "wrapper_hparams": method.wrapper.hparams,
-            "seed": self.spec.seed,
-            "diagnostics_every": self.spec.diagnostics_every,
-        }
-        heads = [p for head in self.model.task_parameters() for p in head]
-        self.shard_view: engine.ShardedFlatParams | None = None
-        self.running_statistics: engine.RunningStatisticsAverager | None = None
-        self.traffic: engine.TrafficCounter | None = None
-        if not self.ctx.distributed:
-            self.step = mtl.MTLStep.from_model(self.model, **kwargs)
-            self._load_method_state(saved)
-            self.optimizer: Any = build_optimizer(
-                self.spec.optimizer, [*self.model.parameters(), *self.step.parameters()]
-            )
-            self.torch_optimizer: torch.optim.Optimizer = self.optimizer
-            self.optimizer_state: Any = self.torch_optimizer
-            """What checkpoints save and restore: the torch optimizer, or DeepSpeed's view of its partitions."""
-            return
-        collectives = engine.Collectives()
-        self.traffic = collectives.counter
-        self.running_statistics = engine.RunningStatisticsAverager(self.model, collectives)
-        factory, opt_options = optimizer_options(self.spec.optimizer)
-        shared = self.model.shared_parameters()
-        sharding = self.spec.sharding
-        if sharding in ("zero2", "zero3"):
-            comm = engine.sharded_comm(shared, collectives)
-            own_zero3 = sharding == "zero3" and self.spec.sharding_backend == "flatmtl"
-            self.step = engine.ShardedMTLStep.from_model(
-                self.model, comm=comm, partition_parameters=own_zero3, **kwargs
-            )
-        else:
-            self.step = mtl.MTLStep.from_model(self.model, comm=engine.DataParallelComm(collectives), **kwargs)
-        self._load_method_state(saved)
-        replicated = [*heads, *self.step.parameters()]
-        if self.spec.sharding_backend == "deepspeed":
-            sharded_step = isinstance(self.step, engine.ShardedMTLStep)
-            self.optimizer = engine.DeepSpeedZero(
-                int(sharding.removeprefix("zero")),
-                shared,
-                replicated,
-                factory,
-                shard=self.step.shared if sharded_step else None,
-                world_size=self.ctx.world_size,
-                **opt_options,
-            )
-        elif isinstance(self.step, engine.ShardedMTLStep):
-            self.optimizer = engine.ShardedOptimizer(
-                self.step.shared, replicated, factory, partition=self.step.partition, **opt_options
-            )
-        elif sharding == "zero1":
-            self.shard_view = engine.ShardedFlatParams(shared, engine.sharded_comm(shared, collectives))
-            self.optimizer = engine.ShardedOptimizer(self.shard_view, replicated, factory, **opt_options)
-        else:
-            self.optimizer = build_optimizer(self.spec.optimizer, [*self.model.parameters(), *self.step.parameters()])
-        self.torch_optimizer = self.optimizer.optimizer if self.sharded_optimizer else self.optimizer
-        self.optimizer_state = self.optimizer if self.hands_over_updates else self.torch_optimizer
-
-    def _load_method_state(self, saved: dict[str, Any] | None) -> None:
+    def _load_method_state(self, step: MTLStep, saved: dict[str, Any] | None) -> None:
         """The method's state and learnable weights, before the optimizer exists: DeepSpeed's stage 3 partitions
         the learnable weights when it is built."""
         if saved is None:
             return
         method_state = saved["mtl_step"]
-        self.step.load_state_dict({**_on_device(method_state, self.ctx.device), "generator": method_state["generator"]})
+        step.load_state_dict({**_on_device(method_state, self.ctx.device), "generator": method_state["generator"]})
         with torch.no_grad():
-            for param, value in zip(self.step.parameters(), saved["weighting_parameters"], strict=True):
+            for param, value in zip(step.parameters(), saved["weighting_parameters"], strict=True):
                 param.copy_(value)
-
-    def _full_parameters(self) -> AbstractContextManager[None]:
-        """The whole model inside the block: under zero3 a gather on every rank, otherwise nothing to do."""
-        from flatmtl.workers import engine
-
-        if self.hands_over_updates:
-            return self.optimizer.gathered()
-        return self.step.full_parameters() if isinstance(self.step, engine.ShardedMTLStep) else nullcontext()
 
     # ---- checkpoints -------------------------------------------------------------------------------
     def _check_compatible(self, saved: dict[str, Any]) -> None:
-        from flatmtl.workers.training.errors import ConfigError, ConfigProblem
-
         current = self.spec.model_dump(mode="json")
         recorded = {key: _recorded(saved["spec"], key) for key in current}
         mismatches = [
@@ -262,9 +191,9 @@ class Trainer:
 
     def save(self, *, epoch_end: bool = False) -> None:
         """Write ``latest`` (and ``epoch_NNNN`` at an epoch end when asked); a collective on every rank."""
-        optimizer_states = self._gather(self.optimizer_state.state_dict())
+        optimizer_states = self._gather(self.mode.optimizer_state())
         rng_states = self._gather(checkpoint.capture_rng(self.ctx.device))
-        with self._full_parameters():
+        with self.mode.full_parameters():
             # copies: zero3 frees the gathered tensors when the block ends
             state = self.model.state_dict() if self.ctx.leader else {}
             model_state = {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
@@ -294,7 +223,7 @@ class Trainer:
 
     def _restore(self, saved: dict[str, Any]) -> None:
         rank = self.ctx.rank
-        self.optimizer_state.load_state_dict(saved["optimizer"][rank])
+        self.mode.load_optimizer_state(saved["optimizer"][rank])
         self.scheduler.load_state_dict(saved["scheduler"])
         position = saved["position"]
         self.epoch, self.batch, self.global_step = position["epoch"], position["batch"], position["step"]
@@ -323,13 +252,15 @@ class Trainer:
         return torch.autocast(self.ctx.device.type, dtype=torch.bfloat16, enabled=self.spec.precision == "bf16")
 
     def _take_step(self, indices: Any) -> dict[str, float]:
+        """One training step on the batch ``indices``: the MTL step and its optimizer update, as the sharding
+        mode distributes them, then the schedule."""
         started = time.perf_counter()
-        if self.traffic is not None:
-            self.traffic.reset()
         inputs, targets = to_device(collate(self.train_data, indices), self.ctx.device, self.dtype)
-        with self._full_parameters():
+        closure = self._closure(model_input(inputs), targets)
+
+        def run_step() -> StepRecord:
             try:
-                record = self.step(self._closure(model_input(inputs), targets))
+                return self.step(closure)
             except NonFiniteLossesError as error:  # rank means: every rank raises at this step
                 raise NonFiniteLossError(
                     step=self.global_step + 1,
@@ -343,23 +274,17 @@ class Trainer:
                     step=self.global_step + 1,
                     epoch=self.epoch + 1,
                 ) from error
-            if self.hands_over_updates:
-                self.optimizer.hand_over()
-        if self.running_statistics is not None:
-            self.running_statistics()
-        if self.shard_view is not None:
-            shared = self.shard_view.params
-            self.shard_view.grad_shard = self.shard_view.layout.local(self.shard_view.flatten([p.grad for p in shared]))
-            for param in shared:
-                param.grad = None
-        lr = self.torch_optimizer.param_groups[0]["lr"]
-        self.optimizer.step()
-        self.optimizer.zero_grad()
+
+        record = self.mode.take_step(run_step)
+        lr = self.mode.torch_optimizer.param_groups[0]["lr"]
         self.scheduler.step()
         seconds = time.perf_counter() - started
-        sent = 0 if self.traffic is None else self.traffic.bytes_sent
         metrics = step_metrics(
-            record, self.tasks, samples=self.plan.global_batch, seconds=seconds, communication_bytes=sent
+            record,
+            self.tasks,
+            samples=self.plan.global_batch,
+            seconds=seconds,
+            communication_bytes=self.mode.communication_bytes(),
         )
         return {"lr": lr, **metrics}
 
@@ -442,7 +367,7 @@ class Trainer:
     def _end_epoch(self) -> None:
         self.step.end_epoch()
         split = self.options.eval_split
-        with self._full_parameters(), self.autocast():
+        with self.mode.full_parameters(), self.autocast():
             results = evaluate(
                 self.problem,
                 self.model,

@@ -1,4 +1,5 @@
-"""The core's MTLStep on sharded shared parameters, and the shardability check for job validation.
+"""The MTL core's step (``flatmtl.workers.mtl.step.MTLStep``) on sharded shared parameters, for the zero2/zero3
+sharding modes (``flatmtl.workers.engine.sharding_modes``), and the shardability check for job validation.
 
 The wrappers and aggregators are the core's own; only where parameters live changes: the oracle's
 ``shared`` is a ShardedFlatParams and its communicator a ShardedComm. SPSA directions are drawn at
