@@ -16,6 +16,7 @@ import torch
 
 from flatmtl.workers.training import ConfigError, RunDirectory, RunOptions, train
 from flatmtl.workers.training.checkpoint import capture_rng, load, restore_rng, save, seed_everything
+from flatmtl.workers.training.preparation import prepare_run
 from tests.training.specs import spec
 
 pytestmark = pytest.mark.slow
@@ -122,3 +123,25 @@ def test_the_deterministic_option_sets_the_process_for_repeatable_cuda_kernels(
         determinism.configure(False)
     assert not torch.are_deterministic_algorithms_enabled()
     assert not torch.backends.cudnn.deterministic and torch.backends.cudnn.allow_tf32
+
+
+def test_run_preparation_resets_a_fresh_run_trims_a_resumed_one_and_drops_an_old_summary(tmp_path: Path) -> None:
+    train(spec(**SPEC), tmp_path / "stopped", options=RunOptions(max_steps=2, plots=False))
+    stopped = RunDirectory(tmp_path / "stopped")
+    stopped.append(stopped.step_metrics, {"step": 3, "epoch": 1, "batch": 3})  # a killed attempt's line
+    assert stopped.read_json(stopped.summary)["status"] == "STOPPED"
+    with pytest.raises(ConfigError, match="already holds a run"):
+        prepare_run(stopped, spec(**SPEC), QUIET, resume=False)
+    assert prepare_run(stopped, spec(**SPEC), QUIET, resume=True) is True
+    assert [line["step"] for line in stopped.read_lines(stopped.step_metrics)] == [1, 2]
+    assert not stopped.summary.exists()
+
+    failed = RunDirectory(tmp_path / "failed")  # an attempt that failed before its first checkpoint
+    failed.create()
+    failed.write_json(failed.summary, {"status": "FAILED"})
+    failed.append(failed.step_metrics, {"step": 1, "epoch": 1, "batch": 1})
+    assert prepare_run(failed, spec(**SPEC), QUIET, resume=True) is False
+    assert failed.read_lines(failed.step_metrics) == [] and failed.read_lines(failed.epoch_metrics) == []
+    assert not failed.summary.exists()
+    assert failed.read_json(failed.config) == spec(**SPEC).model_dump(mode="json")
+    assert failed.read_json(failed.options) == QUIET.as_dict()

@@ -22,6 +22,7 @@ import torch
 from flatmtl.service.specs.train import TrainSpec
 from flatmtl.workers.training.config import RunOptions, check_runnable, parse_spec
 from flatmtl.workers.training.errors import ConfigError, ConfigProblem, NonFiniteLossError, TrainingFailedError
+from flatmtl.workers.training.preparation import prepare_run
 from flatmtl.workers.training.rundir import RunDirectory
 from flatmtl.workers.training.trainer import EpochCallback, RankContext, StopCallback, Trainer
 
@@ -63,7 +64,7 @@ def train(
     check_runnable(spec)
     device = resolve_device(options.device, spec.processes, torch.cuda.device_count())
     run = RunDirectory(Path(run_dir))
-    resuming = _prepare(run, spec, options, resume=resume)
+    resuming = prepare_run(run, spec, options, resume=resume)
     if spec.processes == 1 and spec.sharding == "none":
         if options.threads is not None:
             torch.set_num_threads(options.threads)
@@ -98,27 +99,6 @@ def resolve_device(requested: str, processes: int, visible_gpus: int) -> torch.d
     if requested == "auto":
         return torch.device("cuda" if 0 < processes <= visible_gpus else "cpu")
     return torch.device(requested)
-
-
-def _prepare(run: RunDirectory, spec: TrainSpec, options: RunOptions, *, resume: bool) -> bool:
-    """Create or check the run directory; True when there is a checkpoint to resume from."""
-    has_checkpoint = run.latest.exists()
-    if has_checkpoint and not resume:
-        raise ConfigError(
-            [ConfigProblem("run_dir", str(run.root), "already holds a run; resume it or choose another directory")]
-        )
-    run.create()
-    if resume and has_checkpoint:
-        from flatmtl.workers.training import checkpoint
-
-        position = checkpoint.load(run.latest)["position"]
-        run.keep_until(step=position["step"])
-    else:
-        run.write_lines(run.step_metrics, [])
-        run.write_lines(run.epoch_metrics, [])
-    run.write_json(run.config, spec.model_dump(mode="json"))
-    run.write_json(run.options, options.as_dict())
-    return resume and has_checkpoint
 
 
 def _train_distributed(

@@ -29,7 +29,8 @@ from queue import Empty  # Ray's queue raises a subclass of it
 from typing import Any
 
 from flatmtl.service.specs.train import TrainSpec
-from flatmtl.workers.training import RunDirectory, RunOptions, checkpoint
+from flatmtl.workers.training import RunDirectory, RunOptions
+from flatmtl.workers.training.preparation import prepare_run
 from flatmtl.workers.training.rundir import STATUS_SUCCEEDED
 from flatmtl.workers.worker import lineage, search
 from flatmtl.workers.worker.contracts import PLACEMENT_GROUP_FILE, RankConfig, TrialPayload, TrialPlan, TrialSink
@@ -89,24 +90,6 @@ def ensure_ray(settings: RaySettings) -> None:
     else:
         kwargs["address"] = settings.address
     ray.init(**kwargs)
-
-
-def prepare_run(run: RunDirectory, spec: Any, options: RunOptions) -> bool:
-    """Create the run directory, or trim it to its checkpoint; True when a checkpoint is there to resume.
-
-    The same preparation ``flatmtl.workers.training.train`` makes, done once by the trial rather than by every rank.
-    """
-    resuming = run.latest.exists()
-    run.create()
-    if resuming:
-        run.keep_until(step=checkpoint.load(run.latest)["position"]["step"])
-    else:
-        run.write_lines(run.step_metrics, [])
-        run.write_lines(run.epoch_metrics, [])
-    run.summary.unlink(missing_ok=True)  # a previous attempt's STOPPED or FAILED no longer describes the run
-    run.write_json(run.config, spec.model_dump(mode="json"))
-    run.write_json(run.options, options.as_dict())
-    return resuming
 
 
 def release_placement_group(run_dir: Path) -> None:
@@ -215,7 +198,7 @@ def run_trial(config: dict[str, Any], payload: TrialPayload) -> None:
         for record in run.read_lines(run.epoch_metrics):
             tune.report({**record, **task_means(record)})
         return
-    resume = prepare_run(run, spec, payload.options)
+    resume = prepare_run(run, spec, payload.options, resume=True)
 
     def report(metrics: dict[str, Any]) -> None:
         if not payload.pbt:
