@@ -13,12 +13,10 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
 
 from flatmtl.workers.problems.errors import ProblemError
 from flatmtl.workers.problems.table.columns import TableTask
-from flatmtl.workers.problems.table.reader import ColumnFile, as_float, located
+from flatmtl.workers.problems.table.reader import ColumnFile, as_float, located, pa, pc
 
 
 @dataclass

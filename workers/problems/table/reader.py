@@ -13,12 +13,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.csv as pacsv
-import pyarrow.parquet as pq
-
 from flatmtl.workers.problems.errors import DataNotFoundError, ProblemError
+
+try:
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+except ImportError:  # the tables extra: a base install lists the problem, and opening a table names the extra
+    pa = pc = pacsv = pq = None
 
 Format = Literal["auto", "csv", "parquet"]
 FORMATS = ("auto", "csv", "parquet")
@@ -45,6 +48,8 @@ class ColumnFile:
     on demand with ``take``."""
 
     def __init__(self, path: Path | str, declared_format: str = "auto", *, role: str = "train") -> None:
+        if pa is None:
+            raise ProblemError("table: reading CSV or Parquet files needs pyarrow: pip install 'flatmtl[tables]'")
         self.path = Path(path).expanduser()
         self.role = role
         if not self.path.is_file():
