@@ -149,3 +149,15 @@ def test_graddrop_drops_signs_at_the_representation_as_the_paper_defines(leak: f
     expected = torch.autograd.grad(features_again, model.shared_parameters(), combined)
     for param, grad in zip(model.shared_parameters(), expected, strict=True):
         torch.testing.assert_close(param.grad, grad, rtol=0, atol=1e-12)
+
+
+def test_auto_gradient_mode_measures_both_paths_and_records_its_choice() -> None:
+    model, x, targets = tiny_problem()
+    step = mtl.MTLStep.from_model(model, aggregator="upgrad", gradient_mode="auto")
+    records = [step(lambda: model.task_losses(x, targets)) for _ in range(3)]
+    choice = records[1].extras  # the first call warms the batched path; the second times both
+    assert records[0].extras == {} and records[2].extras == {}
+    assert choice["gradient_mode/batched_seconds"] > 0 and choice["gradient_mode/sequential_seconds"] > 0
+    faster_batched = choice["gradient_mode/batched_seconds"] <= choice["gradient_mode/sequential_seconds"]
+    assert choice["gradient_mode/batched"] == float(faster_batched)
+    assert step.gradient_engine.mode == ("batched" if faster_batched else "sequential")

@@ -57,6 +57,7 @@ class StepRecord:
     forward_passes: int = 0
     backward_passes: int = 0
     extras: dict[str, float] = field(default_factory=dict)
+    """Occasional named figures, such as what ``gradient_mode="auto"`` measured on the step it chose a path."""
 
 
 class GradientOracle:

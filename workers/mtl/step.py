@@ -138,6 +138,7 @@ class MTLStep:
         self.probes = None if split.model is None else BatchedProbes(split.model, split.shared)
         self.diagnostics_every = diagnostics_every
         self.steps_taken = 0
+        self._choice_recorded = False
 
     @classmethod
     def from_model(cls, model: nn.Module, **kwargs: Any) -> MTLStep:
@@ -159,6 +160,9 @@ class MTLStep:
             raise
         oracle.record.seconds_total = time.perf_counter() - started
         self.steps_taken += 1
+        if self.gradient_engine.choice and not self._choice_recorded:  # once, on the step that made it
+            oracle.record.extras.update(self.gradient_engine.choice)
+            self._choice_recorded = True
         return oracle.record
 
     def oracle(self, closure: LossClosure, *, diagnostics: bool = True) -> GradientOracle:

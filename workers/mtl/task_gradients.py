@@ -2,17 +2,20 @@
 sequential backwards.
 
 The batched path (``is_grads_batched``) pushes K one-hot output gradients through the graph at
-once, sharing the kernel launches and Python overhead of K separate passes. Some operators have
-no batching rule; ``auto`` tries the batched path once and falls back for good if it fails. From a
-trunk of linear layers and activations, both batched modes skip autograd for batched matrix products
+once, sharing the kernel launches and Python overhead of K separate passes; on convolutions at small K
+the K sequential passes can still be faster. ``auto`` chooses by measuring: its first call takes the
+batched path (warming it up), its second times both paths on the same gradients and keeps the faster
+for good (``choice``); an operator with no batching rule makes it fall back to sequential at once. From
+a trunk of linear layers and activations, both batched modes skip autograd for batched matrix products
 (``flatmtl.workers.mtl.linear_trunk``).
 """
 
 from __future__ import annotations
 
+import time
 import warnings
-from collections.abc import Sequence
-from typing import Literal
+from collections.abc import Callable, Sequence
+from typing import Literal, TypeVar
 
 import torch
 from torch import Tensor
@@ -20,6 +23,8 @@ from torch import Tensor
 from flatmtl.workers.mtl import linear_trunk
 from flatmtl.workers.mtl.errors import MethodError
 from flatmtl.workers.mtl.flat import FlatParams
+
+_Result = TypeVar("_Result")
 
 GradientMode = Literal["auto", "batched", "sequential"]
 GRADIENT_MODES: tuple[GradientMode, ...] = ("auto", "batched", "sequential")
@@ -37,6 +42,9 @@ class TaskGradientEngine:
             raise MethodError(f"gradient_mode={mode!r} is not allowed; allowed: {', '.join(GRADIENT_MODES)}")
         self.mode: GradientMode = mode
         self.linear_trunk = True
+        self.choice: dict[str, float] = {}
+        """What ``auto`` measured when it chose: seconds of each path on one call, and 1.0 for batched."""
+        self._auto_calls = 0
 
     def __call__(self, losses: Tensor, params: Sequence[Tensor], *, retain_graph: bool = False) -> list[Tensor]:
         return self.backward([losses], [_basis(losses)], params, retain_graph=retain_graph)
@@ -45,12 +53,46 @@ class TaskGradientEngine:
         self, outputs: Sequence[Tensor], rows: Sequence[Tensor], params: Sequence[Tensor], *, retain_graph: bool = False
     ) -> list[Tensor]:
         """Row r of the result is the gradient of ``sum_j <outputs[j], rows[j][r]>`` w.r.t. each parameter."""
+        return self._run(
+            lambda keep: batched_backward(outputs, rows, params, retain_graph=keep),
+            lambda keep: sequential_backward(outputs, rows, params, retain_graph=keep),
+            retain_graph,
+        )
+
+    def flat_backward(
+        self, outputs: Sequence[Tensor], rows: Sequence[Tensor], params: FlatParams, *, retain_graph: bool = False
+    ) -> Tensor:
+        """``backward`` as one [K, P] matrix: batched matrix products where ``outputs`` is one tensor
+        computed by linear layers and activations from the data, else ``backward`` and a concatenation."""
+        num_rows = rows[0].shape[0]
+        plan = None
+        if self.linear_trunk and self.mode != "sequential" and len(outputs) == 1:
+            plan = linear_trunk.plan(outputs[0], params)
+
+        def batched(keep: bool) -> Tensor:
+            if plan is not None:
+                return linear_trunk.task_gradients(plan, rows[0], params)
+            return params.flatten_batched(batched_backward(outputs, rows, params.params, retain_graph=keep), num_rows)
+
+        def sequential(keep: bool) -> Tensor:
+            return params.flatten_batched(
+                sequential_backward(outputs, rows, params.params, retain_graph=keep), num_rows
+            )
+
+        return self._run(batched, sequential, retain_graph)
+
+    def _run(
+        self, batched: Callable[[bool], _Result], sequential: Callable[[bool], _Result], retain_graph: bool
+    ) -> _Result:
         if self.mode == "sequential":
-            return sequential_backward(outputs, rows, params, retain_graph=retain_graph)
+            return sequential(retain_graph)
         if self.mode == "batched":
-            return batched_backward(outputs, rows, params, retain_graph=retain_graph)
+            return batched(retain_graph)
+        self._auto_calls += 1
         try:
-            grads = batched_backward(outputs, rows, params, retain_graph=True)
+            started = time.perf_counter()
+            result = batched(True)
+            batched_seconds = time.perf_counter() - started
         except (RuntimeError, NotImplementedError) as error:
             warnings.warn(
                 f"batched per-task gradients unavailable for this model ({error}); using K sequential backwards",
@@ -58,21 +100,19 @@ class TaskGradientEngine:
                 stacklevel=2,
             )
             self.mode = "sequential"
-            return sequential_backward(outputs, rows, params, retain_graph=retain_graph)
-        self.mode = "batched"
-        return grads
-
-    def flat_backward(
-        self, outputs: Sequence[Tensor], rows: Sequence[Tensor], params: FlatParams, *, retain_graph: bool = False
-    ) -> Tensor:
-        """``backward`` as one [K, P] matrix: batched matrix products where ``outputs`` is one tensor
-        computed by linear layers and activations from the data, else ``backward`` and a concatenation."""
-        if self.linear_trunk and self.mode != "sequential" and len(outputs) == 1:
-            plan = linear_trunk.plan(outputs[0], params)
-            if plan is not None:
-                return linear_trunk.task_gradients(plan, rows[0], params)
-        grads = self.backward(outputs, rows, params.params, retain_graph=retain_graph)
-        return params.flatten_batched(grads, rows[0].shape[0])
+            return sequential(retain_graph)
+        if self._auto_calls == 1:  # the first call warms the batched path up; its time is not representative
+            return result
+        started = time.perf_counter()
+        result = sequential(retain_graph)
+        sequential_seconds = time.perf_counter() - started
+        self.mode = "batched" if batched_seconds <= sequential_seconds else "sequential"
+        self.choice = {
+            "gradient_mode/batched": float(self.mode == "batched"),
+            "gradient_mode/batched_seconds": batched_seconds,
+            "gradient_mode/sequential_seconds": sequential_seconds,
+        }
+        return result
 
 
 def batched_backward(

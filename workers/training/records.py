@@ -39,6 +39,7 @@ def step_metrics(
     metrics["communication_bytes"] = communication_bytes
     metrics["forward_passes"] = record.forward_passes
     metrics["backward_passes"] = record.backward_passes
+    metrics.update(record.extras)  # e.g. which per-task gradient path gradient_mode="auto" measured and chose
     if record.gram is not None:
         summary = diagnostics.summarize(record.host_gram if record.host_gram is not None else record.gram.cpu())
         metrics.update({name: getattr(summary, name) for name in DIAGNOSTICS})
