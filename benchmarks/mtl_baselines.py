@@ -68,15 +68,17 @@ def plain_backprop(setting: Setting) -> Callable[[], None]:
 
 def ew_family(setting: Setting, rounds: int) -> dict[str, float]:
     """Per weighting: the one-backward step, the diagnostics step and the amortized ratio to plain backprop."""
-    runs: dict[str, Callable[[], object]] = {"plain": plain_backprop(setting)}
+    plain = plain_backprop(setting)
+    block = 10 if len(setting.tasks) > 2 else 1  # steps per timing on the millisecond-step MLP, against timer noise
+    runs: dict[str, Callable[[], object]] = {"plain": lambda: [plain() for _ in range(block)]}
     for weighting in EW_FAMILY:
         fast = mtl.MTLStep.from_model(setting.model, weighting=weighting)
         fast.steps_taken = 1  # past the first (diagnostics) step
         every = mtl.MTLStep.from_model(setting.model, weighting=weighting, diagnostics_every=1)
-        runs[f"{weighting}/fast"] = lambda step=fast: step(setting.task_losses)
-        runs[f"{weighting}/diagnostics"] = lambda step=every: step(setting.task_losses)
+        runs[f"{weighting}/fast"] = lambda step=fast: [step(setting.task_losses) for _ in range(block)]
+        runs[f"{weighting}/diagnostics"] = lambda step=every: [step(setting.task_losses) for _ in range(block)]
     times = interleaved_seconds(runs, rounds)
-    plain_ms = statistics.median(times["plain"]) * 1e3
+    plain_ms = statistics.median(times["plain"]) * 1e3 / block
     print(f"{'weighting':<12}{'one backward':>14}{'diagnostics':>13}{'amortized':>11}")
     print(f"(x plain fwd+bwd {plain_ms:.2f} ms; diagnostics every {DEFAULT_DIAGNOSTICS_EVERY} steps)")
     amortized = {}
@@ -148,7 +150,7 @@ def whole_steps(setting: Setting, rounds: int, methods: list[str]) -> dict[str, 
         }
         if name in REPRESENTATION_METHODS:
             runs["representation"] = representation_step(setting, mtl.aggregator(name))
-        times = interleaved_seconds(runs, rounds, warmup=1)
+        times = interleaved_seconds(runs, rounds, warmup=3)  # past gradient_mode="auto"'s measuring step
         ratios[name] = median_ratio(times["ours"], times["libmtl"])
         rep = (
             f"{median_ratio(times['ours'], times['representation']):>13.2f}" if "representation" in times else " " * 13
@@ -197,14 +199,12 @@ def _peak_child(setting_index: int, path: str, queue: multiprocessing.Queue) -> 
     torch.set_num_threads(1)
     setting = settings(256)[setting_index]
     run = _memory_paths(setting)[path]
-    run()  # allocator warm: what stays is the model, data and one step's buffers
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # model, data and the step built, no step taken
     started = time.perf_counter()
     for _ in range(3):
         run()
-    queue.put(
-        ((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024, (time.perf_counter() - started) / 3)
-    )
+    growth = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    queue.put((growth, (time.perf_counter() - started) / 3))
 
 
 def _memory_paths(setting: Setting) -> dict[str, Callable[[], object]]:
@@ -222,7 +222,8 @@ def _memory_paths(setting: Setting) -> dict[str, Callable[[], object]]:
 
 
 def peak_memory() -> None:
-    """Growth of the peak RSS over a warmed-up process during three steps (MiB), each path in a fresh process."""
+    """Growth of the peak RSS during three steps over the process that holds the model, data and step (MiB),
+    each path in a fresh process."""
     context = multiprocessing.get_context("spawn")
     for index, setting in enumerate(settings(256)):
         print(f"  {setting.name}")

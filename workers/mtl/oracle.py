@@ -126,29 +126,36 @@ class GradientOracle:
         The shared parameters get the sum's gradient over K, the mean task gradient the aggregator would
         return from K per-task gradients; each head its own task's gradient; the weighting's learnable
         parameters theirs from the same backward. No Gram is recorded. On whole parameters in one process
-        the gradients go straight into ``.grad``, skipping the flat [P] copies a reduction needs.
+        this is autograd's own ``backward`` into ``.grad`` (which keeps autograd's buffers instead of copying
+        them), with no flat [P] copies.
         """
         weighted, _ = self._forward(cut=False)
         learnable = self.weighting.parameters()
         head_params = [p for head in self.heads for p in head.params]
-        params = [*self.shared.params, *head_params, *learnable]
-        grads = torch.autograd.grad(weighted.sum(), params, allow_unused=True)
-        self.record.backward_passes += 1
-        num_shared, num_heads = len(self.shared.params), len(head_params)
-        shared, heads = grads[:num_shared], grads[num_shared : num_shared + num_heads]
-        self._set_learnable_grads(learnable, grads[num_shared + num_heads :])
         if self.comm.world_size > 1 or type(self.shared) is not FlatParams:
-            flat = self.shared.flatten(shared).div_(self.num_tasks)
+            params = [*self.shared.params, *head_params, *learnable]
+            grads = torch.autograd.grad(weighted.sum(), params, allow_unused=True)
+            self.record.backward_passes += 1
+            num_shared, num_heads = len(self.shared.params), len(head_params)
+            self._set_learnable_grads(learnable, grads[num_shared + num_heads :])
+            flat = self.shared.flatten(grads[:num_shared]).div_(self.num_tasks)
             flat = self.comm.reduce_task_gradients(flat.unsqueeze(0))[0]
-            self.write(flat, self._reduce_heads(self._split_heads(self.heads, heads)))
+            heads = self._split_heads(self.heads, grads[num_shared : num_shared + num_heads])
+            self.write(flat, self._reduce_heads(heads))
             return
-        shared = [torch.zeros_like(p) if g is None else g for p, g in zip(self.shared.params, shared, strict=True)]
+        params = [*self.shared.params, *head_params, *learnable]
+        for param in params:
+            param.grad = None
+        weighted.sum().backward(inputs=params)
+        self.record.backward_passes += 1
+        for param in params:
+            if param.grad is None:
+                param.grad = torch.zeros_like(param)
+        shared = [param.grad for param in self.shared.params]
         torch._foreach_div_(shared, float(self.num_tasks))
         [finite] = self.on_host(torch.isfinite(torch.stack(torch._foreach_norm(shared)).sum()))
         if not finite:
             check_finite(self.aggregator.method_name, "update", self.shared.flatten(shared))
-        for param, grad in zip([*self.shared.params, *head_params], [*shared, *heads], strict=True):
-            param.grad = torch.zeros_like(param) if grad is None else grad
 
     def _forward(self, *, cut: bool) -> tuple[Tensor, bool]:
         """The closure's losses, checked and weighted, and whether this was the step's first forward with

@@ -31,8 +31,9 @@ class GradDrop(Aggregator):
     In a step where the model declares its task heads (or the closure returns the representation), this
     runs where the paper puts it, on the gradients R_i w.r.t. the shared representation A: the signals are
     the batch sums of sign(A) R_i, so one mask per feature, and the masked sum goes back through the trunk
-    in one backward. Called on a [K, P] matrix (and in steps with no representation), R_i = S_i are the
-    parameter gradients, element-wise, so it runs on parameter shards unchanged.
+    in one backward. Called on a [K, P] matrix (the SAM wrappers' steps, and steps with no known
+    representation), R_i = S_i are the parameter gradients, element-wise, so it runs on parameter shards
+    unchanged.
     The uniforms come from a sub-generator seeded by one draw from ``generator``, so the step's
     generator advances by the same amount on every rank whatever its shard size (else from the
     method's own generator, seeded 0 at construction); shards therefore reuse one uniform stream.
