@@ -483,3 +483,22 @@ def test_bad_grams_raise_method_errors(name: str) -> None:
 def test_bad_hyper_parameters_name_the_parameter(name: str, hparams: dict[str, object], parameter: str) -> None:
     with pytest.raises(mtl.MethodError, match=rf"{name}\.{parameter}="):
         mtl.aggregator(name, **hparams)
+
+
+@pytest.mark.parametrize("simplex", [True, False])
+@pytest.mark.parametrize("seed", range(3))
+def test_primal_dual_active_set_settles_on_the_unique_optimum_of_full_rank_problems(simplex: bool, seed: int) -> None:
+    from flatmtl.workers.mtl.aggregators import _qp
+
+    grads = task_matrix(10, 40, 10, seed)
+    matrix = gram_of(grads) / float(gram_of(grads).diagonal().max())
+    linear = torch.zeros(10, dtype=torch.float64) if simplex else matrix[:, seed]
+    fast = _qp._primal_dual_active_set(matrix, linear, simplex, 1e-12)
+    assert fast is not None  # settled: no fallback needed
+    # the one-coordinate-at-a-time method on the same strictly convex problem (no primal-dual rounds)
+    rounds, _qp._ACTIVE_SET_ROUNDS = _qp._ACTIVE_SET_ROUNDS, 0
+    try:
+        reference = _qp.nonnegative_qp(matrix, linear, simplex=simplex)
+    finally:
+        _qp._ACTIVE_SET_ROUNDS = rounds
+    torch.testing.assert_close(fast, reference, rtol=0, atol=1e-10)
