@@ -33,9 +33,9 @@ from flatmtl.workers.mtl.trunk import TrunkCut
 
 DEFAULT_DIAGNOSTICS_EVERY = 100
 """Steps between diagnostics steps, where per-task gradients and their Gram are taken even for methods that
-need neither (an averaging aggregator takes one backward otherwise). The first step is one. At 100, the EW
-family costs a few percent over plain backprop while dashboards scraped every few seconds still see the
-series move on models whose steps take milliseconds."""
+need neither (an averaging aggregator takes one backward otherwise). The first step is one. A diagnostics
+step costs a few plain steps, so spread over this many the EW family stays within 10% of plain backprop
+(``benchmarks/mtl_baselines.py``), while a dashboard scraped every few seconds still sees the series move."""
 
 
 class MultiTaskModel(Protocol):
