@@ -9,7 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fastapi.testclient import TestClient
 
+from flatmtl.api.app import create_app
+from flatmtl.service.settings import Settings
 from flatmtl.service.tokens import Principal, TokenCache, revoke_token
 from tests.api.conftest import Api, make_api
 from tests.api.test_jobs_api import SWEEP, TRAIN, submit
@@ -181,3 +184,19 @@ def test_importing_the_api_loads_neither_torch_nor_ray() -> None:
         "assert not loaded, loaded"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[2])
+
+
+def test_an_unreachable_database_is_a_503_with_retry_after(tmp_path: Path) -> None:
+    settings = Settings(
+        data_dir=tmp_path,
+        database_url="postgresql+psycopg://postgres@127.0.0.1:1/flatmtl",  # refuses every connection
+        migrate_on_start=False,
+        reads_open=True,
+        token_secret="test-secret",
+    )
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        for path, headers in (("/v1/jobs", {}), ("/v1/jobs", {"Authorization": "Bearer fmtl_unknown"})):
+            response = client.get(path, headers=headers)
+            assert response.status_code == 503 and response.headers["Retry-After"].isdigit(), response.text
+            assert response.json()["code"] == "unavailable" and "database" in response.json()["message"]
+        assert client.get("/healthz").status_code == 200

@@ -286,3 +286,29 @@ def test_every_train_report_reaches_the_trial_in_order_before_fits_outcome(error
         with pytest.raises(RuntimeError, match="rank 1 died"):
             _fit_forwarding(_Fit(reports, error), reports, seen.append)
     assert seen == [{"epoch": 1}, {"epoch": 2}, {"epoch": 3}]
+
+
+UNREACHABLE = "postgresql+psycopg://postgres@127.0.0.1:1/flatmtl"
+"""A database that refuses every connection at once: an outage as the worker sees it."""
+
+
+def test_the_keeper_stops_the_run_half_a_lease_after_its_last_heartbeat_when_the_database_is_down(
+    db: Database,
+) -> None:
+    lease = claimed(db, TrainSpec.model_validate(BASE))
+    down = Database(UNREACHABLE)
+    began = time.monotonic()
+    keeper, reasons, told = keep(down, lease, 1.0)
+    assert told.wait(5.0) and reasons == ["unreachable"]
+    assert 0.45 <= time.monotonic() - began < 1.0, "stopped after half the lease, before it expires"
+    keeper.finish()
+    down.dispose()
+
+
+def test_a_worker_waits_out_a_database_that_is_down_and_stops_when_told(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path, database_url=UNREACHABLE)
+    worker = Worker(settings, RaySettings(address="ray://nowhere:1"), WorkerOptions(owner="tester"))
+    stopper = threading.Timer(1.5, worker.shutdown)
+    stopper.start()
+    assert worker.run() == 0  # retried until shut down, never reaching Ray
+    stopper.join()
