@@ -181,13 +181,14 @@ class Trainer:
             raise ConfigError(mismatches, f"resuming {self.rundir.latest}")
 
     def _gather(self, value: Any) -> list[Any]:
-        """Every rank's ``value`` (on CPU), in rank order; ``[value]`` locally."""
+        """Every rank's ``value`` (on CPU), in rank order, on rank 0 only (the one that writes the checkpoint:
+        the other ranks hold their own state, not N copies); ``[value]`` locally, ``[]`` on the other ranks."""
         value = _to_cpu(value)
         if not self.ctx.distributed:
             return [value]
-        gathered: list[Any] = [None] * self.ctx.world_size
-        dist.all_gather_object(gathered, value)
-        return gathered
+        gathered: list[Any] | None = [None] * self.ctx.world_size if self.ctx.leader else None
+        dist.gather_object(value, gathered, dst=0)
+        return gathered or []
 
     def save(self, *, epoch_end: bool = False) -> None:
         """Write ``latest`` (and ``epoch_NNNN`` at an epoch end when asked); a collective on every rank."""

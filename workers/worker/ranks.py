@@ -114,6 +114,8 @@ def rank_main(config: RankConfig) -> None:
     options = config.options
     torch.set_num_threads(options.threads or 1)
     device = ray.train.torch.get_device() if options.device == "cuda" else torch.device("cpu")
+    if device.type == "cuda":  # NCCL's object collectives (checkpoints) run on the current device
+        torch.cuda.set_device(device)
     reporter = EpochReporter(rank, replay=config.replay)
     rank_context = RankContext(rank, world_size, device, distributed=True, stop_event=reporter)
     trainer = Trainer(config.spec, RunDirectory(config.run_dir), options, rank_context, resume=config.resume)
