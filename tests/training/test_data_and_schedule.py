@@ -52,3 +52,28 @@ def test_schedules() -> None:
         SchedulerConfig(name="step", step_size=2, gamma=0.5), base_lr=0.1, epochs=epochs, steps_per_epoch=steps
     )
     assert [step(e * steps) for e in range(epochs)] == [1.0, 1.0, 0.5, 0.5, 0.25, 0.25]
+
+
+def test_the_prefetcher_hands_over_the_plans_batches_in_order_and_stops_early() -> None:
+    """Collated ahead in a thread, the batches are exactly the plan's; a loop that stops early ends the thread,
+    and a dataset that fails raises in the training thread."""
+    import torch
+    from torch.utils.data import TensorDataset
+
+    from flatmtl.workers.training.data import Prefetcher, collate
+
+    dataset = TensorDataset(torch.arange(40.0).view(20, 2), torch.arange(20))
+    plan = BatchPlan(20, 4, seed=1)
+    cpu = torch.device("cpu")
+    with Prefetcher(dataset, plan.batches(0), cpu, torch.float64, depth=2) as batches:
+        seen = list(batches)
+    assert [b for b, _, _ in seen] == list(range(plan.steps_per_epoch))
+    for (_, indices, (x, y)), (_, planned) in zip(seen, plan.batches(0), strict=True):
+        expected_x, expected_y = collate(dataset, planned)
+        assert np.array_equal(indices, planned) and x.dtype == torch.float64
+        assert torch.equal(x, expected_x.double()) and torch.equal(y, expected_y)
+    with Prefetcher(dataset, plan.batches(0), cpu, torch.float32, depth=1) as batches:
+        first = next(iter(batches))
+    assert first[0] == 0 and not batches._thread.is_alive()
+    with pytest.raises(IndexError), Prefetcher(dataset, iter([(0, np.array([99]))]), cpu, torch.float32) as failing:
+        list(failing)

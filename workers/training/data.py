@@ -10,6 +10,8 @@ mean of the ranks' mean losses is the global batch's mean loss.
 
 from __future__ import annotations
 
+import queue
+import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -54,13 +56,98 @@ def collate(dataset: Dataset[Any], indices: Sequence[int] | np.ndarray) -> Any:
     return default_collate([dataset[int(i)] for i in indices])
 
 
-def to_device(value: Any, device: torch.device, dtype: torch.dtype) -> Any:
-    """Tensors moved to ``device``; floating-point ones also cast to the run's dtype (inputs match the model)."""
+def to_device(value: Any, device: torch.device, dtype: torch.dtype, *, non_blocking: bool = False) -> Any:
+    """Tensors moved to ``device``; floating-point ones also cast to the run's dtype (inputs match the model).
+    ``non_blocking`` for pinned host tensors: the copy is queued and the host goes on."""
     if isinstance(value, Tensor):
-        return value.to(device=device, dtype=dtype) if value.is_floating_point() else value.to(device)
+        if value.is_floating_point():
+            return value.to(device=device, dtype=dtype, non_blocking=non_blocking)
+        return value.to(device, non_blocking=non_blocking)
     if isinstance(value, list | tuple):
-        return type(value)(to_device(v, device, dtype) for v in value)
+        return type(value)(to_device(v, device, dtype, non_blocking=non_blocking) for v in value)
     return value
+
+
+def pinned(value: Any) -> Any:
+    """Tensors in page-locked memory, from which copies to CUDA run asynchronously."""
+    if isinstance(value, Tensor):
+        return value.pin_memory()
+    if isinstance(value, list | tuple):
+        return type(value)(pinned(v) for v in value)
+    return value
+
+
+_END = object()
+
+
+class Prefetcher:
+    """A plan's batches collated ahead of the step that takes them, in a background thread.
+
+    The thread collates (decoding files for the datasets that read them per item) ``depth`` batches ahead and,
+    for CUDA, pins them; the training thread then only queues their copies to the device (``non_blocking``),
+    so neither the decoding nor the transfer waits for, or makes the GPU wait on, the step before. The
+    batches and their order are the plan's, so runs and resumes are unchanged. ``close()`` (or leaving the
+    ``with`` block) stops the thread when the loop ends early.
+    """
+
+    def __init__(
+        self,
+        dataset: Dataset[Any],
+        batches: Iterator[tuple[int, np.ndarray]],
+        device: torch.device,
+        dtype: torch.dtype,
+        depth: int = 2,
+    ) -> None:
+        self.device = device
+        self.dtype = dtype
+        self.pin = device.type == "cuda"
+        self._ready: queue.Queue[Any] = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._produce, args=(dataset, batches), name="flatmtl-prefetch", daemon=True
+        )
+        self._thread.start()
+
+    def _produce(self, dataset: Dataset[Any], batches: Iterator[tuple[int, np.ndarray]]) -> None:
+        try:
+            for batch, indices in batches:
+                value = collate(dataset, indices)
+                if not self._put((batch, indices, pinned(value) if self.pin else value)):
+                    return
+        except BaseException as error:  # handed to the training thread, which raises it
+            self._put(error)
+            return
+        self._put(_END)
+
+    def _put(self, item: Any) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._ready.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def __iter__(self) -> Iterator[tuple[int, np.ndarray, Any]]:
+        """(batch index, sample indices, the batch on the device)."""
+        while True:
+            item = self._ready.get()
+            if item is _END:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            batch, indices, value = item
+            yield batch, indices, to_device(value, self.device, self.dtype, non_blocking=self.pin)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def __enter__(self) -> Prefetcher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def model_input(inputs: Any) -> Any:

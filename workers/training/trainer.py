@@ -38,7 +38,7 @@ from flatmtl.workers.mtl.step import MTLStep
 from flatmtl.workers.problems import delta_m
 from flatmtl.workers.training import checkpoint, determinism, plots
 from flatmtl.workers.training.config import RunOptions, model_name, split_references
-from flatmtl.workers.training.data import BatchPlan, collate, model_input, to_device
+from flatmtl.workers.training.data import BatchPlan, Prefetcher, model_input
 from flatmtl.workers.training.errors import ConfigError, ConfigProblem, NonFiniteLossError, TrainingFailedError
 from flatmtl.workers.training.evaluation import evaluate
 from flatmtl.workers.training.optim import build_scheduler, optimizer_options
@@ -252,11 +252,10 @@ class Trainer:
         """bfloat16 autocast on the run's device when the spec asks for bf16, else a disabled one."""
         return torch.autocast(self.ctx.device.type, dtype=torch.bfloat16, enabled=self.spec.precision == "bf16")
 
-    def _take_step(self, indices: Any) -> dict[str, float]:
-        """One training step on the batch ``indices``: the MTL step and its optimizer update, as the sharding
-        mode distributes them, then the schedule."""
+    def _take_step(self, inputs: Any, targets: Any) -> dict[str, float]:
+        """One training step on a batch already on the device: the MTL step and its optimizer update, as the
+        sharding mode distributes them, then the schedule."""
         started = time.perf_counter()
-        inputs, targets = to_device(collate(self.train_data, indices), self.ctx.device, self.dtype)
         closure = self._closure(model_input(inputs), targets)
 
         def run_step() -> StepRecord:
@@ -325,12 +324,14 @@ class Trainer:
                 file=sys.stderr,
                 leave=False,
             )
-            with bar:
-                for batch, indices in self.plan.batches(self.epoch, self.batch):
+            planned = self.plan.batches(self.epoch, self.batch)
+            batches = Prefetcher(self.train_data, planned, self.ctx.device, self.dtype)
+            with bar, batches:
+                for batch, _, (inputs, targets) in batches:
                     if self._stop_requested():
                         self.save()
                         return STATUS_STOPPED
-                    metrics = self._take_step(indices)
+                    metrics = self._take_step(inputs, targets)
                     self.last_lr = metrics["lr"]
                     self.global_step += 1
                     self.batch = batch + 1
