@@ -312,3 +312,15 @@ def test_a_worker_waits_out_a_database_that_is_down_and_stops_when_told(tmp_path
     stopper.start()
     assert worker.run() == 0  # retried until shut down, never reaching Ray
     stopper.join()
+
+
+def test_a_job_naming_a_path_outside_the_data_roots_fails_before_ray(db: Database, tmp_path: Path) -> None:
+    lease = claimed(db, TrainSpec.model_validate({**BASE, "problem_options": {"data_dir": "/etc"}}))
+    settings = Settings(data_dir=tmp_path, database_url=str(db.url), data_roots=[tmp_path / "datasets"])
+    worker = Worker(settings, RaySettings(address="ray://nowhere:1"), WorkerOptions(owner="tester"))
+    worker.run_job(lease)  # never reaches Ray: the address above would fail
+    with db.read() as session:
+        job = get_job(session, lease.job_id)
+    assert job.state == "failed" and "spec.problem_options.data_dir = '/etc'" in job.error, job.error
+    assert str(tmp_path / "datasets") in job.error
+    worker.db.dispose()

@@ -22,7 +22,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TypeVar
 
-from flatmtl.service import queue
+from flatmtl.service import data_roots, queue
 from flatmtl.service.db import Database
 from flatmtl.service.errors import LeaseLostError
 from flatmtl.service.retry import Backoff, GaveUpError, describe, is_transient, retrying
@@ -288,6 +288,9 @@ class Worker:
     ) -> None:
         job_logger.info("attempt %d claimed by %s (lease token %d)", lease.attempt, lease.owner, lease.token)
         try:
+            outside = data_roots.confine(lease.spec, self.settings.allowed_data)
+            if outside:  # queued before the roots changed, or not through the API
+                raise ValueError("; ".join(f"{p.field} = {p.value!r}: {p.message} ({p.allowed})" for p in outside))
             plan = plan_job(lease.job_id, lease.spec, self.settings.artifacts)
             for trial in plan.trials:
                 check_runnable(trial.spec, f"trial {trial.index}" if plan.kind == "sweep" else "")
