@@ -161,3 +161,20 @@ def test_auto_gradient_mode_measures_both_paths_and_records_its_choice() -> None
     faster_batched = choice["gradient_mode/batched_seconds"] <= choice["gradient_mode/sequential_seconds"]
     assert choice["gradient_mode/batched"] == float(faster_batched)
     assert step.gradient_engine.mode == ("batched" if faster_batched else "sequential")
+
+
+def test_auto_mode_rides_out_an_out_of_memory_batched_backward() -> None:
+    """K gradients at once may not fit where K sequential ones do: that call goes sequential, and only repeated
+    failures settle on sequential for good (an operator without a batching rule still does at once)."""
+    from flatmtl.workers.mtl.task_gradients import OUT_OF_MEMORY_LIMIT, TaskGradientEngine
+
+    engine = TaskGradientEngine("auto")
+
+    def batched(keep: bool) -> str:
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    for _ in range(OUT_OF_MEMORY_LIMIT - 1):
+        assert engine._run(batched, lambda keep: "sequential", False) == "sequential"
+        assert engine.mode == "auto"
+    engine._run(batched, lambda keep: "sequential", False)
+    assert engine.mode == "sequential"

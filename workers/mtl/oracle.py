@@ -54,6 +54,9 @@ class StepRecord:
     seconds_total: float = 0.0
     seconds_aggregation: float = 0.0
     seconds_perturbed: float = 0.0
+    timed: bool = True
+    """Whether the seconds above are the work's: on CUDA kernels run after their launch returns, so a step is
+    timed (synchronizing at each mark) only on diagnostics steps, and elsewhere its seconds mean nothing."""
     forward_passes: int = 0
     backward_passes: int = 0
     extras: dict[str, float] = field(default_factory=dict)
@@ -91,6 +94,9 @@ class GradientOracle:
         self.trunk = trunk
         self.probes = probes
         self.diagnostics = diagnostics
+        device = shared.params[0].device
+        self.record.timed = diagnostics or device.type != "cuda"
+        self._synchronize = device if self.record.timed and device.type == "cuda" else None
         self._representation: Tensor | None = None
         self._cut_losses: weakref.ref[Tensor] | None = None
 
@@ -245,7 +251,7 @@ class GradientOracle:
             self.record.gram = self.comm.shard_sum(grads @ grads.T).detach()
             assert self.record.losses is not None
             self.weighting.observe(self.record.losses, self.record.gram)
-        started = time.perf_counter()
+        started = self.clock()
         combined = self.aggregator.combine_representation(
             rows,
             sources,
@@ -253,7 +259,7 @@ class GradientOracle:
             generator=self.generator,
             reduce_gram=lambda gram: self.on_host(self.comm.mean(gram))[0],
         )
-        self.record.seconds_aggregation += time.perf_counter() - started
+        self.record.seconds_aggregation += self.clock() - started
         if sources:
             grads = torch.autograd.grad(sources, self.shared.params, combined, allow_unused=True)
             shared = self.shared.flatten(grads)
@@ -374,7 +380,7 @@ class GradientOracle:
         """
         displacement = Displacement(self.shared, self.heads)
         saved_buffers = [b.detach().clone() for b in self.buffers]
-        started = time.perf_counter()
+        started = self.clock()
         try:
             yield displacement
         finally:
@@ -382,7 +388,7 @@ class GradientOracle:
             with torch.no_grad():
                 for buffer, value in zip(self.buffers, saved_buffers, strict=True):
                     buffer.copy_(value)
-            self.record.seconds_perturbed += time.perf_counter() - started
+            self.record.seconds_perturbed += self.clock() - started
 
     def random_direction(self) -> Tensor:
         """A standard Gaussian direction over the shared parameters from the step's generator."""
@@ -407,7 +413,7 @@ class GradientOracle:
         """
         aggregator = aggregator or self.aggregator
         saved = None if commit else (aggregator.state_dict(), self.generator.get_state())
-        started = time.perf_counter()
+        started = self.clock()
         seen: list[Tensor] = []
 
         def reduce_and_remember(gram: Tensor) -> Tensor:
@@ -425,7 +431,7 @@ class GradientOracle:
             update = on_device_of(weights, grads) @ grads
         else:
             update = aggregator(grads, losses=losses, generator=self.generator, reduce_gram=reduce_and_remember)
-        self.record.seconds_aggregation += time.perf_counter() - started
+        self.record.seconds_aggregation += self.clock() - started
         if saved is not None:
             aggregator.load_state_dict(saved[0])
             self.generator.set_state(saved[1])
@@ -438,6 +444,12 @@ class GradientOracle:
                 assert self.record.losses is not None
                 self.weighting.observe(self.record.losses, self.record.gram)
         return update
+
+    def clock(self) -> float:
+        """Seconds for the step's timings: on a timed CUDA step, after the queued kernels have run."""
+        if self._synchronize is not None:
+            torch.cuda.synchronize(self._synchronize)
+        return time.perf_counter()
 
     def on_host(self, *tensors: Tensor) -> list[Tensor]:
         """``tensors`` copied to the CPU in one transfer, with the step's losses the first time: on CUDA a

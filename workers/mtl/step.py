@@ -13,7 +13,6 @@ Usage::
 from __future__ import annotations
 
 import hashlib
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -152,13 +151,13 @@ class MTLStep:
 
     def __call__(self, closure: LossClosure) -> StepRecord:
         oracle = self.oracle(closure, diagnostics=self.steps_taken % self.diagnostics_every == 0)
-        started = time.perf_counter()
+        started = oracle.clock()
         try:
             self.wrapper.step(oracle)
         except MethodError:
             oracle.on_host()  # losses still unread are checked first: a NaN loss is what any later check met
             raise
-        oracle.record.seconds_total = time.perf_counter() - started
+        oracle.record.seconds_total = oracle.clock() - started
         self.steps_taken += 1
         if self.gradient_engine.choice and not self._choice_recorded:  # once, on the step that made it
             oracle.record.extras.update(self.gradient_engine.choice)

@@ -5,7 +5,8 @@ The batched path (``is_grads_batched``) pushes K one-hot output gradients throug
 once, sharing the kernel launches and Python overhead of K separate passes; on convolutions at small K
 the K sequential passes can still be faster. ``auto`` chooses by measuring: its first call takes the
 batched path (warming it up), its second times both paths on the same gradients and keeps the faster
-for good (``choice``); an operator with no batching rule makes it fall back to sequential at once. From
+for good (``choice``); an operator with no batching rule makes it fall back to sequential at once, and running
+out of CUDA memory takes the sequential path for that call (for good after a few). From
 a trunk of linear layers and activations, both batched modes skip autograd for batched matrix products
 (``flatmtl.workers.mtl.linear_trunk``).
 """
@@ -28,6 +29,8 @@ _Result = TypeVar("_Result")
 
 GradientMode = Literal["auto", "batched", "sequential"]
 GRADIENT_MODES: tuple[GradientMode, ...] = ("auto", "batched", "sequential")
+OUT_OF_MEMORY_LIMIT = 3
+"""``auto`` settles on sequential backwards after this many out-of-memory failures of the batched one."""
 
 
 class TaskGradientEngine:
@@ -45,6 +48,7 @@ class TaskGradientEngine:
         self.choice: dict[str, float] = {}
         """What ``auto`` measured when it chose: seconds of each path on one call, and 1.0 for batched."""
         self._auto_calls = 0
+        self._out_of_memory = 0
 
     def __call__(self, losses: Tensor, params: Sequence[Tensor], *, retain_graph: bool = False) -> list[Tensor]:
         return self.backward([losses], [_basis(losses)], params, retain_graph=retain_graph)
@@ -90,9 +94,17 @@ class TaskGradientEngine:
             return batched(retain_graph)
         self._auto_calls += 1
         try:
-            started = time.perf_counter()
+            started = _settled_clock()
             result = batched(True)
-            batched_seconds = time.perf_counter() - started
+            batched_seconds = _settled_clock() - started
+        except torch.OutOfMemoryError:
+            # K gradients at once did not fit this time; K sequential ones may, and a later step may fit again
+            # (memory is fragmented differently, batches vary): only a repeat failure settles on sequential.
+            self._out_of_memory += 1
+            if self._out_of_memory >= OUT_OF_MEMORY_LIMIT:
+                self.mode = "sequential"
+            torch.cuda.empty_cache()
+            return sequential(retain_graph)
         except (RuntimeError, NotImplementedError) as error:
             warnings.warn(
                 f"batched per-task gradients unavailable for this model ({error}); using K sequential backwards",
@@ -103,9 +115,9 @@ class TaskGradientEngine:
             return sequential(retain_graph)
         if self._auto_calls == 1:  # the first call warms the batched path up; its time is not representative
             return result
-        started = time.perf_counter()
+        started = _settled_clock()
         result = sequential(retain_graph)
-        sequential_seconds = time.perf_counter() - started
+        sequential_seconds = _settled_clock() - started
         self.mode = "batched" if batched_seconds <= sequential_seconds else "sequential"
         self.choice = {
             "gradient_mode/batched": float(self.mode == "batched"),
@@ -113,6 +125,14 @@ class TaskGradientEngine:
             "gradient_mode/sequential_seconds": sequential_seconds,
         }
         return result
+
+
+def _settled_clock() -> float:
+    """``perf_counter`` once the current CUDA device has run what was queued (the choice compares the work,
+    not the launches; it is made once, so the two waits cost nothing over a run)."""
+    if torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+    return time.perf_counter()
 
 
 def batched_backward(

@@ -14,7 +14,7 @@ from flatmtl.workers.mtl.oracle import StepRecord
 
 DIAGNOSTICS = ("conflict_ratio", "cosine_min", "cosine_mean", "magnitude_similarity_mean")
 STEP_MEANS = ("sam_share", "aggregation_share", "communication_bytes")
-"""Per-step quantities an epoch reports as their mean over its steps."""
+"""Per-step quantities an epoch reports as their mean over the steps that measured them."""
 
 
 def step_metrics(
@@ -34,8 +34,9 @@ def step_metrics(
     metrics["samples_per_s"] = samples / seconds if seconds > 0 else 0.0
     metrics["step_seconds"] = seconds
     total = record.seconds_total
-    metrics["sam_share"] = record.seconds_perturbed / total if total > 0 else 0.0
-    metrics["aggregation_share"] = record.seconds_aggregation / total if total > 0 else 0.0
+    if record.timed:  # CUDA steps outside diagnostics are not timed: their shares would be the launch times'
+        metrics["sam_share"] = record.seconds_perturbed / total if total > 0 else 0.0
+        metrics["aggregation_share"] = record.seconds_aggregation / total if total > 0 else 0.0
     metrics["communication_bytes"] = communication_bytes
     metrics["forward_passes"] = record.forward_passes
     metrics["backward_passes"] = record.backward_passes
@@ -58,6 +59,8 @@ class EpochAccumulator:
     diagnostic_steps: int = 0
     diagnostic_sums: dict[str, float] = field(default_factory=dict)
     share_sums: dict[str, float] = field(default_factory=dict)
+    share_steps: dict[str, int] = field(default_factory=dict)
+    """Steps that reported each share (timed steps only, for the time shares)."""
 
     def add(self, metrics: dict[str, float], tasks: Sequence[str], samples: int) -> None:
         losses = [metrics[f"loss/{task}"] for task in tasks]
@@ -66,7 +69,9 @@ class EpochAccumulator:
         self.samples += samples
         self.seconds += metrics["step_seconds"]
         for name in STEP_MEANS:
-            self.share_sums[name] = self.share_sums.get(name, 0.0) + metrics[name]
+            if name in metrics:
+                self.share_sums[name] = self.share_sums.get(name, 0.0) + metrics[name]
+                self.share_steps[name] = self.share_steps.get(name, 0) + 1
         if "conflict_ratio" in metrics:
             self.diagnostic_steps += 1
             for name in DIAGNOSTICS:
@@ -79,7 +84,9 @@ class EpochAccumulator:
         out = {f"train/loss/{task}": total / self.steps for task, total in zip(tasks, self.loss_sums, strict=True)}
         out["train/loss"] = sum(self.loss_sums) / len(self.loss_sums) / self.steps
         out["train/samples_per_s"] = self.samples / self.seconds if self.seconds > 0 else 0.0
-        out.update({f"train/{name}": total / self.steps for name, total in self.share_sums.items()})
+        out.update(
+            {f"train/{name}": total / self.share_steps.get(name, self.steps) for name, total in self.share_sums.items()}
+        )
         if self.diagnostic_steps:
             out.update({f"train/{name}": total / self.diagnostic_steps for name, total in self.diagnostic_sums.items()})
         return out
