@@ -38,6 +38,27 @@ def methods_command(kind: str | None, as_json: bool) -> None:
             click.echo(f"{'':<26} {hp.name}={hp.default!r} ({hp.allowed()}): {hp.doc}")
 
 
+@main.command("problems")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def problems_command(as_json: bool) -> None:
+    """List the problems and models this installation can run, where each comes from (built-in or a plugin's
+    package and entry point) and its options; a plugin that cannot load is listed with the reason."""
+    from flatmtl.workers.problems.registry import catalog
+
+    entries = catalog()
+    if as_json:
+        click.echo(json.dumps(entries, indent=2))
+        return
+    for entry in entries:
+        click.echo(f"{entry['name']:<20} {entry['kind']:<8} {entry['source']}")
+        if "error" in entry:
+            click.echo(f"{'':<30} cannot be used: {entry['error']}")
+        if entry.get("options"):
+            click.echo(f"{'':<30} options: {', '.join(entry['options'])}")
+        if entry.get("models"):
+            click.echo(f"{'':<30} models: {', '.join(entry['models'])}")
+
+
 @main.group("demo")
 def demo_group() -> None:
     """Demos: the MTL core on toy problems, and the whole service end to end."""

@@ -3,6 +3,10 @@ contract is checked with errors that name the plugin, the entry point and what i
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -17,7 +21,18 @@ from tests.training.specs import spec
 
 @pytest.mark.slow
 def test_the_example_package_installed_by_pip_trains_as_a_named_problem(tmp_path: Path) -> None:
-    with on_path(pip_install_example(tmp_path / "site")):
+    site = pip_install_example(tmp_path / "site")
+    listing = subprocess.run(
+        [str(Path(sys.executable).parent / "flatmtl"), "problems", "--json"],
+        env={**os.environ, "PYTHONPATH": str(site)},
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    listed_by_cli = {(e["kind"], e["name"]): e["source"] for e in json.loads(listing.stdout)}
+    assert listed_by_cli["problem", "sines"] == "plugin flatmtl-example-plugin (flatmtl_example.problem:Sines)"
+    assert listed_by_cli["problem", "table"] == "built-in"
+    with on_path(site):
         listed = {(e["kind"], e["name"]): e for e in catalog()}
         assert listed["problem", "sines"]["source"] == "plugin flatmtl-example-plugin (flatmtl_example.problem:Sines)"
         assert listed["problem", "sines"]["options"] == ["seed", "features", "train_size", "test_size"]

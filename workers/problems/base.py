@@ -154,7 +154,7 @@ class Problem:
         if name in plugins.model_plugins():
             return plugins.build_plugin_model(name, self, **options)
         if name not in self.model_names:
-            allowed = [*self.model_names, *plugins.model_plugins()]
+            allowed = list(dict.fromkeys([*self.model_names, *plugins.model_plugins()]))
             raise ProblemError(f"{self.name}: model {name!r} does not fit this problem; choose from {allowed}")
         return build_model(name, self.input_shape, self.tasks, multi_input=self.multi_input, **options)
 

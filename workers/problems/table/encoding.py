@@ -60,7 +60,7 @@ class EncodedTable:
 def encode(source: ColumnFile, transform: TableTransform, tasks: list[TableTask], *, fit: bool) -> EncodedTable:
     """Encode ``source`` (fitting ``transform`` on it first when ``fit``: the training file), column by column."""
     target_columns = [c for task in tasks for c in task.columns]
-    source.load([*transform.numeric, *transform.categorical, *target_columns])
+    source.load([*transform.numeric, *transform.categorical, *target_columns], transform.categorical)
     rows = source.num_rows
     if rows == 0:
         raise ProblemError(f"table: the {source.role} file {source.path} has no rows")
@@ -76,16 +76,39 @@ def encode(source: ColumnFile, transform: TableTransform, tasks: list[TableTask]
         features[:, index] = np.nan_to_num(standardised, nan=0.0)
     offset = len(transform.numeric)
     for index, column in enumerate(transform.categorical):
-        values = pc.cast(source.take(column), pa.string())
+        values = _dictionary(source.take(column))
         if fit:
-            unique = pc.unique(values).drop_null()
-            transform.vocabularies.append(unique.take(pc.sort_indices(unique)).to_pylist())
+            transform.vocabularies.append(_vocabulary(values))
         vocabulary = pa.array(transform.vocabularies[index], type=pa.string())
-        codes = pc.fill_null(pc.index_in(values, value_set=vocabulary), -1)
-        features[:, offset + index] = codes.to_numpy().astype(np.float32) + 1
+        start = 0
+        for chunk in values.chunks:
+            # each distinct value is looked up once; the rows only gather the looked-up codes
+            known = pc.index_in(chunk.dictionary, value_set=vocabulary)
+            codes = pc.fill_null(pc.take(known, chunk.indices), -1).to_numpy(zero_copy_only=False)
+            features[start : start + len(chunk), offset + index] = codes.astype(np.float32) + 1
+            start += len(chunk)
     targets = [_target(source, task, transform, fit=fit) for task in tasks]
     source.release()
     return EncodedTable(features, targets)
+
+
+def _dictionary(values: pa.ChunkedArray) -> pa.ChunkedArray:
+    """A categorical column as dictionary chunks of strings (a CSV reader hands them over as such already)."""
+    string_dictionary = pa.dictionary(pa.int32(), pa.string())
+    if pa.types.is_dictionary(values.type) and values.type.value_type == pa.string():
+        return values
+    if pa.types.is_dictionary(values.type):
+        return pc.cast(values, string_dictionary)
+    return pc.dictionary_encode(pc.cast(values, pa.string()))
+
+
+def _vocabulary(values: pa.ChunkedArray) -> list[str]:
+    """The sorted distinct values the rows use (a dictionary may hold more)."""
+    seen: set[str] = set()
+    for chunk in values.chunks:
+        used = pc.unique(chunk.indices).drop_null()
+        seen.update(chunk.dictionary.take(used).to_pylist())
+    return sorted(seen)
 
 
 def _float_values(source: ColumnFile, column: str, needs: str) -> np.ndarray:

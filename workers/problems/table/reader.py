@@ -80,16 +80,16 @@ class ColumnFile:
                 f"its columns: {self.names}"
             )
 
-    def load(self, columns: Sequence[str]) -> None:
-        """Parse a CSV's ``columns`` (Parquet decodes each column on ``take``)."""
+    def load(self, columns: Sequence[str], categorical: Sequence[str] = ()) -> None:
+        """Parse a CSV's ``columns``, the ``categorical`` ones dictionary-encoded as they are read (each distinct
+        string stored once); Parquet decodes each column on ``take``."""
         if self.format != "csv":
             return
         self.require(columns, "the options")
+        types = {column: pa.dictionary(pa.int32(), pa.string()) for column in categorical}
+        convert = pacsv.ConvertOptions(include_columns=list(columns), strings_can_be_null=True, column_types=types)
         try:
-            self._table = pacsv.read_csv(
-                pa.memory_map(str(self.path)),
-                convert_options=pacsv.ConvertOptions(include_columns=list(columns), strings_can_be_null=True),
-            )
+            self._table = pacsv.read_csv(pa.memory_map(str(self.path)), convert_options=convert)
         except pa.ArrowInvalid as error:
             raise ProblemError(f"table: {self.path} is not a readable CSV file: {error}") from None
         self.num_rows = self._table.num_rows

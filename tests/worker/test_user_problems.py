@@ -1,8 +1,9 @@
-"""The ``table`` problem through the whole service: REST submit, a real worker, real Ray, 2-process runs.
+"""Users' own problems through the whole service: REST submit, a real worker, real Ray, 2-process runs.
 
-Yeast written to Parquet trains, with sharded optimizer state over 2 ranks, to exactly the metrics of the
-built-in ``yeast`` problem; a sweep over a table with every task kind and missing labels succeeds; a file with a
-bad cell fails the job with the file, column and row in its reason, and the worker goes on serving.
+Yeast written to Parquet trains as a ``table``, with sharded optimizer state over 2 ranks, to exactly the metrics
+of the built-in ``yeast`` problem; a sweep over a table with every task kind and missing labels succeeds; a file
+with a bad cell fails the job with the file, column and row in its reason, and the worker goes on serving; the
+example plugin package, pip-installed where the worker imports from, trains by its entry-point names.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from flatmtl.workers.worker.service_demo import (
     service_env,
     wait_healthy,
 )
+from tests.problems.plugin_dists import pip_install_example
 from tests.problems.tables import mixed_columns, mixed_tables, write, yeast_tables
 from tests.worker.cluster import require_ray, start_worker, stop
 from tests.worker.test_service import Service
@@ -38,7 +40,8 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     out = tmp_path_factory.mktemp("table_service")
     token = create_demo_token(out, "tester")
     port = free_port()
-    env = service_env(out)
+    site = pip_install_example(out / "site")
+    env = service_env(out, PYTHONPATH=str(site))
     worker = start_worker(env, out / "worker.log")
     try:
         with (
@@ -113,3 +116,12 @@ def test_a_bad_cell_fails_the_job_naming_file_column_and_row(service: Service, t
     missing = service.wait_ended(service.submit(_spec("table", {**options, "test": "/nowhere/test.csv"})), 120)
     assert missing["state"] == "failed" and "/nowhere/test.csv" in missing["error"], missing["error"]
     assert service.worker.poll() is None
+
+
+def test_the_example_plugin_trains_on_two_ranks_by_its_names(service: Service) -> None:
+    spec = _spec("sines", {"train_size": 256}, model="two_towers", model_options={"hidden": 8})
+    final = _final(service, service.submit(spec))
+    assert final["test/sin/mae"] > 0 and final["test/cos/mae"] > 0
+    unknown = service.wait_ended(service.submit(_spec("sines", {}, model="three_towers", model_options={})), 120)
+    assert unknown["state"] == "failed"
+    assert "three_towers" in unknown["error"] and "two_towers" in unknown["error"], unknown["error"]
