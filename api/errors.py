@@ -22,7 +22,14 @@ from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from flatmtl.service.errors import ConflictError, ForbiddenError, InvalidInputError, NotFoundError, ServiceError
+from flatmtl.service.errors import (
+    ConflictError,
+    ForbiddenError,
+    InvalidInputError,
+    NotFoundError,
+    ServiceError,
+    UnrunnableError,
+)
 from flatmtl.service.retry import describe, is_transient
 from flatmtl.service.specs.base import MAX_DEPTH
 from flatmtl.service.validation import json_safe, problems_from
@@ -102,6 +109,9 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(ServiceError)
     async def _service_error(_request: Request, exc: ServiceError) -> JSONResponse:
+        if isinstance(exc, UnrunnableError):
+            problem = FieldErrorBody(field=exc.field, value=exc.value, message=exc.message, allowed=exc.allowed)
+            return error_response(422, f"invalid request: {exc.message}", [problem])
         status = {NotFoundError: 404, ConflictError: 409, ForbiddenError: 403}.get(type(exc), 409)
         return error_response(status, exc.message)
 

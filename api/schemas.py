@@ -121,5 +121,19 @@ class MethodList(BaseModel):
     methods: list[MethodOut]
 
 
+class Runnable(BaseModel):
+    name: str
+    source: str = Field(description="built-in, or the plugin's package and entry point.")
+    options: list[str] = Field(default_factory=list, description="Option names (problem_options or model_options).")
+    models: list[str] = Field(default_factory=list, description="Problems: the models that fit it.")
+    error: str | None = Field(None, description="Why a plugin that is installed cannot be used.")
+    workers: list[str] = Field(description="The live workers that advertise it.")
+
+
+class RunnableList(BaseModel):
+    problems: list[Runnable]
+    models: list[Runnable]
+
+
 class Health(BaseModel):
     status: Literal["ok"]

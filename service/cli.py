@@ -36,7 +36,7 @@ def make_client(url: str, token: str | None) -> httpx.Client:
     return httpx.Client(base_url=url, headers=headers, timeout=30.0)
 
 
-def _call(client: httpx.Client, method: str, path: str, **kwargs: Any) -> Any:
+def call_api(client: httpx.Client, method: str, path: str, **kwargs: Any) -> Any:
     """The JSON answer, or exit 1 with the server's message and every field error."""
     import httpx
 
@@ -115,7 +115,7 @@ def submit(
         if value is not None:
             body[key] = value
     with make_client(url, token) as client:
-        job = _call(client, "POST", "/v1/jobs", json=body)
+        job = call_api(client, "POST", "/v1/jobs", json=body)
         click.echo(job["id"])
         if wait:
             job = _wait(client, job, poll)
@@ -132,7 +132,7 @@ def _wait(client: httpx.Client, job: dict[str, Any], poll: float) -> dict[str, A
     ) as bar:
         while job["state"] not in TERMINAL:
             time.sleep(poll)
-            job = _call(client, "GET", f"/v1/jobs/{job['id']}")
+            job = call_api(client, "GET", f"/v1/jobs/{job['id']}")
             done = round(100 * (job.get("progress") or 0.0))
             bar.update(done - bar.n)
             bar.set_postfix_str(f"{job['state']} attempt {job['attempt']}/{job['max_attempts']}")
@@ -161,7 +161,7 @@ def jobs_command(
     if name:
         params["name"] = name
     with make_client(url, token) as client:
-        page = _call(client, "GET", "/v1/jobs", params=params)
+        page = call_api(client, "GET", "/v1/jobs", params=params)
     if as_json:
         click.echo(json.dumps(page["items"], indent=2))
         return
@@ -193,12 +193,12 @@ def trial_counts(job: dict[str, Any]) -> str:
 def logs(job_id: int, tail: int, follow: bool, poll: float, url: str, token: str | None) -> None:
     """Print the end of a job's log."""
     with make_client(url, token) as client:
-        page = _call(client, "GET", f"/v1/jobs/{job_id}/logs", params={"tail": tail})
+        page = call_api(client, "GET", f"/v1/jobs/{job_id}/logs", params={"tail": tail})
         for line in page["lines"]:
             click.echo(line)
         while follow:
-            state = _call(client, "GET", f"/v1/jobs/{job_id}")["state"]
-            page = _call(client, "GET", f"/v1/jobs/{job_id}/logs", params={"offset": page["next_offset"]})
+            state = call_api(client, "GET", f"/v1/jobs/{job_id}")["state"]
+            page = call_api(client, "GET", f"/v1/jobs/{job_id}/logs", params={"offset": page["next_offset"]})
             for line in page["lines"]:
                 click.echo(line)
             if state in TERMINAL:
@@ -213,7 +213,7 @@ def logs(job_id: int, tail: int, follow: bool, poll: float, url: str, token: str
 def cancel(job_id: int, url: str, token: str | None) -> None:
     """Cancel a queued or running job."""
     with make_client(url, token) as client:
-        job = _call(client, "POST", f"/v1/jobs/{job_id}/cancel")
+        job = call_api(client, "POST", f"/v1/jobs/{job_id}/cancel")
     click.echo(f"job {job['id']} {job['state']}")
 
 

@@ -37,3 +37,11 @@ class InvalidInputError(ServiceError):
 
 class LeaseLostError(ServiceError):
     """A worker's fencing token no longer matches: the job was requeued, cancelled or finished."""
+
+
+class UnrunnableError(ServiceError):
+    """No live worker can run what the spec names (422): ``field``, the ``value`` and what is ``allowed``."""
+
+    def __init__(self, field: str, value: str, allowed: str) -> None:
+        super().__init__(f"{field}: no live worker can run {value!r}; they run: {allowed}")
+        self.field, self.value, self.allowed = field, value, allowed

@@ -153,3 +153,20 @@ class ApiToken(Base):
     scopes: Mapped[str] = mapped_column(String(100))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     revoked_at: Mapped[datetime | None]
+
+
+class Worker(Base):
+    """What one worker can run, as it last advertised: its problems and models (each with its source and options)
+    and its Ray cluster's CPUs and GPUs. ``seen_at`` is its last advertisement; older than the liveness window,
+    it no longer counts."""
+
+    __tablename__ = "workers"
+    __table_args__ = (Index("ix_workers_seen", "seen_at"),)
+
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    cpus: Mapped[float] = mapped_column(Float)
+    gpus: Mapped[float] = mapped_column(Float)
+    problems: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    models: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    started_at: Mapped[datetime]
+    seen_at: Mapped[datetime]

@@ -10,7 +10,7 @@ PostgreSQL claims with ``SELECT ... FOR UPDATE SKIP LOCKED``; SQLite serialises 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -51,6 +51,15 @@ _NEXT_QUEUED = (
     .where(JOBS.c.state == "queued")
     .order_by(JOBS.c.priority.desc(), JOBS.c.id)
     .limit(1)
+    .with_for_update(skip_locked=True)
+)
+CLAIM_WINDOW = 64
+"""How many of the first queued jobs a worker with a refusal filter looks at per claim."""
+_FIRST_QUEUED = (
+    select(JOBS.c.id, JOBS.c.spec)
+    .where(JOBS.c.state == "queued")
+    .order_by(JOBS.c.priority.desc(), JOBS.c.id)
+    .limit(CLAIM_WINDOW)
     .with_for_update(skip_locked=True)
 )
 _TAKE = (
@@ -163,12 +172,26 @@ def _by_key(db: Database, key: str, kind: str, document: dict[str, Any]) -> Job 
     return job
 
 
-def claim(db: Database, owner: str, lease_seconds: float, *, now: datetime | None = None) -> Lease | None:
-    """The highest-priority, oldest queued job, now running under a new lease; None if none is queued."""
+def claim(
+    db: Database,
+    owner: str,
+    lease_seconds: float,
+    *,
+    now: datetime | None = None,
+    refusal: Callable[[dict[str, Any]], str | None] | None = None,
+) -> Lease | None:
+    """The highest-priority, oldest queued job, now running under a new lease; None if none is queued.
+
+    ``refusal`` (the worker's :meth:`Capabilities.refusal`) skips jobs this worker cannot run (a problem it
+    lacks, GPUs it has not): they stay queued for a worker that can."""
     now = now or utcnow()
     expires = now + timedelta(seconds=lease_seconds)
     with db.write_connection() as connection:
-        job_id = connection.scalar(_NEXT_QUEUED)
+        if refusal is None:
+            job_id = connection.scalar(_NEXT_QUEUED)
+        else:
+            rows = connection.execute(_FIRST_QUEUED)
+            job_id = next((row.id for row in rows if refusal(row.spec) is None), None)
         if job_id is None:
             return None
         row = connection.execute(_TAKE, {"b_id": job_id, "b_owner": owner, "b_expires": expires, "b_now": now}).one()

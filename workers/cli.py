@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING
 
 import click
 
+from flatmtl.service.cli import token_option, url_option
+
 if TYPE_CHECKING:
     from flatmtl.workers.mtl.registry import Kind
 
@@ -39,24 +41,33 @@ def methods_command(kind: str | None, as_json: bool) -> None:
 
 
 @main.command("problems")
+@click.option("--remote", is_flag=True, help="What the service's live workers run (asks the API), not this machine.")
+@url_option
+@token_option
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def problems_command(as_json: bool) -> None:
-    """List the problems and models this installation can run, where each comes from (built-in or a plugin's
-    package and entry point) and its options; a plugin that cannot load is listed with the reason."""
-    from flatmtl.workers.problems.registry import catalog
+def problems_command(remote: bool, url: str, token: str | None, as_json: bool) -> None:
+    """List the problems and models that can run, where each comes from (built-in or a plugin's package and
+    entry point) and its options; a plugin that cannot load is listed with the reason. Without --remote: this
+    installation; with it: every live worker of the service, through the API."""
+    if remote:
+        from flatmtl.service.cli import call_api, make_client
 
-    entries = catalog()
+        with make_client(url, token) as client:
+            found = call_api(client, "GET", "/v1/problems")
+        entries = [{"kind": kind.rstrip("s"), **entry} for kind in ("problems", "models") for entry in found[kind]]
+    else:
+        from flatmtl.workers.problems.registry import catalog
+
+        entries = catalog()
     if as_json:
         click.echo(json.dumps(entries, indent=2))
         return
     for entry in entries:
         click.echo(f"{entry['name']:<20} {entry['kind']:<8} {entry['source']}")
-        if "error" in entry:
-            click.echo(f"{'':<30} cannot be used: {entry['error']}")
-        if entry.get("options"):
-            click.echo(f"{'':<30} options: {', '.join(entry['options'])}")
-        if entry.get("models"):
-            click.echo(f"{'':<30} models: {', '.join(entry['models'])}")
+        for key in ("error", "options", "models", "workers"):
+            value = entry.get(key)
+            if value:
+                click.echo(f"{'':<30} {key}: {value if isinstance(value, str) else ', '.join(value)}")
 
 
 @main.group("demo")

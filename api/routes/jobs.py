@@ -25,7 +25,7 @@ from flatmtl.api.schemas import (
     TrialList,
     TrialOut,
 )
-from flatmtl.service import artifacts, data_roots, jobs, queue
+from flatmtl.service import artifacts, capabilities, data_roots, jobs, queue
 from flatmtl.service.db import Database
 from flatmtl.service.errors import InvalidInputError
 from flatmtl.service.models import Job
@@ -99,11 +99,14 @@ async def submit_job(
 ) -> JobOut:
     """Queue a job; it is committed before the answer. 201 when created, 200 for a repeated idempotency key
     (the ``Idempotency-Key`` header or the body's ``idempotency_key``; both given must agree). Paths in the spec
-    must lie inside the server's data roots."""
+    must lie inside the server's data roots. A problem or model that no live worker advertises is refused (422)
+    naming the ones they run."""
     key = _idempotency_key(submission.idempotency_key, idempotency_header)
-    outside = data_roots.confine(submission.spec.model_dump(mode="json"), settings.allowed_data)
+    document = submission.spec.model_dump(mode="json")
+    outside = data_roots.confine(document, settings.allowed_data)
     if outside:
         raise InvalidInputError(outside)
+    await run_in_threadpool(capabilities.check_runnable_somewhere, db, document, settings.lease_seconds)
     job, created = await run_in_threadpool(
         queue.submit,
         db,

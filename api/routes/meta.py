@@ -1,4 +1,5 @@
-"""``/v1/methods`` (the catalog, for clients that build forms) and the health probes."""
+"""``/v1/methods`` (the catalog, for clients that build forms), ``/v1/problems`` (what live workers can run) and
+the health probes."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from fastapi.concurrency import run_in_threadpool
 
 from flatmtl.api.deps import CHALLENGE, DatabaseDep, MaybeCaller, Reader, SettingsDep
 from flatmtl.api.errors import ApiError, responses
-from flatmtl.api.schemas import Health, MethodList, MethodOut
+from flatmtl.api.schemas import Health, MethodList, MethodOut, RunnableList
+from flatmtl.service import capabilities
 from flatmtl.service.catalog import load_catalog
 from flatmtl.service.telemetry.collector import CONTENT_TYPE_LATEST, TELEMETRY
 
@@ -27,6 +29,17 @@ async def list_methods(
     _principal: Reader, kind: Annotated[Literal["weighting", "aggregator", "wrapper"] | None, Query()] = None
 ) -> MethodList:
     return MethodList(methods=[MethodOut.model_validate(m.raw) for m in load_catalog().methods(kind)])
+
+
+@router.get(
+    "/v1/problems",
+    response_model=RunnableList,
+    tags=["methods"],
+    summary="The problems and models live workers can run, with their source, options and workers",
+    responses=responses(401, 403),
+)
+def list_problems(_principal: Reader, db: DatabaseDep, settings: SettingsDep) -> RunnableList:
+    return RunnableList.model_validate(capabilities.catalog(db, settings.lease_seconds))
 
 
 @router.get("/healthz", response_model=Health, tags=["health"], summary="The process is up", responses=responses())

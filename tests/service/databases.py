@@ -18,7 +18,7 @@ from sqlalchemy import text
 from flatmtl.service.db import Database
 
 POSTGRES_ENV = "FLATMTL_TEST_POSTGRES_URL"
-TABLES = ("metrics", "trials", "events", "api_tokens", "jobs")
+TABLES = ("metrics", "trials", "events", "api_tokens", "jobs", "workers")
 
 
 def postgres_url() -> str:

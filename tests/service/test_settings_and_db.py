@@ -59,4 +59,4 @@ def test_migrations_produce_exactly_the_models(db: Database) -> None:
     assert diff == []
     with db.engine.connect() as connection:
         version = connection.execute(text("SELECT version_num FROM alembic_version")).scalar()
-    assert version == "0001"
+    assert version == "0002"

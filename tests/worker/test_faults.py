@@ -127,7 +127,7 @@ def test_postgres_outages_lose_no_job_and_run_none_twice(postgres: Postgres, tmp
             assert client.get(f"/v1/jobs/{job_id}").json()["lease_owner"] is not None
 
             postgres.down()
-            burst_spec = tiny(resources={"cpus": 1, "gpus": 1})  # fails at once when claimed: cheap to run
+            burst_spec = tiny(problem_options={"train_size": 0})  # fails at once when claimed: cheap to run
             keys = [f"burst-{i}" for i in range(12)]
             refused = {
                 client.post("/v1/jobs", json={"spec": burst_spec, "idempotency_key": key}).status_code for key in keys

@@ -122,6 +122,21 @@ def test_the_example_plugin_trains_on_two_ranks_by_its_names(service: Service) -
     spec = _spec("sines", {"train_size": 256}, model="two_towers", model_options={"hidden": 8})
     final = _final(service, service.submit(spec))
     assert final["test/sin/mae"] > 0 and final["test/cos/mae"] > 0
-    unknown = service.wait_ended(service.submit(_spec("sines", {}, model="three_towers", model_options={})), 120)
-    assert unknown["state"] == "failed"
-    assert "three_towers" in unknown["error"] and "two_towers" in unknown["error"], unknown["error"]
+
+
+def test_the_api_knows_what_the_live_worker_runs(service: Service) -> None:
+    listed = api_call(service.client, "GET", "/v1/problems")
+    problems = {p["name"]: p for p in listed["problems"]}
+    assert problems["sines"]["source"] == "plugin flatmtl-example-plugin (flatmtl_example.problem:Sines)"
+    assert problems["sines"]["options"] == ["seed", "features", "train_size", "test_size"]
+    assert problems["table"]["source"] == "built-in" and len(problems["table"]["workers"]) == 1
+    unknown = service.client.post("/v1/jobs", json={"spec": _spec("sines", {}, model="three_towers")})
+    assert unknown.status_code == 422
+    error = unknown.json()["errors"][0]
+    assert error["field"] == "spec.model" and error["value"] == "three_towers" and "two_towers" in error["allowed"]
+    # A GPU job waits for a worker with GPUs (this one has none) instead of failing; a later CPU job runs.
+    gpu_job = service.submit(_spec("sines", {"train_size": 64}, model="two_towers", resources={"gpus": 1}))
+    cpu_job = service.submit(_spec("sines", {"train_size": 64}, model="two_towers"))
+    assert service.wait_ended(cpu_job, 300)["state"] == "succeeded"
+    assert service.job(gpu_job)["state"] == "queued"
+    api_call(service.client, "POST", f"/v1/jobs/{gpu_job}/cancel")

@@ -9,6 +9,7 @@ sends lands. An attempt > 1 resumes each trial from its run directory's checkpoi
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -20,14 +21,15 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import TypeVar
+from typing import Any, TypeVar
 
-from flatmtl.service import data_roots, queue
+from flatmtl.service import capabilities, data_roots, queue
 from flatmtl.service.db import Database
 from flatmtl.service.errors import LeaseLostError
 from flatmtl.service.retry import Backoff, GaveUpError, describe, is_transient, retrying
 from flatmtl.service.settings import Settings
 from flatmtl.workers.training import ConfigError, RunOptions, check_runnable
+from flatmtl.workers.worker.advertised import local_capabilities
 from flatmtl.workers.worker.failures import os_error
 from flatmtl.workers.worker.job import JobRun
 from flatmtl.workers.worker.plan import JobPaths, plan_job
@@ -151,6 +153,8 @@ class Worker:
         self._grace_lock = threading.Lock()
         self._handles_signals = False
         self._last_reap = 0.0
+        self._last_advert = 0.0
+        self.capabilities: capabilities.Capabilities | None = None
 
     @property
     def forced(self) -> bool:
@@ -228,6 +232,29 @@ class Worker:
                 return
             log.warning("reaping failed: %s", describe(error))
 
+    def advertise(self, *, force: bool = False) -> None:
+        """Refresh what this worker can run in the database, at most every heartbeat interval."""
+        now = time.monotonic()
+        recent = now - self._last_advert < min(self.settings.lease_seconds / 4, 10.0)
+        if self.capabilities is None or (recent and not force):
+            return
+        self._last_advert = now
+        try:
+            capabilities.advertise(self.db, self.options.owner, self.capabilities)
+        except Exception as error:
+            if not is_transient(error):
+                log.exception("advertising failed")
+                return
+            log.warning("advertising failed: %s", describe(error))
+
+    def housekeeping(self) -> None:
+        """Between claims and after each heartbeat: reap expired leases, refresh the advertisement."""
+        self.reap()
+        self.advertise()
+
+    def _refusal(self, spec: dict[str, Any]) -> str | None:
+        return None if self.capabilities is None else self.capabilities.refusal(spec)
+
     def run(self) -> int:
         """Claim and run jobs until shut down (or ``max_jobs`` ran, or idle with ``exit_when_idle``).
 
@@ -240,6 +267,8 @@ class Worker:
             if self._shutdown.is_set():
                 return ran
             ensure_ray(self.ray_settings)
+            self.capabilities = local_capabilities()
+            self.advertise(force=True)
             if getattr(self, "_handles_signals", False):
                 self.install_signal_handlers()
             log.info("worker %s polling %s", self.options.owner, self.db.url.render_as_string(hide_password=True))
@@ -247,10 +276,10 @@ class Worker:
             while not self._shutdown.is_set():
                 if self.options.max_jobs is not None and ran >= self.options.max_jobs:
                     break
-                self.reap()
+                self.housekeeping()
                 claimed_at = time.monotonic()
                 try:
-                    lease = queue.claim(self.db, self.options.owner, self.settings.lease_seconds)
+                    lease = queue.claim(self.db, self.options.owner, self.settings.lease_seconds, refusal=self._refusal)
                 except Exception as error:
                     if not is_transient(error):
                         raise
@@ -270,6 +299,9 @@ class Worker:
             log.warning("%s", error)
         finally:
             log.info("worker %s stopped after %d job(s)", self.options.owner, ran)
+            if self.capabilities is not None:
+                with contextlib.suppress(Exception):  # unreachable: the advertisement just ages out
+                    capabilities.retire(self.db, self.options.owner)
             self.db.dispose()
         return ran
 
@@ -307,7 +339,7 @@ class Worker:
             self.settings.lease_seconds,
             progress=run.progress,
             on_stop=run.stop,
-            reap=self.reap,
+            reap=self.housekeeping,
             since=claimed_at,
         )
         keeper.start()
