@@ -28,7 +28,7 @@ from flatmtl.workers.worker.service_demo import (
 )
 from tests.problems.plugin_dists import pip_install_example
 from tests.problems.tables import mixed_columns, mixed_tables, write, yeast_tables
-from tests.worker.cluster import require_ray, start_worker, stop
+from tests.worker.cluster import require_ray, start_worker, stop, wait_until
 from tests.worker.test_service import Service
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
@@ -49,6 +49,8 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
             api_client(f"http://127.0.0.1:{port}", token) as client,
         ):
             wait_healthy(client, api, out / "api.log", timeout_s=60)
+            # the worker advertises once its Ray is up: from then on the API checks names against it
+            wait_until(lambda: api_call(client, "GET", "/v1/problems")["problems"], 240, "the worker to advertise")
             yield Service(client, out, worker)
     finally:
         stop(worker)
@@ -135,8 +137,9 @@ def test_the_api_knows_what_the_live_worker_runs(service: Service) -> None:
     error = unknown.json()["errors"][0]
     assert error["field"] == "spec.model" and error["value"] == "three_towers" and "two_towers" in error["allowed"]
     # A GPU job waits for a worker with GPUs (this one has none) instead of failing; a later CPU job runs.
-    gpu_job = service.submit(_spec("sines", {"train_size": 64}, model="two_towers", resources={"gpus": 1}))
-    cpu_job = service.submit(_spec("sines", {"train_size": 64}, model="two_towers"))
+    tiny_sines = {"model": "two_towers", "model_options": {"hidden": 4}}
+    gpu_job = service.submit(_spec("sines", {"train_size": 64}, resources={"gpus": 1}, **tiny_sines))
+    cpu_job = service.submit(_spec("sines", {"train_size": 64}, **tiny_sines))
     assert service.wait_ended(cpu_job, 300)["state"] == "succeeded"
     assert service.job(gpu_job)["state"] == "queued"
     api_call(service.client, "POST", f"/v1/jobs/{gpu_job}/cancel")

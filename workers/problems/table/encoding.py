@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
+import torch
 
 from flatmtl.workers.problems.errors import ProblemError
 from flatmtl.workers.problems.table.columns import TableTask
@@ -65,7 +66,9 @@ def encode(source: ColumnFile, transform: TableTransform, tasks: list[TableTask]
     if rows == 0:
         raise ProblemError(f"table: the {source.role} file {source.path} has no rows")
     width = len(transform.numeric) + len(transform.categorical)
-    features = np.empty((rows, width), dtype=np.float32)
+    # Filled feature by feature, each a contiguous row of this [F, N] array, then transposed once into the
+    # [N, F] matrix batches gather rows from: writing columns of [N, F] directly touches every row per feature.
+    by_feature = np.empty((width, rows), dtype=np.float32)
     for index, column in enumerate(transform.numeric):
         values = _float_values(source, column, "numeric features are numbers (list the column in categorical?)")
         if fit:
@@ -73,7 +76,7 @@ def encode(source: ColumnFile, transform: TableTransform, tasks: list[TableTask]
             transform.mean.append(mean)
             transform.std.append(std)
         standardised = (values - transform.mean[index]) / transform.std[index]
-        features[:, index] = np.nan_to_num(standardised, nan=0.0)
+        by_feature[index] = np.nan_to_num(standardised, nan=0.0, copy=False)
     offset = len(transform.numeric)
     for index, column in enumerate(transform.categorical):
         values = _dictionary(source.take(column))
@@ -85,21 +88,23 @@ def encode(source: ColumnFile, transform: TableTransform, tasks: list[TableTask]
             # each distinct value is looked up once; the rows only gather the looked-up codes
             known = pc.index_in(chunk.dictionary, value_set=vocabulary)
             codes = pc.fill_null(pc.take(known, chunk.indices), -1).to_numpy(zero_copy_only=False)
-            features[start : start + len(chunk), offset + index] = codes.astype(np.float32) + 1
+            by_feature[offset + index, start : start + len(chunk)] = codes.astype(np.float32) + 1
             start += len(chunk)
     targets = [_target(source, task, transform, fit=fit) for task in tasks]
     source.release()
+    features = torch.from_numpy(by_feature).t().contiguous().numpy()
     return EncodedTable(features, targets)
 
 
 def _dictionary(values: pa.ChunkedArray) -> pa.ChunkedArray:
     """A categorical column as dictionary chunks of strings (a CSV reader hands them over as such already)."""
     string_dictionary = pa.dictionary(pa.int32(), pa.string())
-    if pa.types.is_dictionary(values.type) and values.type.value_type == pa.string():
-        return values
-    if pa.types.is_dictionary(values.type):
-        return pc.cast(values, string_dictionary)
-    return pc.dictionary_encode(pc.cast(values, pa.string()))
+    if not pa.types.is_dictionary(values.type):
+        values = pc.dictionary_encode(pc.cast(values, pa.string()))
+    elif values.type.value_type != pa.string():
+        values = pc.cast(values, string_dictionary)
+    # one dictionary for all chunks, so each distinct value is looked up once for the whole column
+    return pa.chunked_array([values.combine_chunks()]) if values.num_chunks > 1 else values
 
 
 def _vocabulary(values: pa.ChunkedArray) -> list[str]:

@@ -1,8 +1,8 @@
 """Columns of a CSV or Parquet file through pyarrow, one at a time, so a caller converting them into its own
 arrays never holds the whole decoded file next to its result.
 
-Parquet is opened memory-mapped and decoded column by column; a CSV is parsed once (from a memory map, only
-the columns asked for) and each column is handed over and dropped from the parsed table, freeing it. Empty
+Parquet is opened memory-mapped and decoded column by column; a CSV (a text format: nothing to map) is parsed
+once, only the columns asked for, and each column is handed over and dropped from the parsed table, freeing it. Empty
 cells and the usual NA spellings (``NA``, ``NaN``, ``null``...) are nulls. Errors name the file and, for a
 value, its column and row (rows count data rows from 1, the header not included).
 """
@@ -89,7 +89,7 @@ class ColumnFile:
         types = {column: pa.dictionary(pa.int32(), pa.string()) for column in categorical}
         convert = pacsv.ConvertOptions(include_columns=list(columns), strings_can_be_null=True, column_types=types)
         try:
-            self._table = pacsv.read_csv(pa.memory_map(str(self.path)), convert_options=convert)
+            self._table = pacsv.read_csv(self.path, convert_options=convert)
         except pa.ArrowInvalid as error:
             raise ProblemError(f"table: {self.path} is not a readable CSV file: {error}") from None
         self.num_rows = self._table.num_rows
