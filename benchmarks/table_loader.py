@@ -87,8 +87,8 @@ def _plain_schema(table: Any) -> Any:
 
 def options(paths: dict[str, str]) -> dict[str, Any]:
     return {
-        "train": paths["train"],
-        "test": paths["test"],
+        "train_file": paths["train"],
+        "test_file": paths["test"],
         "tasks": TASKS,
         "categorical": [f"cat_{i}" for i in range(CATEGORICAL)],
     }

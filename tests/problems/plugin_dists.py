@@ -4,6 +4,7 @@ distribution (its ``.dist-info`` with ``entry_points.txt`` beside one module), p
 from __future__ import annotations
 
 import importlib
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -17,9 +18,11 @@ EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "plugin"
 
 
 def pip_install_example(target: Path) -> Path:
-    """``pip install`` of examples/plugin into ``target`` (no dependencies: flatmtl is already here)."""
+    """``pip install`` of examples/plugin into ``target`` (no dependencies: flatmtl is already here), built from a
+    copy so the build leaves nothing in the repository."""
+    source = shutil.copytree(EXAMPLE, target.parent / f"{target.name}-source")
     command = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation"]
-    subprocess.run([*command, "--target", str(target), str(EXAMPLE)], check=True, capture_output=True)
+    subprocess.run([*command, "--target", str(target), str(source)], check=True, capture_output=True)
     return target
 
 

@@ -37,7 +37,7 @@ def yeast_tables(folder: Path, suffix: str, seed: int = 0) -> dict[str, Any]:
     for split, rows in splits.items():
         columns = {f"feature_{i}": features[rows, i] for i in range(NUM_FEATURES)}
         columns.update({name: labels[rows, j].astype(np.int64) for j, name in enumerate(label_names)})
-        options[split] = str(write(pa.table(columns), folder / f"yeast_{split}{suffix}"))
+        options[f"{split}_file"] = str(write(pa.table(columns), folder / f"yeast_{split}{suffix}"))
     return options
 
 
@@ -78,5 +78,5 @@ MIXED_TASKS = [
 def mixed_tables(folder: Path, suffix: str = ".csv", train_rows: int = 400, test_rows: int = 200) -> dict[str, Any]:
     options: dict[str, Any] = {"tasks": MIXED_TASKS, "categorical": ["city"]}
     for split, rows, seed in (("train", train_rows, 1), ("test", test_rows, 2)):
-        options[split] = str(write(pa.table(mixed_columns(rows, seed)), folder / f"mixed_{split}{suffix}"))
+        options[f"{split}_file"] = str(write(pa.table(mixed_columns(rows, seed)), folder / f"mixed_{split}{suffix}"))
     return options

@@ -106,7 +106,7 @@ def test_standardisation_is_the_training_files_and_checkpoints_carry_it(tmp_path
     run = train(spec, tmp_path / "run", options=RunOptions(plots=False))
     saved = load(run.run_dir / "checkpoints" / "latest.pt")["problem"]
     # Another training file refits the transform; the checkpoint's brings back the first one's encoding.
-    other = problems.build("table", **{**options, "train": options["test"]})
+    other = problems.build("table", **{**options, "train_file": options["test_file"]})
     assert not torch.equal(other.dataset("test").inputs, problem.dataset("test").inputs)
     other.load_state_dict(saved)
     assert torch.equal(other.dataset("test").inputs, problem.dataset("test").inputs)
@@ -195,9 +195,9 @@ def test_macro_f1_and_multilabel_scores_follow_their_definitions() -> None:
 def _bad(tmp_path: Path, case: str) -> tuple[dict[str, Any], list[str]]:
     options = mixed_tables(tmp_path)
     columns = mixed_columns(400, 1)
-    train_path = Path(options["train"])
+    train_path = Path(options["train_file"])
     if case == "missing file":
-        return {**options, "test": str(tmp_path / "nowhere.csv")}, ["nowhere.csv", "test"]
+        return {**options, "test_file": str(tmp_path / "nowhere.csv")}, ["nowhere.csv", "test_file"]
     if case == "unknown column":
         return {**options, "features": ["x1", "weight", "city"]}, ["'weight'", str(train_path)]
     if case == "string in a regression target":

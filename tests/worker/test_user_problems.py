@@ -78,8 +78,15 @@ def _final(service: Service, job_id: int) -> dict[str, Any]:
     return summary["final"]
 
 
-def test_yeast_as_parquet_trains_on_two_sharded_ranks_like_builtin_yeast(service: Service, tmp_path: Path) -> None:
-    options = yeast_tables(tmp_path, ".parquet")
+def _data(service: Service, name: str) -> Path:
+    """A folder for a test's files inside the service's data roots (the default root: data_dir/datasets)."""
+    folder = service.out / "datasets" / name
+    folder.mkdir(parents=True)
+    return folder
+
+
+def test_yeast_as_parquet_trains_on_two_sharded_ranks_like_builtin_yeast(service: Service) -> None:
+    options = yeast_tables(_data(service, "yeast"), ".parquet")
     table_job = service.submit(_spec("table", options, sharding="zero1"))
     yeast_job = service.submit(_spec("yeast", {}, sharding="zero1"))
     table, yeast = _final(service, table_job), _final(service, yeast_job)
@@ -88,8 +95,9 @@ def test_yeast_as_parquet_trains_on_two_sharded_ranks_like_builtin_yeast(service
     assert {key: table[key] for key in shared} == {key: yeast[key] for key in shared}
 
 
-def test_a_sweep_over_a_table_with_missing_labels(service: Service, tmp_path: Path) -> None:
-    base = _spec("table", mixed_tables(tmp_path, ".parquet"), model="ple", model_options={"expert_hidden": [8]})
+def test_a_sweep_over_a_table_with_missing_labels(service: Service) -> None:
+    tables = mixed_tables(_data(service, "mixed"), ".parquet")
+    base = _spec("table", tables, model="ple", model_options={"expert_hidden": [8]})
     sweep = {
         "kind": "sweep",
         "base": base,
@@ -105,18 +113,23 @@ def test_a_sweep_over_a_table_with_missing_labels(service: Service, tmp_path: Pa
     assert job["result"]["best_metric"] == min(t["best_metric"] for t in trials) > 0
 
 
-def test_a_bad_cell_fails_the_job_naming_file_column_and_row(service: Service, tmp_path: Path) -> None:
-    options = mixed_tables(tmp_path)
+def test_a_bad_cell_fails_the_job_naming_file_column_and_row(service: Service) -> None:
+    folder = _data(service, "bad")
+    options = mixed_tables(folder)
     columns = mixed_columns(400, 1)
     columns["price"] = [None if v is None else str(v) for v in columns["price"]]
     columns["price"][41] = "twelve"
-    write(pa.table(columns), Path(options["train"]))
+    write(pa.table(columns), Path(options["train_file"]))
     job = service.wait_ended(service.submit(_spec("table", options)), 120)
     assert job["state"] == "failed"
-    for fragment in (options["train"], "'price'", "row 42", "'twelve'"):
+    for fragment in (options["train_file"], "'price'", "row 42", "'twelve'"):
         assert fragment in job["error"], job["error"]
-    missing = service.wait_ended(service.submit(_spec("table", {**options, "test": "/nowhere/test.csv"})), 120)
-    assert missing["state"] == "failed" and "/nowhere/test.csv" in missing["error"], missing["error"]
+    nowhere = str(folder / "nowhere.csv")
+    missing = service.wait_ended(service.submit(_spec("table", {**options, "test_file": nowhere})), 120)
+    assert missing["state"] == "failed" and nowhere in missing["error"], missing["error"]
+    outside = service.client.post("/v1/jobs", json={"spec": _spec("table", {**options, "test_file": "/etc/passwd"})})
+    assert outside.status_code == 422
+    assert outside.json()["errors"][0]["field"] == "spec.problem_options.test_file"
     assert service.worker.poll() is None
 
 

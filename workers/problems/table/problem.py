@@ -1,9 +1,10 @@
 """``table``: a multi-task problem from the user's own CSV or Parquet files, no code needed.
 
-Options: ``train`` and ``test`` files (``validation`` optional: the ``val`` split), ``tasks`` (see
+Options: ``train_file`` and ``test_file`` (``validation_file`` optional: the ``val`` split), ``tasks`` (see
 :mod:`.columns`), ``features`` (default: every column that is no target), ``categorical`` feature columns and
 their ``categorical_encoding`` (``embedding`` of ``embedding_dim``, or ``onehot``), ``format`` (``auto``: from
-the file name). Paths are read by the processes that train, so on the service they are paths on the workers.
+the file name). Paths are read by the processes that train, so on the service they are paths on the workers
+(inside the service's data roots, like every ``*_file`` option).
 
 The transform (:mod:`.encoding`) is fitted on the training file; ``state_dict()`` gives it to the checkpoint and
 ``load_state_dict`` applies a saved one to every split. Metrics per kind: binary accuracy, F1, ROC-AUC and
@@ -38,10 +39,10 @@ class TableProblem(Problem):
     def __init__(
         self,
         *,
-        train: str,
-        test: str,
+        train_file: str,
+        test_file: str,
         tasks: Sequence[dict[str, Any]],
-        validation: str | None = None,
+        validation_file: str | None = None,
         features: Sequence[str] | None = None,
         categorical: Sequence[str] | None = None,
         categorical_encoding: str = "embedding",
@@ -57,7 +58,9 @@ class TableProblem(Problem):
         if isinstance(embedding_dim, bool) or not isinstance(embedding_dim, int) or embedding_dim < 1:
             raise ProblemError(f"table: embedding_dim = {embedding_dim!r}: allowed: an integer >= 1")
         self.table_tasks = parse_tasks(tasks)
-        paths = {"train": train, "test": test, **({"val": validation} if validation is not None else {})}
+        paths = {"train": train_file, "test": test_file}
+        if validation_file is not None:
+            paths["val"] = validation_file
         for split, path in paths.items():
             if not isinstance(path, str) or not path:
                 raise ProblemError(f"table: {_option(split)} = {path!r}: allowed: the path of a CSV or Parquet file")
@@ -127,4 +130,4 @@ class TableProblem(Problem):
 
 
 def _option(split: str) -> str:
-    return {"val": "validation"}.get(split, split)
+    return {"val": "validation_file"}.get(split, f"{split}_file")

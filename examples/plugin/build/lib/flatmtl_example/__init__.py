@@ -1,1 +1,0 @@
-"""An example FlatMTL plugin: the ``sines`` problem and the ``two_towers`` model."""
