@@ -34,6 +34,20 @@ class Settings(BaseSettings):
         "problem_options.data_dir; default: data_dir/datasets and /usr/share/datasets.",
     )
     ray_address: str = Field("local", description="'local' starts a Ray on this machine; else a cluster address.")
+    ray_storage: str | None = Field(
+        None,
+        description="Where runs persist through Ray (checkpoints, metrics, summaries, plots): a directory every "
+        "Ray node sees, or an object store URI (s3://bucket/prefix, with ?endpoint_override=http://host:port for "
+        "an S3-compatible server). Unset: each job's artifact directory, which suits a single machine.",
+    )
+    ray_auth_token_file: Path | None = Field(
+        None,
+        description="The token of a Ray cluster with token authentication (what `ray start` sets up): the worker "
+        "joins with RAY_AUTH_MODE=token and this file. Ray's own RAY_AUTH_MODE and RAY_AUTH_TOKEN work too.",
+    )
+    ray_train_max_failures: int = Field(
+        2, ge=0, description="Restarts of a run's Ray Train worker group (a lost rank or node), from its checkpoint."
+    )
     lease_seconds: float = Field(60.0, gt=0, description="How long a claim lasts without a heartbeat.")
     max_attempts: int = Field(3, ge=1, le=100, description="Default attempts before a job whose lease expires fails.")
     shutdown_grace_s: float = Field(

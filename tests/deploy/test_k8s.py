@@ -114,3 +114,37 @@ def test_pods_run_as_non_root_and_workers_get_gpus() -> None:
 def test_the_flatmtl_processes_run_somewhere(role: str) -> None:
     args = [c.get("args") for _, spec in _pod_specs() for c in spec["containers"]]
     assert [role] in args
+
+
+def _ray_containers() -> Iterator[tuple[str, dict[str, Any]]]:
+    cluster = _one("RayCluster")["spec"]
+    groups = [("head", cluster["headGroupSpec"]), *((g["groupName"], g) for g in cluster["workerGroupSpecs"])]
+    for name, group in groups:
+        for container in group["template"]["spec"]["containers"]:
+            yield f"{name}/{container['name']}", container
+
+
+def test_ray_pods_join_with_the_token_probe_their_raylet_and_share_no_volume_for_runs() -> None:
+    """KubeRay's default probes call wget, which the image lacks; runs persist to the object store, so the
+    only shared volume is the artifacts one of the head's worker container (the API's view)."""
+    for where, container in _ray_containers():
+        env = {variable["name"]: variable for variable in container.get("env", [])}
+        assert env["RAY_AUTH_MODE"]["value"] == "token", where
+        assert env["RAY_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"]["key"] == "ray-auth-token", where
+        if container["name"].startswith("ray-"):
+            for probe in ("readinessProbe", "livenessProbe"):
+                command = " ".join(container[probe]["exec"]["command"])
+                assert "local_raylet_healthz" in command and "wget" not in command, (where, probe)
+    worker = next(c for where, c in _ray_containers() if c.get("args") == ["worker"])
+    storage = next(v for v in worker["env"] if v["name"] == "FLATMTL_RAY_STORAGE")
+    assert storage["valueFrom"]["secretKeyRef"]["key"] == "ray-storage-uri"
+    secret = _one("Secret")["stringData"]
+    assert secret["ray-storage-uri"].startswith("s3://")
+    cluster = _one("RayCluster")["spec"]
+    for group in cluster["workerGroupSpecs"]:
+        volumes = group["template"]["spec"].get("volumes", [])
+        assert not [v for v in volumes if "persistentVolumeClaim" in v], group["groupName"]
+    head = cluster["headGroupSpec"]["template"]["spec"]["containers"]
+    assert [c["name"] for c in head if any(m["name"] == "artifacts" for m in c.get("volumeMounts", []))] == [
+        "flatmtl-worker"
+    ]

@@ -5,9 +5,14 @@ from __future__ import annotations
 import contextlib
 import copy
 import os
+import secrets
+import shlex
+import shutil
 import subprocess
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -102,3 +107,132 @@ def stop(process: subprocess.Popen[bytes]) -> None:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+HEAD_IP = "127.0.0.3"
+NODE_IP = "127.0.0.2"
+RAY_PORTS = (
+    "--node-manager-port",
+    "--object-manager-port",
+    "--ray-client-server-port",
+    "--dashboard-agent-listen-port",
+    "--dashboard-agent-grpc-port",
+    "--runtime-env-agent-port",
+    "--metrics-export-port",
+)
+
+
+@dataclass
+class RayCluster:
+    """A Ray head and a second node started with ``ray start``, with token authentication as ``ray start`` sets
+    it up: ``env`` is what a process needs to join (the address, ``RAY_AUTH_MODE`` and the token)."""
+
+    address: str
+    env: dict[str, str]
+    head: subprocess.Popen[bytes]
+    node: subprocess.Popen[bytes]
+    node_data_dir: Path
+
+    def node_processes(self) -> list[Any]:
+        """The second node's processes (its raylet and every worker process it started)."""
+        import psutil
+
+        return psutil.Process(self.node.pid).children(recursive=True)
+
+
+def _ray_start(ip: str, ports: dict[str, int], extra: list[str]) -> list[str]:
+    ray = str(Path(sys.executable).with_name("ray"))
+    command = [ray, "start", "--block", "--disable-usage-stats", f"--node-ip-address={ip}", *extra]
+    return command + [f"{flag}={port}" for flag, port in ports.items()]
+
+
+def _node_ports() -> dict[str, int]:
+    """Distinct free ports for one node's components (held open together while chosen), and a range of worker
+    ports below Linux's ephemeral range, where no chosen port falls."""
+    import random
+    import socket
+
+    sockets = [socket.socket() for _ in RAY_PORTS]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        ports = {flag: int(sock.getsockname()[1]) for flag, sock in zip(RAY_PORTS, sockets, strict=True)}
+    finally:
+        for sock in sockets:
+            sock.close()
+    low = random.randrange(20000, 30000, 50)
+    return {**ports, "--min-worker-port": low, "--max-worker-port": low + 40}
+
+
+@contextlib.contextmanager
+def two_node_cluster(
+    root: Path, hidden: Path, *, cpus: int = 2, extra_env: dict[str, str] | None = None
+) -> Iterator[RayCluster]:
+    """A head in this mount namespace and a second node in its own (``unshare -m``), with a tmpfs over ``hidden``
+    (the service's data directory) and over the head's Ray directory: a second machine that shares no files
+    with the head and the worker. Each node gets its own ports; both are stopped by PID.
+
+    Everything stays on loopback addresses. Told 127.0.0.1 (or localhost), Ray on Linux registers the
+    machine's interface address instead (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` would keep 127.0.0.1 but
+    refuses a joining node); other loopback addresses it takes as they are: the head is 127.0.0.3 and the
+    second node 127.0.0.2."""
+    from flatmtl.workers.worker.service_demo import free_port
+
+    if shutil.which("unshare") is None or os.geteuid() != 0:
+        pytest.fail("the two-node cluster tests need root and unshare(1) (util-linux) for a mount namespace")
+    token = secrets.token_hex(32)
+    port = free_port()
+    env = {
+        **os.environ,
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN": token,
+        "RAY_USAGE_STATS_ENABLED": "0",
+        **(extra_env or {}),
+    }
+    temp = root / "ray"
+    temp.mkdir(parents=True, exist_ok=True)
+    head_log = (root / "ray-head.log").open("ab")
+    head = subprocess.Popen(
+        _ray_start(
+            HEAD_IP,
+            _node_ports(),
+            ["--head", f"--port={port}", f"--num-cpus={cpus}", "--include-dashboard=false", f"--temp-dir={temp}"],
+        ),
+        env=env,
+        stdout=head_log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    node = None
+    try:
+        address = f"{HEAD_IP}:{port}"
+        wait_until(lambda: _nodes_alive(address, env) >= 1, 120, "the Ray head to start", interval_s=2)
+        joined = _ray_start(
+            NODE_IP, _node_ports(), [f"--address={address}", f"--num-cpus={cpus}", f"--temp-dir={temp}"]
+        )
+        hide = " && ".join(f"mount -t tmpfs tmpfs {shlex.quote(str(path))}" for path in (hidden, temp))
+        node_log = (root / "ray-node.log").open("ab")
+        node = subprocess.Popen(
+            ["unshare", "-m", "--propagation", "private", "sh", "-c", f"{hide} && exec {shlex.join(joined)}"],
+            env=env,
+            stdout=node_log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        wait_until(lambda: _nodes_alive(address, env) >= 2, 120, "the second Ray node to join", interval_s=2)
+        yield RayCluster(address, {**env, "FLATMTL_RAY_ADDRESS": address}, head, node, hidden)
+    finally:
+        for process in (node, head):
+            if process is not None:
+                kill_tree(process)
+
+
+def _nodes_alive(address: str, env: dict[str, str]) -> int:
+    """Alive nodes, asked by a short-lived driver in another process (this one must not stay connected)."""
+    script = f"import ray; ray.init(address={address!r}); print(sum(1 for n in ray.nodes() if n['Alive']))"
+    try:
+        done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60)
+    except subprocess.TimeoutExpired:
+        return 0
+    lines = done.stdout.strip().splitlines()
+    return int(lines[-1]) if done.returncode == 0 and lines and lines[-1].isdigit() else 0

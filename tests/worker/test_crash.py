@@ -77,11 +77,7 @@ def test_a_killed_workers_job_resumes_elsewhere_from_its_checkpoint(tmp_path: Pa
     first = start_worker(env, tmp_path / "worker-1.log", "--max-jobs", "1")
     try:
         # past the first epoch's end, so its checkpoint exists, and before the run ends
-        wait_until(
-            lambda: line_count(run / "metrics_steps.jsonl") > steps_per_epoch(train_size=TRAIN_SIZE) + 1,
-            180,
-            "epoch 2 to start",
-        )
+        wait_until(lambda: line_count(run / "metrics_epochs.jsonl") >= 1, 180, "epoch 1 to reach storage")
         kill_tree(first)
     finally:
         stop(first)

@@ -135,31 +135,28 @@ def test_trial_names_keep_planned_indices_and_number_optuna_trials_in_creation_o
         search.trial_index("run_trial_abc")
 
 
-def _saved(tmp_path: Path, spec: TrainSpec, epoch: int) -> RunDirectory:
-    run = RunDirectory(tmp_path / "donor")
-    run.create()
-    payload = {"spec": spec.model_dump(mode="json"), "model": {"w": torch.arange(3.0) + epoch}, "position": {}}
-    checkpoint.save(run.epoch_checkpoint(epoch), payload)
-    return run
-
-
 def test_a_cloned_checkpoint_is_adopted_under_the_new_spec_and_nothing_else_may_differ(tmp_path: Path) -> None:
     mutated = ["method.wrapper.hparams.alpha"]
     donor_spec = TrainSpec.model_validate({**BASE, "method": {"wrapper": {"name": "samo", "hparams": {"alpha": 0.25}}}})
-    donor = _saved(tmp_path, donor_spec, epoch=2)
-    exported = tmp_path / "tune" / "checkpoint"
-    assert lineage.export(donor, index=0, epoch=2, into=exported)
-    assert not donor.epoch_checkpoint(2).exists() and not lineage.export(donor, index=0, epoch=2, into=tmp_path / "x")
+    reference = tmp_path / "tune" / "checkpoint"
+    lineage.export(reference, index=0, epoch=2, path="bucket/jobs/1/trial-000/epoch_0002")
+    assert lineage.origin(reference) == {"trial_index": 0, "epoch": 2, "path": "bucket/jobs/1/trial-000/epoch_0002"}
 
     perturbed = donor_spec.model_dump(mode="json")
     perturbed["method"]["wrapper"]["hparams"]["alpha"] = 0.3
     spec = TrainSpec.model_validate(perturbed)
-    run = RunDirectory(tmp_path / "clone")
-    assert lineage.adopt(run, exported, spec, mutated) == {"trial_index": 0, "epoch": 2}
-    adopted = checkpoint.load(run.latest)
-    assert adopted["spec"] == spec.model_dump(mode="json")
-    assert torch.equal(adopted["model"]["w"], torch.arange(3.0) + 2)
-
-    other = TrainSpec.model_validate({**perturbed, "seed": 9})
-    with pytest.raises(lineage.LineageError, match="more than the mutated fields"):
-        lineage.adopt(RunDirectory(tmp_path / "other"), exported, other, mutated)
+    for name, adopter, allowed in (
+        ("clone", spec, True),
+        ("other", TrainSpec.model_validate({**perturbed, "seed": 9}), False),
+    ):
+        run = RunDirectory(tmp_path / name)
+        run.create()
+        checkpoint.save(run.latest, {"spec": donor_spec.model_dump(mode="json"), "model": {"w": torch.arange(3.0)}})
+        if not allowed:
+            with pytest.raises(lineage.LineageError, match="more than the mutated fields"):
+                lineage.relabel(run, adopter, mutated)
+            continue
+        lineage.relabel(run, adopter, mutated)
+        adopted = checkpoint.load(run.latest)
+        assert adopted["spec"] == spec.model_dump(mode="json")
+        assert torch.equal(adopted["model"]["w"], torch.arange(3.0))

@@ -11,7 +11,7 @@ from typing import Any
 from ray import tune
 from ray.train.v2.api.callback import UserCallback
 
-from flatmtl.workers.worker.contracts import TrialSink
+from flatmtl.workers.worker.contracts import CHECKPOINT_KEY, TrialSink
 from flatmtl.workers.worker.failures import summarise_traceback
 from flatmtl.workers.worker.search import trial_index
 
@@ -51,9 +51,10 @@ class Bridge(_SinkHolder, tune.Callback):
         self.sink.trial_result(trial_index(str(trial)), {**result, "config": dict(trial.config)})
 
     def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        """A trial whose function returned (``done``), or one its scheduler ended early."""
         index = trial_index(str(trial))
         self.release(index)
-        self.sink.trial_ended(index, None)
+        self.sink.trial_ended(index, None, finished=bool((trial.last_result or {}).get("done")))
 
     def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         index = trial_index(str(trial))
@@ -89,10 +90,23 @@ class StopWhenAsked(_SinkHolder, tune.Stopper):
 
 class ForwardReports(UserCallback):
     """Ray Train's epoch reports (rank 0's), from the Train controller to the trial function through a Ray queue,
-    where the trial reports them to Tune itself (with a checkpoint under PBT)."""
+    where the trial reports them to Tune itself, each with the storage path of its persisted checkpoint.
+
+    The controller outlives a restarted worker group, whose ranks report the restored epochs again: those are
+    forwarded once.
+    """
 
     def __init__(self, reports: Any) -> None:
         self.reports = reports
+        self.forwarded = 0
 
     def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
-        self.reports.put(dict(metrics[0]))
+        record = dict(metrics[0])
+        epoch = record.get("epoch")
+        if isinstance(epoch, int):
+            if epoch <= self.forwarded:
+                return
+            self.forwarded = epoch
+        if checkpoint is not None:
+            record[CHECKPOINT_KEY] = checkpoint.path
+        self.reports.put(record)

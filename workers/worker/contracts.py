@@ -19,8 +19,14 @@ if TYPE_CHECKING:
 TELEMETRY_KEY = "flatmtl_telemetry"
 """Result key of rank 0's last-step losses and Gram matrix (read by the driver, never a metric)."""
 
-PLACEMENT_GROUP_FILE = ".ray_placement_group"
-"""Written by rank 0 into the run directory: the id of the placement group holding the trial's Train workers."""
+CHECKPOINT_KEY = "flatmtl_checkpoint"
+"""Result key of the storage path of the checkpoint that holds the run as of this report (never a metric)."""
+
+FAILURE_KEY = "flatmtl_failure"
+"""Result key of a run that failed: the training error's details (its FAILED summary is in the checkpoint)."""
+
+PLACEMENT_GROUP_NAMESPACE = "flatmtl-placement-groups"
+"""Ray internal KV namespace where rank 0 records the placement group that holds its trial's Train workers."""
 
 
 class TrialSink(Protocol):
@@ -30,7 +36,7 @@ class TrialSink(Protocol):
 
     def trial_result(self, index: int, result: dict[str, Any]) -> None: ...
 
-    def trial_ended(self, index: int, error: str | None) -> None: ...
+    def trial_ended(self, index: int, error: str | None, *, finished: bool = False) -> None: ...
 
     def should_stop(self) -> bool: ...
 
@@ -51,7 +57,9 @@ class TrialPayload:
 
     ``config_paths``: the spec fields a trial reads from its Tune config (Optuna's proposals, PBT's mutations)
     on top of ``base``, the sweep's base spec; empty for a plan whose trials are fixed.
-    ``cpus``/``gpus``: per rank. ``storage``: Ray Train's storage path for the trials' runs.
+    ``cpus``/``gpus``: per rank. ``storage``: where the trials' Train runs and the Tune experiment persist (a
+    ``storage.JobStorage``; this leaf imports no other worker module).
+    ``train_max_failures``: restarts of a trial's worker group (a lost rank or node), each from its last checkpoint.
     """
 
     trials: Mapping[int, TrialPlan]
@@ -63,19 +71,28 @@ class TrialPayload:
     cpus: float
     gpus: float
     attempt: int
-    storage: str
+    job_id: int
+    storage: Any
     collective_timeout_s: float
+    train_max_failures: int
 
 
 @dataclass(frozen=True)
 class RankConfig:
-    """What every rank of a trial's Ray Train run trains: ``spec`` into ``run_dir``.
+    """What every rank of a trial's Ray Train run trains: ``spec``, in a run directory of its own node.
 
-    ``resume``: a checkpoint is there to continue from. ``replay``: report a resumed run's restored epochs too.
+    The run starts from Ray Train's checkpoint when it restores one (a restarted worker group, or an earlier
+    attempt's run of the same name), else from ``adopt`` (a PBT clone's checkpoint, relabelled with ``spec``,
+    which may differ from the checkpoint's in the ``mutable`` fields only), else from scratch.
+    ``discard_other_spec``: a restored checkpoint trained on other values is ignored (Optuna's re-proposals).
+    ``replay``: report a resumed run's restored epochs too. ``placement_group_key``: where rank 0 records its
+    placement group (``PLACEMENT_GROUP_NAMESPACE``) so the driver can release it.
     """
 
     spec: TrainSpec
-    run_dir: Path
     options: RunOptions
-    resume: bool
-    replay: bool
+    placement_group_key: str
+    adopt: Any = None
+    mutable: tuple[str, ...] = ()
+    discard_other_spec: bool = False
+    replay: bool = True

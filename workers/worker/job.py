@@ -1,10 +1,12 @@
 """One claimed job while this worker runs it: the trials' events to the database, fenced by the lease.
 
-A :class:`JobRun` is the runner's sink. It stores each epoch report as metric points and keeps each sweep
-trial's row (config, state, best value of the sweep's metric) current; when Tune is done it decides the
-outcome. Reports of epochs already stored by an earlier attempt (a resumed trial replays its history so
-the scheduler sees whole curves) are not stored twice. A lease that is lost, or a job cancelled, stops the
-run; the outcome of such a run is never written, since the job is no longer this worker's.
+A :class:`JobRun` is the runner's sink. It stores each epoch report as metric points, collects the trial's
+run directory from the job's storage (``flatmtl.workers.worker.storage``) into the job's artifact directory,
+where the API serves it, and keeps each sweep trial's row (config, state, best value of the sweep's metric)
+current; when Tune is done it decides the outcome. Reports of epochs already stored by an earlier attempt (a
+resumed trial replays its history so the scheduler sees whole curves) are not stored twice. A lease that is
+lost, or a job cancelled, stops the run; the outcome of such a run is never written, since the job is no
+longer this worker's.
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ from flatmtl.service.models import Job, Metric, Trial
 from flatmtl.service.retry import GaveUpError, is_transient, retrying
 from flatmtl.workers.training import RunDirectory, checkpoint
 from flatmtl.workers.training.rundir import STATUS_SUCCEEDED
-from flatmtl.workers.worker.contracts import TrialPlan
+from flatmtl.workers.worker import storage
+from flatmtl.workers.worker.contracts import CHECKPOINT_KEY, TrialPlan
 from flatmtl.workers.worker.plan import JobPaths, JobPlan
 from flatmtl.workers.worker.points import epoch_record, result_points
 
@@ -53,8 +56,17 @@ def _shorten(text: str) -> str:
 
 
 class JobRun:
-    def __init__(self, db: Database, lease: queue.Lease, plan: JobPlan, paths: JobPaths, log: logging.Logger) -> None:
+    def __init__(
+        self,
+        db: Database,
+        lease: queue.Lease,
+        plan: JobPlan,
+        paths: JobPaths,
+        log: logging.Logger,
+        job_storage: storage.JobStorage | None = None,
+    ) -> None:
         self.db, self.lease, self.plan, self.paths, self.log = db, lease, plan, paths, log
+        self.storage = job_storage or storage.JobStorage(str(paths.ray))
         self.trials = {trial.index: TrialState(trial, dict(trial.config)) for trial in plan.trials}
         self.stop_reason: str | None = None
         self._stopped = threading.Event()
@@ -175,6 +187,9 @@ class JobRun:
             if isinstance(value, int | float) and math.isfinite(value):
                 better = max if sweep.mode == "max" else min
                 trial.best = float(value) if trial.best is None else better(trial.best, float(value))
+        checkpoint_path = result.get(CHECKPOINT_KEY)
+        if isinstance(checkpoint_path, str):
+            self._collect(trial.plan, checkpoint_path)
         step, points = result_points(result)
         key = None if self.plan.kind == "train" else index
         if step > self.stored_steps.get(key, 0):
@@ -188,8 +203,34 @@ class JobRun:
         sweep_metric = (self.plan.sweep.metric,) if self.plan.sweep else ()
         return ("train/loss", "test/mean/accuracy", "delta_m", *sweep_metric)
 
-    def trial_ended(self, index: int, error: str | None) -> None:
+    def _collect(self, trial: TrialPlan, checkpoint_path: str) -> bool:
+        """Copy a checkpoint of the trial's run from storage into its run directory; False when it cannot be read."""
+        try:
+            filesystem, _ = self.storage.resolve()
+            storage.collect(filesystem, checkpoint_path, trial.run_dir)
+        except OSError as error:
+            self.log.warning("trial %d: cannot collect %s from storage: %s", trial.index, checkpoint_path, error)
+            return False
+        return True
+
+    def _collect_latest(self, trial: TrialPlan) -> str | None:
+        """Collect the trial's newest checkpoint; why it could not be, or None."""
+        where = f"{self.storage.uri} ({storage.latest_file(trial.index)})"
+        try:
+            latest = storage.read_latest(self.storage, trial.index)
+        except OSError as error:
+            return f"its storage cannot be read: {error}"
+        if latest is None or latest.checkpoint is None:
+            return f"no checkpoint of it was recorded in {where}"
+        if not self._collect(trial, latest.checkpoint):
+            return f"its checkpoint {latest.checkpoint} cannot be read from storage"
+        return None
+
+    def trial_ended(self, index: int, error: str | None, *, finished: bool = False) -> None:
+        """``finished``: the trial's function returned, so a SUCCEEDED summary must be in its last checkpoint;
+        one that is not there fails the trial with the reason. A trial Tune ended early is ``stopped``."""
         trial = self.trials[index]
+        missing = self._collect_latest(trial.plan)
         run = RunDirectory(trial.plan.run_dir)
         summary = run.read_json(run.summary) if run.summary.exists() else {}
         if summary.get("error"):
@@ -198,6 +239,9 @@ class JobRun:
             trial.state, trial.error = "failed", _shorten(error)
         elif summary.get("status") == STATUS_SUCCEEDED:
             trial.state = "succeeded"
+        elif finished:
+            why = missing or "its last checkpoint holds no SUCCEEDED summary"
+            trial.state, trial.error = "failed", _shorten(f"the trial ended but its result was not found: {why}")
         else:
             trial.state = "stopped"  # ended early by the scheduler, or by a stop request
         self.log.info("trial %d %s%s", index, trial.state, f": {trial.error}" if trial.error else "")

@@ -1,19 +1,20 @@
-"""PBT's checkpoints: a trial's epoch-end checkpoints handed to Ray Tune, and a cloned one adopted by another trial.
+"""PBT's checkpoints: a trial's epoch checkpoints handed to Ray Tune by reference, and a cloned one adopted by
+another trial.
 
-Under PBT every rank 0 keeps its epoch-end checkpoint (``epoch_NNNN.pt``, written before that epoch is
-reported, so the file is exactly the reported epoch's state even while the ranks train on). The trial
-function moves it into a Tune checkpoint directory with the trial's index and epoch. When PBT clones a
-better trial into a worse one, the worse trial restarts with the better one's Tune checkpoint and its own
-perturbed config: the checkpoint becomes its run directory's ``latest.pt`` relabelled with the new spec,
-which may differ from the saved one in the mutated method hyper-parameters only, and the engine's exact
-resume continues from there (model, optimizer, schedule, method state, data order, random state).
+Every epoch a trial trains is already a Ray Train checkpoint in the job's storage (its run directory as of
+that epoch's end). Under PBT the trial reports to Tune a small directory naming it (``origin.json``: the
+trial's index, the epoch and the checkpoint's storage path), so Tune copies a few bytes, not the model, and
+Ray Train keeps every epoch's checkpoint for clones to find. When PBT clones a better trial into a worse one,
+the worse trial starts a new Train run from the named checkpoint with its own perturbed config: every rank
+copies it and relabels its ``latest.pt`` with the new spec, which may differ from the saved one in the
+mutated method hyper-parameters only, and the engine's exact resume continues from there (model, optimizer,
+schedule, method state, data order, random state).
 """
 
 from __future__ import annotations
 
 import copy
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,6 @@ from flatmtl.service.specs.sweep import set_path
 from flatmtl.service.specs.train import TrainSpec
 from flatmtl.workers.training import RunDirectory, checkpoint
 
-CHECKPOINT_FILE = "checkpoint.pt"
 ORIGIN_FILE = "origin.json"
 
 
@@ -29,15 +29,15 @@ class LineageError(RuntimeError):
     """A cloned checkpoint that the adopting trial cannot continue from."""
 
 
-def export(run: RunDirectory, *, index: int, epoch: int, into: Path) -> bool:
-    """Move the epoch's checkpoint into ``into`` (a new directory) for Tune; False when there is none."""
-    source = run.epoch_checkpoint(epoch)
-    if not source.exists():
-        return False
-    into.mkdir(parents=True)
-    os.replace(source, into / CHECKPOINT_FILE)
-    (into / ORIGIN_FILE).write_text(json.dumps({"trial_index": index, "epoch": epoch}))
-    return True
+def export(into: Path, *, index: int, epoch: int, path: str) -> None:
+    """Write the reference to trial ``index``'s checkpoint of ``epoch`` at storage ``path`` into ``into``."""
+    into.mkdir(parents=True, exist_ok=True)
+    (into / ORIGIN_FILE).write_text(json.dumps({"trial_index": index, "epoch": epoch, "path": path}))
+
+
+def origin(directory: Path) -> dict[str, Any]:
+    """What a Tune checkpoint written by :func:`export` names."""
+    return json.loads((directory / ORIGIN_FILE).read_text())
 
 
 def _without(document: dict[str, Any], paths: list[str]) -> dict[str, Any]:
@@ -47,17 +47,15 @@ def _without(document: dict[str, Any], paths: list[str]) -> dict[str, Any]:
     return trimmed
 
 
-def adopt(run: RunDirectory, directory: Path, spec: TrainSpec, mutable: list[str]) -> dict[str, Any]:
-    """Make the Tune checkpoint in ``directory`` this run's ``latest.pt`` under ``spec``; its origin."""
-    payload = checkpoint.load(directory / CHECKPOINT_FILE)
-    origin = json.loads((directory / ORIGIN_FILE).read_text())
+def relabel(run: RunDirectory, spec: TrainSpec, mutable: list[str]) -> None:
+    """Make the adopted ``latest.pt`` in ``run`` this trial's: its spec becomes ``spec``, which may differ from the
+    one it was trained with in the ``mutable`` fields only."""
+    payload = checkpoint.load(run.latest)
     current = spec.model_dump(mode="json")
     if _without(payload["spec"], mutable) != _without(current, mutable):
         raise LineageError(
-            f"the checkpoint of trial {origin['trial_index']} was trained with a spec that differs from this "
-            f"trial's in more than the mutated fields ({', '.join(mutable)})"
+            "the cloned checkpoint was trained with a spec that differs from this trial's in more than the "
+            f"mutated fields ({', '.join(mutable)})"
         )
     payload["spec"] = current
-    run.create()
     checkpoint.save(run.latest, payload)
-    return origin

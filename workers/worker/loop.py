@@ -33,6 +33,7 @@ from flatmtl.workers.worker.advertised import local_capabilities
 from flatmtl.workers.worker.failures import os_error
 from flatmtl.workers.worker.job import JobRun
 from flatmtl.workers.worker.plan import JobPaths, plan_job
+from flatmtl.workers.worker.storage import JobStorage
 from flatmtl.workers.worker.trials import ClusterTooSmallError, RaySettings, ensure_ray, run_plan
 
 log = logging.getLogger("flatmtl.worker")
@@ -329,7 +330,8 @@ class Worker:
         except (ConfigError, ValueError) as error:
             self._complete(lease, "failed", None, f"the job cannot run: {error}", job_logger)
             return
-        run = JobRun(self.db, lease, plan, paths, job_logger)
+        job_storage = JobStorage.for_job(self.ray_settings.storage, lease.job_id, paths.ray)
+        run = JobRun(self.db, lease, plan, paths, job_logger, job_storage)
         self.current = run
         if self._shutdown.is_set():
             self._start_grace(run)
@@ -355,7 +357,7 @@ class Worker:
                         plan,
                         run,
                         self.ray_settings,
-                        paths=paths,
+                        job_storage=job_storage,
                         attempt=lease.attempt,
                         options=options,
                         indices=todo,

@@ -19,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import shutil
 import tempfile
 import threading
 import uuid
@@ -29,20 +28,34 @@ from queue import Empty  # Ray's queue raises a subclass of it
 from typing import Any
 
 from flatmtl.service.specs.train import TrainSpec
-from flatmtl.workers.training import RunDirectory, RunOptions
-from flatmtl.workers.training.preparation import prepare_run
-from flatmtl.workers.training.rundir import STATUS_SUCCEEDED
-from flatmtl.workers.worker import lineage, search
-from flatmtl.workers.worker.contracts import PLACEMENT_GROUP_FILE, RankConfig, TrialPayload, TrialPlan, TrialSink
-from flatmtl.workers.worker.plan import JobPaths, JobPlan, trial_spec
-from flatmtl.workers.worker.ranks import rank_main, task_means
+from flatmtl.workers.training import RunOptions
+from flatmtl.workers.worker import lineage, search, storage
+from flatmtl.workers.worker.contracts import (
+    CHECKPOINT_KEY,
+    FAILURE_KEY,
+    PLACEMENT_GROUP_NAMESPACE,
+    RankConfig,
+    TrialPayload,
+    TrialPlan,
+    TrialSink,
+)
+from flatmtl.workers.worker.plan import JobPlan, trial_spec
+from flatmtl.workers.worker.ranks import rank_main
 
 TRIAL_ACTOR_CPUS = 0.01
 """What the Tune trial (the Train driver) reserves; its ranks reserve the real CPUs. Zero is refused by Tune."""
 
 
+KEPT_CHECKPOINTS = 2
+"""Train checkpoints kept per run outside PBT (whose clones may need any epoch's): the newest is what resumes."""
+
+
 class ClusterTooSmallError(RuntimeError):
     """A trial needs more of a resource than the whole Ray cluster has."""
+
+
+class TrialFailedError(RuntimeError):
+    """A trial's training failed (its FAILED summary is in its last checkpoint)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,6 +65,11 @@ class RaySettings:
     address: str = "local"
     num_cpus: int | None = None
     object_store_bytes: int = 256 * 2**20
+    storage: str | None = None
+    """Where jobs' runs persist (``flatmtl.workers.worker.storage``); None: each job's artifact directory."""
+    auth_token_file: Path | None = None
+    """A token-authenticated cluster's token; None: Ray's own variables decide."""
+    train_max_failures: int = 2
     worker_start_timeout_s: float = 120.0
     collective_timeout_s: float = 300.0
     health_check_timeout_s: float = 120.0
@@ -61,6 +79,12 @@ class RaySettings:
         """A local Ray's CPU count: at least 4, because Ray does not start a 2-worker trial next to its driver
         on 2 declared CPUs, while the work itself is CPU-bound and gains nothing from exactness here."""
         return self.num_cpus or max(os.cpu_count() or 1, 4)
+
+    def auth_env(self) -> dict[str, str]:
+        """What this process needs to join a cluster with token authentication."""
+        if self.auth_token_file is None:
+            return {}
+        return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(self.auth_token_file)}
 
     def env_vars(self) -> dict[str, str]:
         return {
@@ -84,6 +108,7 @@ def ensure_ray(settings: RaySettings) -> None:
         return
     env = settings.env_vars()
     os.environ.update(env)  # this process runs Tune's driver and reads some of them itself
+    os.environ.update(settings.auth_env())
     kwargs: dict[str, Any] = {"runtime_env": {"env_vars": env}, "log_to_driver": False, "include_dashboard": False}
     if settings.address == "local":
         kwargs.update(num_cpus=settings.local_cpus(), object_store_memory=settings.object_store_bytes)
@@ -92,37 +117,35 @@ def ensure_ray(settings: RaySettings) -> None:
     ray.init(**kwargs)
 
 
-def release_placement_group(run_dir: Path) -> None:
+def placement_group_key(job_id: int, index: int) -> str:
+    return f"job-{job_id}/trial-{index:03d}"
+
+
+def release_placement_group(key: str) -> None:
     """Remove the trial's Train placement group if it is still there.
 
     Ray Train removes it when a run ends normally. When Tune ends a trial early (a scheduler's stop, a
     cancellation) it kills the trial's actor, and the Train controller dies with it; the cleaner Ray Train
     leaves behind needs the dashboard's State API, which a minimal Ray lacks, so the group would keep its
-    CPUs reserved until this process exits and later trials would never start.
+    CPUs reserved until this process exits and later trials would never start. Rank 0 records the group's
+    id in Ray's internal key-value store, which every node and this driver reach.
     """
+    from ray.experimental import internal_kv
     from ray.util.placement_group import PlacementGroup, placement_group_table, remove_placement_group
 
-    marker = run_dir / PLACEMENT_GROUP_FILE
-    if not marker.exists():
+    recorded = internal_kv._internal_kv_get(key, namespace=PLACEMENT_GROUP_NAMESPACE)
+    if recorded is None:
         return
-    group = PlacementGroup(ray_pg_id(marker.read_text().strip()))
+    group = PlacementGroup(ray_pg_id(recorded.decode()))
     if placement_group_table(group).get("state") not in (None, "REMOVED"):
         remove_placement_group(group)
-    marker.unlink(missing_ok=True)
+    internal_kv._internal_kv_del(key, namespace=PLACEMENT_GROUP_NAMESPACE)
 
 
 def ray_pg_id(hex_id: str) -> Any:
     from ray._raylet import PlacementGroupID
 
     return PlacementGroupID.from_hex(hex_id)
-
-
-def finished_summary(run: RunDirectory) -> dict[str, Any] | None:
-    """The run's summary when it ended SUCCEEDED, else None."""
-    if not run.summary.exists():
-        return None
-    summary = run.read_json(run.summary)
-    return summary if summary.get("status") == STATUS_SUCCEEDED else None
 
 
 def trial_spec_for(trial: TrialPlan, config: dict[str, Any], payload: TrialPayload) -> TrainSpec:
@@ -132,12 +155,6 @@ def trial_spec_for(trial: TrialPlan, config: dict[str, Any], payload: TrialPaylo
         return trial.spec
     assert payload.base is not None  # only a sweep has config paths
     return trial_spec(payload.base, {**trial.config, **{path: config[path] for path in paths}})
-
-
-def _forget_other_config(run: RunDirectory, spec: TrainSpec) -> None:
-    """An Optuna trial re-proposed after a requeue trains other values: its old run directory is discarded."""
-    if run.config.exists() and run.read_json(run.config) != spec.model_dump(mode="json"):
-        shutil.rmtree(run.root)
 
 
 def _fit_forwarding(trainer: Any, reports: Any, report: Any) -> None:
@@ -172,11 +189,14 @@ def _fit_forwarding(trainer: Any, reports: Any, report: Any) -> None:
 def run_trial(config: dict[str, Any], payload: TrialPayload) -> None:
     """A Tune function trial: one TorchTrainer run of the plan's trial that Tune's trial name names (in a Ray actor).
 
-    Under PBT a trial restarted with another trial's checkpoint adopts it (``flatmtl.workers.worker.lineage``) and each
-    epoch report carries that epoch's checkpoint to Tune.
+    The Train run is ``trial-NNN`` in the job's storage, so a later attempt of the job restores it from its last
+    checkpoint on whatever node it runs. Under PBT a trial restarted with another trial's checkpoint starts a
+    new run from it (``flatmtl.workers.worker.lineage``), and each epoch report hands Tune a reference to that
+    epoch's checkpoint. After each persisted report the trial records its run and newest checkpoint in storage
+    (``storage.record_latest``): what the worker collects, and which run a later attempt continues.
     """
     from ray import tune
-    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
     from ray.util.queue import Queue
 
@@ -185,35 +205,56 @@ def run_trial(config: dict[str, Any], payload: TrialPayload) -> None:
     context = tune.get_context()
     index = search.trial_index(context.get_trial_name())
     trial = payload.trials[index]
-    run = RunDirectory(trial.run_dir)
-    release_placement_group(run.root)  # left by this trial's previous run when PBT paused it
+    key = placement_group_key(payload.job_id, index)
+    release_placement_group(key)  # left by this trial's previous run when PBT paused it
     spec = trial_spec_for(trial, config, payload)
-    if payload.search == "optuna":
-        _forget_other_config(run, spec)
+    filesystem, root = payload.storage.resolve()
     cloned = tune.get_checkpoint()
+    adopt = None
     if cloned is not None:  # PBT: continue from a better trial's checkpoint, even if this run had finished
         with cloned.as_directory() as directory:
-            lineage.adopt(run, Path(directory), spec, list(payload.config_paths))
-    elif finished_summary(run) is not None:  # trained by an earlier attempt: replay its epochs for the scheduler
-        for record in run.read_lines(run.epoch_metrics):
-            tune.report({**record, **task_means(record)})
-        return
-    resume = prepare_run(run, spec, payload.options, resume=True)
+            source = lineage.origin(Path(directory))
+        adopt = Checkpoint(path=source["path"], filesystem=filesystem)
+        run_name = (
+            f"trial-{index:03d}-from-{source['trial_index']:03d}-epoch-{source['epoch']:04d}-{uuid.uuid4().hex[:8]}"
+        )
+        latest = storage.LatestRun(run_name, None)
+        storage.record_latest(payload.storage, index, latest)
+    else:
+        latest = storage.read_latest(payload.storage, index) or storage.LatestRun(f"trial-{index:03d}", None)
+    failures: list[dict[str, Any]] = []
 
-    def report(metrics: dict[str, Any]) -> None:
-        if not payload.pbt:
-            tune.report(metrics)
+    def report(item: dict[str, Any]) -> None:
+        nonlocal latest
+        metrics = dict(item)
+        path = metrics.get(CHECKPOINT_KEY)
+        if path is not None and path != latest.checkpoint:
+            latest = storage.LatestRun(latest.run, path)
+            storage.record_latest(payload.storage, index, latest)
+        failure = metrics.pop(FAILURE_KEY, None)
+        if failure is not None:
+            failures.append(failure)
+        if "epoch" not in metrics:
             return
-        with tempfile.TemporaryDirectory(prefix="flatmtl-pbt-") as scratch:
-            exported = Path(scratch) / "checkpoint"
-            if lineage.export(run, index=index, epoch=int(metrics["epoch"]), into=exported):
-                tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(exported))
-            else:
-                tune.report(metrics)
+        if payload.pbt and path is not None:
+            with tempfile.TemporaryDirectory(prefix="flatmtl-pbt-") as scratch:
+                reference = Path(scratch) / "checkpoint"
+                lineage.export(reference, index=index, epoch=int(metrics["epoch"]), path=path)
+                tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(reference))
+        else:
+            tune.report(metrics)
 
     gpus = payload.gpus
     reports = Queue(maxsize=1, actor_options={"num_cpus": 0})
-    rank_config = RankConfig(spec, run.root, payload.options, resume=resume, replay=cloned is None)
+    rank_config = RankConfig(
+        spec,
+        payload.options,
+        key,
+        adopt=adopt,
+        mutable=payload.config_paths,
+        discard_other_spec=payload.search == "optuna",
+        replay=cloned is None,
+    )
     trainer = TorchTrainer(
         partial(rank_main, rank_config),
         torch_config=TorchConfig(backend="nccl" if gpus > 0 else "gloo", timeout_s=int(payload.collective_timeout_s)),
@@ -223,16 +264,20 @@ def run_trial(config: dict[str, Any], payload: TrialPayload) -> None:
             resources_per_worker={"CPU": payload.cpus, **({"GPU": gpus} if gpus > 0 else {})},
         ),
         run_config=RunConfig(
-            name=f"trial-{index:03d}-attempt-{payload.attempt}-{uuid.uuid4().hex[:8]}",  # a PBT restart: a new run
-            storage_path=payload.storage,
+            name=latest.run,
+            storage_path=f"{root}/train",
+            storage_filesystem=filesystem,
             callbacks=[ForwardReports(reports)],
-            failure_config=FailureConfig(max_failures=0, controller_failure_limit=0),
+            checkpoint_config=CheckpointConfig(num_to_keep=None if payload.pbt else KEPT_CHECKPOINTS),
+            failure_config=FailureConfig(max_failures=payload.train_max_failures, controller_failure_limit=0),
         ),
     )
     try:
         _fit_forwarding(trainer, reports, report)
     finally:
         reports.shutdown()
+    if failures:
+        raise TrialFailedError(f"{failures[-1]['type']}: {failures[-1]['message']}")
 
 
 def check_fits(plan: JobPlan, resources: dict[str, float]) -> int:
@@ -258,7 +303,7 @@ def run_plan(
     sink: TrialSink,
     settings: RaySettings,
     *,
-    paths: JobPaths,
+    job_storage: storage.JobStorage,
     attempt: int,
     options: RunOptions,
     indices: list[int],
@@ -273,8 +318,6 @@ def run_plan(
     concurrent = check_fits(plan, ray.cluster_resources())
     sweep = plan.sweep
     pbt = sweep is not None and sweep.scheduler.name == "pbt"
-    if pbt:  # each epoch's own checkpoint, for Tune to hand to the trials that clone this one
-        options = dataclasses.replace(options, keep_epoch_checkpoints=True)
     payload = TrialPayload(
         trials={trial.index: trial for trial in plan.trials if trial.index in indices},
         base=sweep.base if sweep else None,
@@ -285,9 +328,16 @@ def run_plan(
         cpus=plan.resources["cpus"],
         gpus=plan.resources["gpus"],
         attempt=attempt,
-        storage=str(paths.ray / "train"),
+        job_id=plan.job_id,
+        storage=job_storage,
         collective_timeout_s=settings.collective_timeout_s,
+        train_max_failures=settings.train_max_failures,
     )
+    filesystem, root = job_storage.resolve()
+
+    def release(index: int) -> None:
+        release_placement_group(placement_group_key(plan.job_id, index))
+
     trainable = tune.with_resources(tune.with_parameters(run_trial, payload=payload), {"cpu": TRIAL_ACTOR_CPUS})
     optuna = sweep is not None and sweep.search == "optuna"
     tuner = tune.Tuner(
@@ -306,9 +356,10 @@ def run_plan(
         ),
         run_config=tune.RunConfig(
             name=f"tune-attempt-{attempt}",
-            storage_path=str(paths.ray),
+            storage_path=f"{root}/tune",
+            storage_filesystem=filesystem,
             stop=StopWhenAsked(sink),
-            callbacks=[Bridge(sink, lambda index: release_placement_group(plan.trials[index].run_dir))],
+            callbacks=[Bridge(sink, release)],
             failure_config=tune.FailureConfig(max_failures=0),
             verbose=0,
         ),
@@ -317,4 +368,4 @@ def run_plan(
         tuner.fit()
     finally:
         for index in indices:
-            release_placement_group(plan.trials[index].run_dir)
+            release(index)
