@@ -70,6 +70,7 @@ async def readyz(db: DatabaseDep) -> Health:
     tags=["health"],
     summary="Prometheus metrics: control plane and running jobs (no token, for the scraper)",
     responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text format."}} | responses(401),
+    openapi_extra={"security": [{}, {"HTTPBearer": []}]},  # the token is optional (the empty requirement)
 )
 async def metrics(caller: MaybeCaller, settings: SettingsDep) -> Response:
     """Without a token (when ``metrics_open``): everything, for the scraper. With one: the training series of the
