@@ -79,6 +79,7 @@ class GradientOracle:
         probes: BatchedProbes | None = None,
         *,
         diagnostics: bool = True,
+        host_generator: torch.Generator | None = None,
     ) -> None:
         self.closure = closure
         self.shared = shared
@@ -88,6 +89,8 @@ class GradientOracle:
         self.aggregator = aggregator
         self.comm = comm
         self.generator = generator
+        self.host_generator = host_generator or generator
+        """What aggregators draw from (task orders, seeds): on the CPU, so no draw waits for the device."""
         self.gradient_engine = gradient_engine
         self.buffers = list(buffers)
         self.record = StepRecord()
@@ -256,7 +259,7 @@ class GradientOracle:
             rows,
             sources,
             losses=self._losses_for(self.aggregator),
-            generator=self.generator,
+            generator=self.host_generator,
             reduce_gram=lambda gram: self.on_host(self.comm.mean(gram))[0],
         )
         self.record.seconds_aggregation += self.clock() - started
@@ -412,7 +415,7 @@ class GradientOracle:
         also feeds diagnostics and the weighting's observation with the global Gram matrix.
         """
         aggregator = aggregator or self.aggregator
-        saved = None if commit else (aggregator.state_dict(), self.generator.get_state())
+        saved = None if commit else (aggregator.state_dict(), self.host_generator.get_state())
         started = self.clock()
         seen: list[Tensor] = []
 
@@ -430,11 +433,11 @@ class GradientOracle:
             weights = aggregator.weights(reduce_and_remember(wide_gram(representation)), losses=losses)
             update = on_device_of(weights, grads) @ grads
         else:
-            update = aggregator(grads, losses=losses, generator=self.generator, reduce_gram=reduce_and_remember)
+            update = aggregator(grads, losses=losses, generator=self.host_generator, reduce_gram=reduce_and_remember)
         self.record.seconds_aggregation += self.clock() - started
         if saved is not None:
             aggregator.load_state_dict(saved[0])
-            self.generator.set_state(saved[1])
+            self.host_generator.set_state(saved[1])
         if self.record.gram is None:
             if seen and isinstance(aggregator, GramAggregator):
                 self.record.gram = seen[0].detach()

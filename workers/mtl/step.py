@@ -131,6 +131,11 @@ class MTLStep:
         self.shared = FlatParams(split.shared)
         self.heads = [FlatParams(head, like=split.shared[0]) for head in split.heads]
         self.generator = torch.Generator(device=split.shared[0].device).manual_seed(seed)
+        self.host_generator = (
+            self.generator if self.generator.device.type == "cpu" else torch.Generator().manual_seed(seed)
+        )
+        """Aggregators' draws (task orders, GradDrop's seed) are K-sized and used on the host: from a CUDA
+        generator each would be read back, a wait per draw; on the CPU this is the step's one generator."""
         self.buffers = list(buffers)
         self.gradient_engine = TaskGradientEngine(gradient_mode)
         self.trunk = None if split.task_heads is None else TrunkCut(split.task_heads)
@@ -180,6 +185,7 @@ class MTLStep:
             self.trunk,
             self.probes,
             diagnostics=diagnostics,
+            host_generator=self.host_generator,
         )
 
     def end_epoch(self) -> None:
@@ -192,6 +198,7 @@ class MTLStep:
             "wrapper": self.wrapper.state_dict(),
             "generator": self.generator.get_state(),
             "generator_device": self.generator.device.type,
+            "host_generator": None if self.host_generator is self.generator else self.host_generator.get_state(),
             "steps_taken": self.steps_taken,
         }
 
@@ -200,10 +207,17 @@ class MTLStep:
         self.aggregator.load_state_dict(state["aggregator"])
         self.wrapper.load_state_dict(state["wrapper"])
         self.steps_taken = state.get("steps_taken", 0)
-        if state.get("generator_device", self.generator.device.type) == self.generator.device.type:
+        saved_on = state.get("generator_device", self.generator.device.type)
+        separate_host = self.host_generator is not self.generator
+        if saved_on == self.generator.device.type:
             self.generator.set_state(state["generator"])
-        else:
-            self.generator.manual_seed(reseeded(state["generator"]))
+            if separate_host and state.get("host_generator") is not None:
+                self.host_generator.set_state(state["host_generator"])
+            return
+        self.generator.manual_seed(reseeded(state["generator"]))
+        host_state = state["generator"] if saved_on == "cpu" else state.get("host_generator")
+        if separate_host and host_state is not None:  # the aggregators' stream continues across the move
+            self.host_generator.set_state(host_state)
 
 
 def reseeded(generator_state: Tensor) -> int:
