@@ -221,3 +221,24 @@ def test_stacked_losses_under_bf16_autocast_match_one_by_one_and_group_by_batch_
         one_by_one = torch.stack([t.kind.loss(o, y) for t, o, y in zip(tasks, outputs, targets, strict=True)])
     assert stacked.dtype == one_by_one.dtype == torch.float32
     torch.testing.assert_close(stacked, one_by_one, rtol=1e-6, atol=1e-7)
+
+
+def test_dense_losses_average_over_the_measured_pixels_only() -> None:
+    """Depth and normal losses by their definitions, on maps where some pixels carry no measurement (zeros)."""
+    from torch.nn.functional import normalize
+
+    from flatmtl.workers.problems.tasks import Depth, Normal
+
+    generator = torch.Generator().manual_seed(0)
+    target = torch.rand(2, 1, 4, 4, generator=generator, dtype=torch.float64)
+    target[0, 0, :2] = 0.0
+    output = torch.rand(2, 1, 4, 4, generator=generator, dtype=torch.float64)
+    measured = target != 0
+    expected = (output - target).abs()[measured].mean()
+    torch.testing.assert_close(Depth().loss(output, target), expected, rtol=1e-12, atol=0)
+    normals = normalize(torch.randn(2, 3, 4, 4, generator=generator, dtype=torch.float64), dim=1)
+    normals[1, :, 3] = 0.0
+    predicted = torch.randn(2, 3, 4, 4, generator=generator, dtype=torch.float64)
+    cosine = (normalize(predicted, dim=1) * normals).sum(dim=1)
+    expected = 1 - cosine[(normals != 0).any(dim=1)].mean()
+    torch.testing.assert_close(Normal().loss(predicted, normals), expected, rtol=1e-12, atol=0)

@@ -102,6 +102,13 @@ class Segmentation(TaskKind):
         return metrics.SegmentationMeter(self.num_classes)
 
 
+def masked_mean(values: Tensor, mask: Tensor) -> Tensor:
+    """The mean of ``values`` where ``mask`` holds (NaN where it never does), as ``values[mask].mean()`` is
+    but without boolean indexing, whose output size the host must read back from the device."""
+    weights = mask.to(values.dtype)
+    return (values * weights).sum() / weights.sum()
+
+
 @dataclass(frozen=True)
 class Depth(TaskKind):
     """Depth regression: L1 over the pixels that have a measurement."""
@@ -109,8 +116,7 @@ class Depth(TaskKind):
     dense: ClassVar[bool] = True
 
     def loss(self, output: Tensor, target: Tensor) -> Tensor:
-        mask = metrics.valid_pixels(target)
-        return (output - target).abs()[mask].mean()
+        return masked_mean((output - target).abs(), metrics.valid_pixels(target))
 
     def meter(self) -> metrics.Meter:
         return metrics.DepthMeter()
@@ -127,9 +133,8 @@ class Normal(TaskKind):
         return 3
 
     def loss(self, output: Tensor, target: Tensor) -> Tensor:
-        mask = metrics.valid_pixels(target).squeeze(1)
         cosine = (F.normalize(output, dim=1) * target).sum(dim=1)
-        return 1 - cosine[mask].mean()
+        return 1 - masked_mean(cosine, metrics.valid_pixels(target).squeeze(1))
 
     def meter(self) -> metrics.Meter:
         return metrics.NormalMeter()
