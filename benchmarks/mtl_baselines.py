@@ -5,7 +5,8 @@
    cost amortized over ``diagnostics_every`` steps.
 2. The whole plain step of every aggregator against the same method computed as LibMTL does: K
    sequential autograd passes through the whole graph, the [K, P] matrix, then the aggregator. MGDA-UB
-   and GradDrop also against one backward per task from the representation.
+   and GradDrop also against one backward per task from the representation; F-MTL against the authors'
+   per-task loop (K points, each evaluating its own task only).
 3. Every aggregator torchjd 0.18 has, on the same [K, P] (P = 100k, K = 2, 14, 40), against torchjd's call.
 4. Peak resident memory of a step (each path in a fresh process) beside its time.
 
@@ -29,6 +30,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from torch import Tensor
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -160,6 +162,61 @@ def whole_steps(setting: Setting, rounds: int, methods: list[str]) -> dict[str, 
     return ratios
 
 
+def authors_fmtl_step(setting: Setting, rho: float = 0.05) -> Callable[[], None]:
+    """F-MTL as the authors' loop does it, transcribed: per-task gradients at theta by K backwards, then for
+    each task its own point (shared parameters and its head moved by rho times its normalized gradients),
+    a forward of the trunk and that task's head only, one backward, the parameters put back; the loss parts
+    and the flat parts averaged separately (the ``mean`` aggregator) and added."""
+    model = setting.model
+    shared = list(model.shared_parameters())
+    heads = [list(head) for head in model.task_parameters()]
+
+    def task_loss(task: int) -> Tensor:
+        output = model.heads[task](model.encoder(setting.x))
+        return setting.tasks[task].kind.loss(output, setting.targets[task])
+
+    def run() -> None:
+        losses = setting.task_losses()
+        num_tasks = losses.shape[0]
+        loss_parts, head_grads = [], []
+        for task in range(num_tasks):
+            grads = torch.autograd.grad(losses[task], [*shared, *heads[task]], retain_graph=task < num_tasks - 1)
+            loss_parts.append(grads[: len(shared)])
+            head_grads.append(grads[len(shared) :])
+        flat_parts, sam_heads = [], []
+        for task in range(num_tasks):
+            moved = [*shared, *heads[task]]
+            offsets = []
+            for part in (loss_parts[task], head_grads[task]):  # shared and head: each its own norm and radius
+                norm = torch.sqrt(sum(g.pow(2).sum() for g in part)) + 1e-12
+                offsets += [g * (rho / norm) for g in part]
+            with torch.no_grad():
+                torch._foreach_add_(moved, offsets)
+            grads = torch.autograd.grad(task_loss(task), moved)
+            with torch.no_grad():
+                torch._foreach_sub_(moved, offsets)
+            flat_parts.append([a - b for a, b in zip(grads[: len(shared)], loss_parts[task], strict=True)])
+            sam_heads.append(grads[len(shared) :])
+        for index, param in enumerate(shared):
+            loss_mean = sum(part[index] for part in loss_parts) / num_tasks
+            param.grad = loss_mean + sum(part[index] for part in flat_parts) / num_tasks
+        for task in range(num_tasks):
+            for param, grad in zip(heads[task], sam_heads[task], strict=True):
+                param.grad = grad
+
+    return run
+
+
+def fmtl_against_authors(setting: Setting, rounds: int) -> float:
+    step = mtl.MTLStep.from_model(setting.model, wrapper="fmtl", wrapper_hparams={"rho_shared": 0.05, "rho_task": 0.05})
+    times = interleaved_seconds(
+        {"ours": lambda: step(setting.task_losses), "authors": authors_fmtl_step(setting)}, rounds, warmup=3
+    )
+    ratio = median_ratio(times["ours"], times["authors"])
+    print(f"fmtl (mean) / the authors' per-task loop: {ratio:.2f} ({statistics.median(times['ours']) * 1e3:.1f} ms)")
+    return ratio
+
+
 # ---- 3. aggregators against torchjd -------------------------------------------------------------------------
 
 
@@ -212,7 +269,10 @@ def _memory_paths(setting: Setting) -> dict[str, Callable[[], object]]:
     fast.steps_taken = 1
     diagnostics = mtl.MTLStep.from_model(setting.model, diagnostics_every=1)
     upgrad = mtl.MTLStep.from_model(setting.model, aggregator="upgrad")
+    fmtl = mtl.MTLStep.from_model(setting.model, wrapper="fmtl")
     return {
+        "fmtl": lambda: fmtl(setting.task_losses),
+        "fmtl, authors' loop": authors_fmtl_step(setting),
         "plain fwd+bwd": plain_backprop(setting),
         "ew+mean": lambda: fast(setting.task_losses),
         "ew+mean diagnostics": lambda: diagnostics(setting.task_losses),
@@ -259,6 +319,7 @@ def main() -> None:
             for name in REPRESENTATION_METHODS:
                 if ratios.get(f"{name}/rep"):
                     targets.append((f"{name} / rep. loop, {setting.name}", ratios[f"{name}/rep"], 1.1))
+            targets.append((f"fmtl / authors' loop, {setting.name}", fmtl_against_authors(setting, args.rounds), 1.0))
     if args.only in (None, "torchjd"):
         print("\n== 3. aggregator call / torchjd 0.18's, P = 100k")
         ratios = against_torchjd(args.rounds)

@@ -178,3 +178,14 @@ def test_auto_mode_rides_out_an_out_of_memory_batched_backward() -> None:
         assert engine.mode == "auto"
     engine._run(batched, lambda keep: "sequential", False)
     assert engine.mode == "sequential"
+
+
+def test_a_restored_step_keeps_the_path_auto_chose() -> None:
+    model, x, targets = tiny_problem()
+    step = mtl.MTLStep.from_model(model, aggregator="upgrad")
+    for _ in range(2):
+        step(lambda: model.task_losses(x, targets))
+    restored = mtl.MTLStep.from_model(model, aggregator="upgrad")
+    restored.load_state_dict(step.state_dict())
+    assert restored.gradient_engine.mode == step.gradient_engine.mode != "auto"
+    assert restored(lambda: model.task_losses(x, targets)).extras == {}  # no second measurement, no second record

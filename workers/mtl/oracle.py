@@ -115,10 +115,12 @@ class GradientOracle:
         return self.aggregator.averages_gradients and not self.wants_gram
 
     # ---- forward -------------------------------------------------------------------------------
-    def losses(self) -> Tensor:
+    def losses(self, *, per_task: bool = True) -> Tensor:
         """Forward pass: the K weighted losses (with graph). The first call of a step also starts the
-        weighting's step and fills the gradients of its learnable parameters."""
-        weighted, first = self._forward(cut=True)
+        weighting's step and fills the gradients of its learnable parameters. ``per_task=False`` when only
+        single-objective gradients follow (``task_gradient``): the graph is then not cut at the heads,
+        whose two-stage backward only pays off for K gradients at once."""
+        weighted, first = self._forward(cut=per_task)
         learnable = self.weighting.parameters()
         if first and learnable:
             grads = torch.autograd.grad(weighted.sum(), learnable, retain_graph=True)

@@ -200,6 +200,7 @@ class MTLStep:
             "generator_device": self.generator.device.type,
             "host_generator": None if self.host_generator is self.generator else self.host_generator.get_state(),
             "steps_taken": self.steps_taken,
+            "gradient_engine": self.gradient_engine.state_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -207,6 +208,9 @@ class MTLStep:
         self.aggregator.load_state_dict(state["aggregator"])
         self.wrapper.load_state_dict(state["wrapper"])
         self.steps_taken = state.get("steps_taken", 0)
+        if "gradient_engine" in state:
+            self.gradient_engine.load_state_dict(state["gradient_engine"])
+            self._choice_recorded = self.gradient_engine.mode != "auto"
         saved_on = state.get("generator_device", self.generator.device.type)
         separate_host = self.host_generator is not self.generator
         if saved_on == self.generator.device.type:

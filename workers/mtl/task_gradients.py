@@ -50,6 +50,18 @@ class TaskGradientEngine:
         self._auto_calls = 0
         self._out_of_memory = 0
 
+    def state_dict(self) -> dict[str, object]:
+        """Where ``auto`` stands (the mode it chose, or how many calls it has made), so that a resumed run
+        takes the same path at every step as one that never stopped."""
+        return {"mode": self.mode, "auto_calls": self._auto_calls}
+
+    def load_state_dict(self, state: dict[str, object]) -> None:
+        mode = state["mode"]
+        if mode not in GRADIENT_MODES:
+            raise MethodError(f"gradient_mode={mode!r} is not allowed; allowed: {', '.join(GRADIENT_MODES)}")
+        self.mode = mode  # type: ignore[assignment]
+        self._auto_calls = int(state["auto_calls"])  # type: ignore[call-overload]
+
     def __call__(self, losses: Tensor, params: Sequence[Tensor], *, retain_graph: bool = False) -> list[Tensor]:
         return self.backward([losses], [_basis(losses)], params, retain_graph=retain_graph)
 

@@ -76,6 +76,6 @@ def task_point_gradients(
         for task in range(oracle.num_tasks):
             offset_shared, offset_head = offsets(task)
             move(offset_shared, {} if offset_head is None else {task: offset_head})
-            shared[task], head = oracle.task_gradient(oracle.losses(), task)
+            shared[task], head = oracle.task_gradient(oracle.losses(per_task=False), task)
             heads.append(head)
     return shared, heads
