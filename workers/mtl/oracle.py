@@ -101,6 +101,7 @@ class GradientOracle:
         self.record.timed = diagnostics or device.type != "cuda"
         self._synchronize = device if self.record.timed and device.type == "cuda" else None
         self._representation: Tensor | None = None
+        self._finite_update: Tensor | None = None
         self._cut_losses: weakref.ref[Tensor] | None = None
 
     @property
@@ -436,6 +437,8 @@ class GradientOracle:
             update = on_device_of(weights, grads) @ grads
         else:
             update = aggregator(grads, losses=losses, generator=self.host_generator, reduce_gram=reduce_and_remember)
+            if isinstance(aggregator, GramAggregator):  # weights(finite Gram) @ G: G finite, weights finite
+                self._finite_update = update
         self.record.seconds_aggregation += self.clock() - started
         if saved is not None:
             aggregator.load_state_dict(saved[0])
@@ -494,11 +497,13 @@ class GradientOracle:
 
     # ---- output --------------------------------------------------------------------------------
     def write(self, shared_update: Tensor, head_updates: Sequence[Tensor]) -> None:
-        """Store the step's update as the parameters' ``.grad`` for the optimizer; its finiteness is one flag
-        read with the losses where they are still unread."""
-        [finite] = self.on_host(torch.isfinite(shared_update).all())
-        if not finite:
-            check_finite(self.aggregator.method_name, "update", shared_update)
+        """Store the step's update as the parameters' ``.grad`` for the optimizer. Its finiteness is one flag read
+        with the losses where they are still unread, and nothing to read for a Gram aggregator's update as it
+        came: its Gram was checked on the host, and a combination of finite gradients is finite."""
+        if shared_update is not self._finite_update:
+            [finite] = self.on_host(torch.isfinite(shared_update).all())
+            if not finite:
+                check_finite(self.aggregator.method_name, "update", shared_update)
         self.shared.set_grad(shared_update)
         for head, update in zip(self.heads, head_updates, strict=True):
             head.set_grad(update)
