@@ -31,7 +31,9 @@ The contract, for the training engine:
 
 Problems: ``synthetic_regression`` (generated, needs nothing), ``multi_digits`` and ``yeast`` (the
 ``datasets`` extra), ``multi_mnist``, ``multi_fashion``, ``multi_fashion_mnist``, ``nyuv2``, ``cityscapes``,
-``celeba``, ``office_home``, ``qm9``; each module documents its on-disk format.
+``celeba``, ``office_home``, ``qm9``; each module documents its on-disk format. ``table`` trains on the user's
+own CSV or Parquet files (the ``tables`` extra; ``flatmtl.workers.problems.table``); installed packages add
+problems and models through entry points (``flatmtl.workers.problems.plugins``).
 """
 
 from __future__ import annotations
