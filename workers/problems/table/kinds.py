@@ -20,9 +20,9 @@ def _masked_mean(values: Tensor, known: Tensor) -> Tensor:
     return (values * known).sum(0) / known.sum(0).clamp_min(1)
 
 
-@dataclass(frozen=True)
-class TableBinary(Binary):
-    """Binary label (0/1, NaN unknown); reports accuracy, F1, calibration and ROC-AUC."""
+class _UnknownTargets:
+    """Column kinds whose targets may be NaN: a column's loss is the mean of its known rows' terms. The single
+    task's ``loss`` is its one column, so one task scores exactly as a group of them."""
 
     def loss(self, output: Tensor, target: Tensor) -> Tensor:
         return self.column_losses(output.reshape(-1, 1), target.reshape(-1, 1))[0]
@@ -31,8 +31,19 @@ class TableBinary(Binary):
         known = ~torch.isnan(targets)
         if bool(known.all()):
             return super().column_losses(outputs, targets)
-        terms = F.binary_cross_entropy_with_logits(outputs, targets.nan_to_num(0.0).to(outputs.dtype), reduction="none")
-        return _masked_mean(terms, known)
+        return _masked_mean(self.row_losses(outputs, targets.nan_to_num(0.0).to(outputs.dtype)), known)
+
+    def row_losses(self, outputs: Tensor, targets: Tensor) -> Tensor:
+        """[N, G] loss terms of each row and column, the unknown targets filled in with 0."""
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class TableBinary(_UnknownTargets, Binary):
+    """Binary label (0/1, NaN unknown); reports accuracy, F1, calibration and ROC-AUC."""
+
+    def row_losses(self, outputs: Tensor, targets: Tensor) -> Tensor:
+        return F.binary_cross_entropy_with_logits(outputs, targets, reduction="none")
 
     def meter(self) -> metrics.Meter:
         return metrics.Masked(metrics.BinaryMeter(bins=self.ece_bins))
@@ -55,18 +66,11 @@ class TableMulticlass(Classification):
 
 
 @dataclass(frozen=True)
-class TableRegression(Regression):
+class TableRegression(_UnknownTargets, Regression):
     """A standardised scalar (NaN unknown); MAE and RMSE are reported in the column's own units."""
 
-    def loss(self, output: Tensor, target: Tensor) -> Tensor:
-        return self.column_losses(output.reshape(-1, 1), target.reshape(-1, 1))[0]
-
-    def column_losses(self, outputs: Tensor, targets: Tensor) -> Tensor:
-        known = ~torch.isnan(targets)
-        if bool(known.all()):
-            return super().column_losses(outputs, targets)
-        terms = F.mse_loss(outputs, targets.nan_to_num(0.0).to(outputs.dtype), reduction="none")
-        return _masked_mean(terms, known)
+    def row_losses(self, outputs: Tensor, targets: Tensor) -> Tensor:
+        return F.mse_loss(outputs, targets, reduction="none")
 
     def meter(self) -> metrics.Meter:
         return metrics.Masked(metrics.RegressionErrorMeter(self.scale))
