@@ -5,9 +5,11 @@ Each run is one Ray Train worker training a problem with the worker's own rank c
 at every epoch end). ``local`` reports each epoch's metrics only, as runs did before storage; ``storage``
 reports each epoch with rank 0's run directory as a Ray Train checkpoint, which Ray persists to the run's
 storage (a local directory by default, ``--storage s3://...`` for an object store). The rank times every
-report call and every epoch (report included). Runs of the two modes alternate, ``--rounds`` times per
-model; the overhead is the median report time of ``storage`` less that of ``local``, as a share of the
-median ``local`` epoch (target: <= 5% at one checkpoint per epoch).
+report call and the training between reports. Ray Train's controller takes a report at its polling
+interval, which the worker sets to 1 s and this benchmark to 0.05 s so that the wait does not hide the
+checkpoint's cost. Runs of the two modes alternate, ``--rounds`` times per model; the overhead is the
+median report time of ``storage`` less that of ``local``, as a share of the median epoch of ``local``
+(training plus report; target: <= 5% at one checkpoint per epoch).
 
     .venv/bin/python benchmarks/ray_storage.py [--rounds 3] [--epochs 4] [--storage URI]
 """
@@ -116,7 +118,7 @@ def main() -> None:
 
     import ray
 
-    v2 = {"RAY_TRAIN_V2_ENABLED": "1"}
+    v2 = {"RAY_TRAIN_V2_ENABLED": "1", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.05"}
     os.environ.update(v2)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": v2})
     with tempfile.TemporaryDirectory(prefix="flatmtl-ray-storage-") as scratch:

@@ -88,6 +88,7 @@ class EpochReporter:
         self.recorder: _LastRecord | None = None
         self.reported = 0
         self.restored = 0
+        self.checkpointed = False
 
     def attach(self, trainer: Trainer) -> None:
         """``replay``: report a resumed run's restored history too (a new Tune run needs whole curves; a PBT
@@ -126,19 +127,30 @@ class EpochReporter:
         if extra:  # a failure before any new epoch: its FAILED summary still reaches storage
             self.report(extra, with_checkpoint=True)
 
+    def finish(self) -> None:
+        """Report what is left; a run that trained no epoch here (a clone of a finished trial, a restored run that
+        had finished) still persists its final directory, summary included, once."""
+        self.flush()
+        if not self.checkpointed:
+            self.report({"finished": 1}, with_checkpoint=True)
+
     def report(self, metrics: dict[str, Any], *, with_checkpoint: bool) -> None:
         import ray.train
 
+        self.checkpointed = self.checkpointed or with_checkpoint
         if not (with_checkpoint and self.leader):
             ray.train.report(metrics)
             return
         with tempfile.TemporaryDirectory(prefix="flatmtl-report-") as staging:
             snapshot(self.run, Path(staging) / "run")
-            epoch = metrics.get("epoch", self.trainer.epoch if self.trainer else 0)
+            if "epoch" in metrics:
+                name = f"epoch_{int(metrics['epoch']):04d}"
+            else:  # the end of a run that trained no new epoch, or failed: after the epoch's own checkpoint
+                name = f"end_{self.trainer.epoch if self.trainer else 0:04d}"
             ray.train.report(
                 metrics,
                 checkpoint=ray.train.Checkpoint.from_directory(str(Path(staging) / "run")),
-                checkpoint_dir_name=f"epoch_{int(epoch):04d}",
+                checkpoint_dir_name=name,
             )
 
 
@@ -211,4 +223,4 @@ def rank_main(config: RankConfig) -> None:
             # Reported, not raised: Ray Train would restart the worker group for a failure that would recur.
             reporter.flush({FAILURE_KEY: failure.details()})
             return
-        reporter.flush()
+        reporter.finish()
