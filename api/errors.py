@@ -20,8 +20,9 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
+from flatmtl.api.middleware import HttpMiddleware
 from flatmtl.service.errors import (
     ConflictError,
     ForbiddenError,
@@ -161,16 +162,10 @@ def unexpected(method: str, path: str, error: BaseException) -> JSONResponse:
     return error_response(500, "internal error; the server log has the details")
 
 
-class CatchAll:
+class CatchAll(HttpMiddleware):
     """ASGI middleware: turns an exception no handler took into a 500 (or 503) and keeps the connection open."""
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = False
 
         async def tracked(message: Message) -> None:

@@ -4,23 +4,18 @@ from __future__ import annotations
 
 import time
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
+from flatmtl.api.middleware import HttpMiddleware
 from flatmtl.service.telemetry.collector import TELEMETRY
 
 UNMATCHED = "unmatched"
 
 
-class RequestTimer:
+class RequestTimer(HttpMiddleware):
     """ASGI middleware: times each HTTP request; the router leaves the matched route in the scope."""
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         status = 500
         began = time.perf_counter()
 
