@@ -15,7 +15,8 @@ from fastapi.concurrency import run_in_threadpool
 from flatmtl.api import errors
 from flatmtl.api.limits import BodySizeLimit
 from flatmtl.api.observe import RequestTimer
-from flatmtl.api.routes import jobs, meta
+from flatmtl.api.routes import code, jobs, meta
+from flatmtl.api.routes.code import CODE_PATH
 from flatmtl.service.db import Database
 from flatmtl.service.settings import Settings, load_settings
 from flatmtl.service.telemetry.collector import TELEMETRY
@@ -52,8 +53,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     errors.install(app)
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    # an archive up to twice the limit reaches the route, which refuses it naming the field
+    code_body = max(settings.max_body_bytes, 2 * settings.code_max_bytes)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes, per_path={CODE_PATH: code_body})
     app.add_middleware(RequestTimer)
     app.include_router(jobs.router)
     app.include_router(meta.router)
+    app.include_router(code.router)
     return app

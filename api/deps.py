@@ -79,3 +79,4 @@ async def optional_principal(credentials: Credentials, tokens: TokensDep) -> Pri
 Reader = Annotated[Principal, require("read")]
 MaybeCaller = Annotated[Principal | None, Depends(optional_principal)]
 Submitter = Annotated[Principal, require("submit")]
+CodeShipper = Annotated[Principal, require("code")]

@@ -137,3 +137,8 @@ class RunnableList(BaseModel):
 
 class Health(BaseModel):
     status: Literal["ok"]
+
+
+class CodeOut(BaseModel):
+    digest: str = Field(description="Name this in a training spec's ``code`` to run the shipped code.")
+    size: int

@@ -42,7 +42,7 @@ class Capabilities:
         """Why this worker cannot run a job's spec (a sweep's base for a sweep), or None when it can."""
         train = spec.get("base", spec)
         problem, model = train.get("problem"), train.get("model", DEFAULT_MODEL)
-        if problem not in self.usable("problem"):
+        if problem not in self.usable("problem") and not shipped(train):
             return f"problem {problem!r} is not installed here"
         if model != DEFAULT_MODEL and model not in self.usable("model"):
             return f"model {model!r} is not installed here"
@@ -50,6 +50,11 @@ class Capabilities:
         if gpus > 0 and self.gpus <= 0:
             return "the job asks for GPUs and this worker's cluster has none"
         return None
+
+
+def shipped(train: Mapping[str, Any]) -> bool:
+    """A problem imported from the job's shipped code: the worker that claims the job checks it."""
+    return bool(train.get("code")) and ":" in str(train.get("problem", ""))
 
 
 def advertise(db: Database, name: str, capabilities: Capabilities, *, now: datetime | None = None) -> None:
@@ -86,7 +91,7 @@ def check_runnable_somewhere(db: Database, spec: Mapping[str, Any], lease_second
     train = spec.get("base", spec)
     prefix = "spec.base" if "base" in spec else "spec"
     for kind, value in (("problem", train.get("problem")), ("model", train.get("model", DEFAULT_MODEL))):
-        if kind == "model" and value == DEFAULT_MODEL:
+        if (kind == "model" and value == DEFAULT_MODEL) or (kind == "problem" and shipped(train)):
             continue
         offered = set().union(*(w.usable(kind) for w in workers.values()))
         if value not in offered:

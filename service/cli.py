@@ -95,6 +95,13 @@ def _read_submission(path: Path) -> dict[str, Any]:
 @click.option("--priority", type=int, default=None, help="Higher runs first.")
 @click.option("--max-attempts", type=int, default=None, help="Attempts before a crashed job fails.")
 @click.option("--idempotency-key", default=None, help="Resubmitting with the same key returns the same job.")
+@click.option(
+    "--code",
+    "code_dir",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=None,
+    help="Ship this directory with the job (needs the code scope); the spec's problem is module:attribute in it.",
+)
 @click.option("--wait", is_flag=True, help="Show progress until the job ends; exit 1 unless it succeeded.")
 @click.option("--poll", type=float, default=1.0, show_default=True, help="Seconds between polls with --wait.")
 @url_option
@@ -104,6 +111,7 @@ def submit(
     priority: int | None,
     max_attempts: int | None,
     idempotency_key: str | None,
+    code_dir: Path | None,
     wait: bool,
     poll: float,
     url: str,
@@ -114,7 +122,16 @@ def submit(
     for key, value in (("priority", priority), ("max_attempts", max_attempts), ("idempotency_key", idempotency_key)):
         if value is not None:
             body[key] = value
+    archive = None if code_dir is None else _pack(code_dir)
     with make_client(url, token) as client:
+        if archive is not None:
+            uploaded = call_api(
+                client, "POST", "/v1/code", content=archive, headers={"Content-Type": "application/gzip"}
+            )
+            target = body["spec"].get("base", body["spec"]) if isinstance(body["spec"], dict) else None
+            if target is None:
+                raise click.UsageError(f"{spec}: the spec is not a mapping", ctx=None)
+            target["code"] = uploaded["digest"]
         job = call_api(client, "POST", "/v1/jobs", json=body)
         click.echo(job["id"])
         if wait:
@@ -122,6 +139,17 @@ def submit(
             click.echo(f"job {job['id']} {job['state']}" + (f": {job['error']}" if job.get("error") else ""), err=True)
             if job["state"] != "succeeded":
                 sys.exit(1)
+
+
+def _pack(directory: Path) -> bytes:
+    """The directory as an archive within the default limit (the server checks its own), or exit 2."""
+    from flatmtl.service.code import CodeArchiveError, pack
+    from flatmtl.service.settings import Settings
+
+    try:
+        return pack(directory, Settings.model_fields["code_max_bytes"].default)
+    except CodeArchiveError as error:
+        raise click.BadParameter(str(error), param_hint="--code") from None
 
 
 def _wait(client: httpx.Client, job: dict[str, Any], poll: float) -> dict[str, Any]:
@@ -228,10 +256,11 @@ def token() -> None:
     "--scope",
     "scopes",
     multiple=True,
-    type=click.Choice(["read", "read_all", "submit", "admin"]),
+    type=click.Choice(["read", "read_all", "submit", "code", "admin"]),
     default=("submit",),
     show_default=True,
-    help="Repeatable. read and submit: one's own jobs; read_all: every user's; admin implies everything.",
+    help="Repeatable. read and submit: one's own jobs; read_all: every user's; code: ship code with jobs "
+    "(it runs with the worker's rights); admin implies everything.",
 )
 @click.option("--config", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None)
 def token_create(user: str, scopes: tuple[str, ...], config: Path | None) -> None:

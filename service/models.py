@@ -33,7 +33,7 @@ TERMINAL_STATES = ("succeeded", "partially_failed", "failed", "cancelled")
 them and names the best of the others); ``failed``: nothing usable, or the job could not run."""
 JOB_KINDS = ("train", "sweep")
 TRIAL_STATES = ("pending", "running", "succeeded", "failed", "stopped")
-SCOPES = ("read", "read_all", "submit", "admin")
+SCOPES = ("read", "read_all", "submit", "code", "admin")
 
 
 def utcnow() -> datetime:

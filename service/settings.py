@@ -50,6 +50,9 @@ class Settings(BaseSettings):
     )
     lease_seconds: float = Field(60.0, gt=0, description="How long a claim lasts without a heartbeat.")
     max_attempts: int = Field(3, ge=1, le=100, description="Default attempts before a job whose lease expires fails.")
+    code_max_bytes: int = Field(
+        10 * 2**20, ge=1, description="Largest code archive a job may ship, packed and unpacked (bytes)."
+    )
     shutdown_grace_s: float = Field(
         60.0,
         ge=0,

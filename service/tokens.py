@@ -1,7 +1,9 @@
 """Per-user API tokens with scopes. Only an HMAC of each token is stored; the token is shown once.
 
 Scopes: ``read`` (GET endpoints, on one's own jobs), ``read_all`` (reads of every user's jobs; implies read),
-``submit`` (submit, cancel and retry one's own jobs; implies read), ``admin`` (everything, on anyone's jobs).
+``submit`` (submit, cancel and retry one's own jobs; implies read), ``code`` (upload code for jobs to run,
+and submit jobs that run it: the code runs with the worker's rights; implies submit), ``admin`` (everything, on
+anyone's jobs).
 
 Tokens are 256 random bits, so a keyed SHA-256 is the right hash (a slow KDF protects low-entropy
 passwords, not these) and verification is one indexed lookup. The API still caches verified tokens for a
@@ -29,6 +31,7 @@ IMPLIED: dict[str, frozenset[str]] = {
     "read": frozenset({"read"}),
     "read_all": frozenset({"read", "read_all"}),
     "submit": frozenset({"read", "submit"}),
+    "code": frozenset({"read", "submit", "code"}),
     "admin": frozenset(SCOPES),
 }
 

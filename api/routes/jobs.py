@@ -103,6 +103,8 @@ async def submit_job(
     naming the ones they run."""
     key = _idempotency_key(submission.idempotency_key, idempotency_header)
     document = submission.spec.model_dump(mode="json")
+    if document.get("base", document).get("code") and not principal.can("code"):
+        raise ApiError(403, f"the token of {principal.user!r} lacks the 'code' scope that running shipped code needs")
     outside = data_roots.confine(document, settings.allowed_data)
     if outside:
         raise InvalidInputError(outside)

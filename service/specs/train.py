@@ -15,6 +15,16 @@ from flatmtl.service.catalog import CatalogError, Kind
 from flatmtl.service.specs.base import JobName, SpecModel, context_catalog, field_error
 
 Identifier = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z][A-Za-z0-9_\-]*$")]
+ProblemName = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=200,
+        pattern=r"^([A-Za-z][A-Za-z0-9_\-]*|[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*)$",
+        description="A problem's name, or ``module:attribute`` of a Problem class in the job's shipped ``code``.",
+    ),
+]
+CodeDigest = Annotated[str, Field(pattern=r"^sha256:[0-9a-f]{64}$", description="An upload's digest (POST /v1/code).")]
 Sharding = Literal["none", "zero1", "zero2", "zero3"]
 ShardingBackend = Literal["flatmtl", "deepspeed"]
 
@@ -154,7 +164,8 @@ class TrainSpec(SpecModel):
 
     kind: Literal["train"] = "train"
     name: JobName | None = None
-    problem: Identifier
+    problem: ProblemName
+    code: CodeDigest | None = None
     problem_options: dict[str, Any] = Field(
         default_factory=dict, description="Keyword options of the problem (data_dir, sizes...); checked by the worker."
     )
@@ -196,6 +207,17 @@ class TrainSpec(SpecModel):
                 allowed=", ".join(PRECISIONS),
             )
         return value
+
+    @model_validator(mode="after")
+    def _shipped_problem_has_code(self) -> TrainSpec:
+        if ":" in self.problem and self.code is None:
+            raise field_error(
+                "a module:attribute problem is imported from the job's shipped code, and the spec names none",
+                subloc=("code",),
+                value=None,
+                allowed="the digest POST /v1/code returned (flatmtl submit --code DIR)",
+            )
+        return self
 
     @model_validator(mode="after")
     def _one_gpu_per_rank(self) -> TrainSpec:
