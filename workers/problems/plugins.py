@@ -18,6 +18,7 @@ that fails to import fails only jobs that name it.
 from __future__ import annotations
 
 import functools
+import importlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import metadata
@@ -93,6 +94,26 @@ def check_problem_class(name: str, cls: Any) -> None:
             raise ProblemError(f"{where}: a multi-input problem must implement task_datasets(split)")
     elif cls._load is Problem._load and cls.dataset is Problem.dataset:
         raise ProblemError(f"{where}: missing method _load(split) -> Dataset of (input, (target_1, ..., target_K))")
+
+
+def shipped_problem_class(target: str) -> type[Problem]:
+    """The Problem class ``module:attribute`` from code shipped with the job (importable from the working
+    directory Ray gives the job's ranks), held to the plugin contract; ProblemError names module, attribute
+    and what went wrong."""
+    module_name, attribute = target.split(":", 1)
+    where = f"module {module_name!r}, attribute {attribute!r} of the shipped code"
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as error:  # the user's module may raise anything on import
+        raise ProblemError(f"{where}: import failed: {type(error).__name__}: {error}") from None
+    if not hasattr(module, attribute):
+        raise ProblemError(f"{where}: the module has no attribute {attribute!r}")
+    cls = getattr(module, attribute)
+    try:
+        check_problem_class(target, cls)
+    except ProblemError as error:
+        raise ProblemError(f"{where}: {error}") from None
+    return cls  # type: ignore[no-any-return]
 
 
 def check_model_factory(name: str, factory: Any) -> None:
@@ -192,5 +213,5 @@ def _check_output(where: str, task: Task, output: Any, size: int) -> None:
 
 
 def is_plugin(problem: str, model: str | None) -> bool:
-    """Whether a spec's problem or model comes from a plugin (whose sample :func:`check_sample` runs)."""
-    return problem in problem_plugins() or (model is not None and model in model_plugins())
+    """Whether a spec's problem or model comes from a plugin or shipped code (:func:`check_sample` runs a batch)."""
+    return ":" in problem or problem in problem_plugins() or (model is not None and model in model_plugins())

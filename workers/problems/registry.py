@@ -51,6 +51,8 @@ def problem_class(name: str) -> type[Problem]:
     """The class behind a problem name (a plugin's loaded on first use); unknown or broken names fail."""
     if name in PROBLEMS:
         return PROBLEMS[name]
+    if ":" in name:
+        return plugins.shipped_problem_class(name)
     found = plugins.problem_plugins().get(name)
     if found is None:
         raise ProblemError(f"unknown problem {name!r}; known: {problem_names()}")

@@ -75,6 +75,8 @@ class TrialPayload:
     storage: Any
     collective_timeout_s: float
     train_max_failures: int
+    working_dir: str | None = None
+    """The job's shipped code, as Ray's runtime_env ``working_dir`` of every rank; None without code."""
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ import logging
 import os
 import signal
 import socket
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -23,7 +24,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, TypeVar
 
-from flatmtl.service import capabilities, data_roots, queue
+from flatmtl.service import capabilities, code, data_roots, queue
 from flatmtl.service.db import Database
 from flatmtl.service.errors import LeaseLostError
 from flatmtl.service.retry import Backoff, GaveUpError, describe, is_transient, retrying
@@ -32,7 +33,7 @@ from flatmtl.workers.training import ConfigError, RunOptions, check_runnable
 from flatmtl.workers.worker.advertised import local_capabilities
 from flatmtl.workers.worker.failures import os_error
 from flatmtl.workers.worker.job import JobRun
-from flatmtl.workers.worker.plan import JobPaths, plan_job
+from flatmtl.workers.worker.plan import JobPaths, JobPlan, plan_job
 from flatmtl.workers.worker.storage import JobStorage
 from flatmtl.workers.worker.trials import ClusterTooSmallError, RaySettings, ensure_ray, run_plan
 
@@ -314,10 +315,22 @@ class Worker:
             except OSError as error:  # no space or no permission: the job fails, the worker goes on
                 self._complete(lease, "failed", None, f"cannot write the job's log: {os_error(error)}", log)
                 return
-            self._run_job(lease, paths, job_logger, claimed_at)
+            scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="flatmtl-code-")))
+            self._run_job(lease, paths, job_logger, claimed_at, scratch)
+
+    def _unpack_code(self, plan: JobPlan, scratch: Path) -> Path | None:
+        """The job's shipped code unpacked under ``scratch``; None for a job without. CodeArchiveError (a
+        ValueError) for an archive that is missing, over the limit or has members escaping its root."""
+        digests = {trial.spec.code for trial in plan.trials} - {None}
+        if not digests:
+            return None
+        (digest,) = digests
+        into = scratch / "code"
+        into.mkdir()
+        return code.unpack(self.settings.artifacts, digest, into, self.settings.code_max_bytes)
 
     def _run_job(
-        self, lease: queue.Lease, paths: JobPaths, job_logger: logging.Logger, claimed_at: float | None
+        self, lease: queue.Lease, paths: JobPaths, job_logger: logging.Logger, claimed_at: float | None, scratch: Path
     ) -> None:
         job_logger.info("attempt %d claimed by %s (lease token %d)", lease.attempt, lease.owner, lease.token)
         try:
@@ -325,8 +338,10 @@ class Worker:
             if outside:  # queued before the roots changed, or not through the API
                 raise ValueError("; ".join(f"{p.field} = {p.value!r}: {p.message} ({p.allowed})" for p in outside))
             plan = plan_job(lease.job_id, lease.spec, self.settings.artifacts)
+            code_dir = self._unpack_code(plan, scratch)
             for trial in plan.trials:
-                check_runnable(trial.spec, f"trial {trial.index}" if plan.kind == "sweep" else "")
+                if trial.spec.code is None:  # shipped code is imported and checked by the ranks, never here
+                    check_runnable(trial.spec, f"trial {trial.index}" if plan.kind == "sweep" else "")
         except (ConfigError, ValueError) as error:
             self._complete(lease, "failed", None, f"the job cannot run: {error}", job_logger)
             return
@@ -361,6 +376,7 @@ class Worker:
                         attempt=lease.attempt,
                         options=options,
                         indices=todo,
+                        code_dir=code_dir,
                     )
                 except Exception as tune_error:
                     if not run.all_ended():

@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from flatmtl.workers.training import RunDirectory, TrainingFailedError
+from flatmtl.workers.training import ConfigError, RunDirectory, TrainingFailedError, check_runnable
 from flatmtl.workers.training.preparation import prepare_run
 from flatmtl.workers.training.trainer import RankContext, Trainer
 from flatmtl.workers.worker import lineage
@@ -210,6 +210,12 @@ def rank_main(config: RankConfig) -> None:
     device = ray.train.torch.get_device() if options.device == "cuda" else torch.device("cpu")
     if device.type == "cuda":  # NCCL's object collectives (checkpoints) run on the current device
         torch.cuda.set_device(device)
+    if config.spec.code is not None:  # shipped code is first imported here, from Ray's working directory
+        try:
+            check_runnable(config.spec)
+        except ConfigError as error:  # reported, not raised: a restart would fail the same way
+            ray.train.report({FAILURE_KEY: {"type": "ConfigError", "message": str(error), "step": 0, "epoch": 0}})
+            return
     with tempfile.TemporaryDirectory(prefix=f"flatmtl-rank{rank}-") as scratch:
         run = RunDirectory(Path(scratch) / "run")
         resume = restore(run, config)

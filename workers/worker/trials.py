@@ -270,6 +270,7 @@ def run_trial(config: dict[str, Any], payload: TrialPayload) -> None:
             callbacks=[ForwardReports(reports)],
             checkpoint_config=CheckpointConfig(num_to_keep=None if payload.pbt else KEPT_CHECKPOINTS),
             failure_config=FailureConfig(max_failures=payload.train_max_failures, controller_failure_limit=0),
+            worker_runtime_env={"working_dir": payload.working_dir} if payload.working_dir else {},
         ),
     )
     try:
@@ -278,6 +279,14 @@ def run_trial(config: dict[str, Any], payload: TrialPayload) -> None:
         reports.shutdown()
     if failures:
         raise TrialFailedError(f"{failures[-1]['type']}: {failures[-1]['message']}")
+
+
+def upload_code(code_dir: Path) -> str:
+    """``code_dir`` in the cluster's package store, as a URI any node's ranks can fetch (a local path would
+    have to exist on the node that starts the ranks)."""
+    from ray._private.runtime_env.working_dir import upload_working_dir_if_needed
+
+    return str(upload_working_dir_if_needed({"working_dir": str(code_dir)}, include_gitignore=False)["working_dir"])
 
 
 def check_fits(plan: JobPlan, resources: dict[str, float]) -> int:
@@ -307,8 +316,10 @@ def run_plan(
     attempt: int,
     options: RunOptions,
     indices: list[int],
+    code_dir: Path | None = None,
 ) -> None:
-    """Run the trials ``indices`` of ``plan`` to their end (or until the sink asks to stop)."""
+    """Run the trials ``indices`` of ``plan`` to their end (or until the sink asks to stop); ``code_dir``: the
+    job's unpacked shipped code, which every rank gets as its working directory."""
     import ray
     from ray import tune
 
@@ -332,6 +343,7 @@ def run_plan(
         storage=job_storage,
         collective_timeout_s=settings.collective_timeout_s,
         train_max_failures=settings.train_max_failures,
+        working_dir=None if code_dir is None else upload_code(code_dir),
     )
     filesystem, root = job_storage.resolve()
 
