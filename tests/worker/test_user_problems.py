@@ -3,12 +3,15 @@
 Yeast written to Parquet trains as a ``table``, with sharded optimizer state over 2 ranks, to exactly the metrics
 of the built-in ``yeast`` problem; a sweep over a table with every task kind and missing labels succeeds; a file
 with a bad cell fails the job with the file, column and row in its reason, and the worker goes on serving; the
-example plugin package, pip-installed where the worker imports from, trains by its entry-point names.
+example plugin package, pip-installed where the worker imports from, trains by its entry-point names; a problem
+module shipped with ``flatmtl submit --code`` trains on 2 ranks that import it from Ray's working directory.
 """
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -30,6 +33,30 @@ from tests.problems.plugin_dists import pip_install_example
 from tests.problems.tables import mixed_columns, mixed_tables, write, yeast_tables
 from tests.worker.cluster import require_ray, start_worker, stop, wait_until
 from tests.worker.test_service import Service
+
+WAVES = """
+import torch
+
+from flatmtl.workers.problems import Problem, Task, TaskTensorDataset
+from flatmtl.workers.problems.tasks import Regression
+
+
+class Waves(Problem):
+    name = "waves"
+    model_names = ("mlp",)
+    default_model = "mlp"
+
+    def __init__(self, *, seed: int = 0, size: int = 128) -> None:
+        super().__init__(seed=seed)
+        self.size = size
+        self.tasks = [Task("sin", Regression()), Task("cos", Regression())]
+        self.input_shape = (4,)
+
+    def _load(self, split: str) -> TaskTensorDataset:
+        generator = torch.Generator().manual_seed(self.seed + (split == "test"))
+        inputs = torch.randn(self.size, 4, generator=generator)
+        return TaskTensorDataset(inputs, [inputs.sum(1).sin(), inputs[:, 0].cos()])
+"""
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -156,3 +183,45 @@ def test_the_api_knows_what_the_live_worker_runs(service: Service) -> None:
     assert service.wait_ended(cpu_job, 300)["state"] == "succeeded"
     assert service.job(gpu_job)["state"] == "queued"
     api_call(service.client, "POST", f"/v1/jobs/{gpu_job}/cancel")
+
+
+def _submit_with_code(service: Service, spec: dict[str, Any], code: Path) -> int:
+    """``flatmtl submit SPEC --code DIR`` as a user runs it, with a token of the ``code`` scope."""
+    from flatmtl.service.db import Database
+    from flatmtl.service.settings import Settings
+    from flatmtl.service.tokens import create_token
+
+    settings = Settings(
+        data_dir=service.out.resolve(), database_url=f"sqlite:///{(service.out / 'flatmtl.db').resolve()}"
+    )
+    database = Database.from_settings(settings)
+    try:
+        token = create_token(
+            database, settings.token_key(), "tester", ["code"]
+        )  # the fixture's user, who reads the jobs
+    finally:
+        database.dispose()
+    path = service.out / f"{spec['problem'].replace(':', '-')}.json"
+    path.write_text(json.dumps(spec))
+    flatmtl = Path(sys.executable).parent / "flatmtl"
+    command = [str(flatmtl), "submit", str(path), "--code", str(code), "--url", str(service.client.base_url)]
+    done = subprocess.run([*command, "--token", token], capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    return int(done.stdout.strip())
+
+
+def test_a_problem_shipped_with_the_job_trains_on_two_ranks(service: Service, tmp_path: Path) -> None:
+    code = tmp_path / "code"
+    (code / "waves" / "__pycache__").mkdir(parents=True)
+    (code / "waves" / "__init__.py").write_text("")
+    (code / "waves" / "problem.py").write_text(WAVES)
+    (code / "waves" / "__pycache__" / "problem.cpython-311.pyc").write_bytes(b"not python")
+    spec = {"problem": "waves.problem:Waves", "problem_options": {"size": 96}, "epochs": 1, "batch_size": 16}
+    final = _final(service, _submit_with_code(service, {**spec, "processes": 2}, code))
+    assert final["test/sin/mae"] > 0 and final["test/cos/mae"] > 0
+    missing = _submit_with_code(service, {**spec, "problem": "waves.problem:Ripples"}, code)
+    job = service.wait_ended(missing, 300)
+    assert job["state"] == "failed"
+    for fragment in ("'waves.problem'", "'Ripples'", "no attribute"):
+        assert fragment in job["error"], job["error"]
+    assert service.worker.poll() is None
