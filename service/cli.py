@@ -126,7 +126,7 @@ def submit(
     with make_client(url, token) as client:
         if archive is not None:
             uploaded = call_api(
-                client, "POST", "/v1/code", content=archive, headers={"Content-Type": "application/gzip"}
+                client, "POST", "/v1/code", content=archive, headers={"Content-Type": "application/octet-stream"}
             )
             target = body["spec"].get("base", body["spec"]) if isinstance(body["spec"], dict) else None
             if target is None:

@@ -22,6 +22,12 @@ router = APIRouter(tags=["code"])
     status_code=201,
     summary="Upload code (a tar.gz) for jobs to run; needs the code scope",
     responses=responses(401, 403),
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+        }
+    },
 )
 async def upload_code(request: Request, _principal: CodeShipper, settings: SettingsDep) -> CodeOut:
     """The body is the archive. Its members must be files and directories inside its root, and it may not exceed

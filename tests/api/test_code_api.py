@@ -26,7 +26,7 @@ def api(database_url: str, tmp_path: Path) -> Iterator[Api]:
 
 def _upload(api: Api, data: bytes, user: str = "carol") -> tuple[int, dict]:
     response = api.client.post(
-        "/v1/code", content=data, headers={**api.as_user(user), "Content-Type": "application/gzip"}
+        "/v1/code", content=data, headers={**api.as_user(user), "Content-Type": "application/octet-stream"}
     )
     return response.status_code, response.json()
 
