@@ -19,6 +19,7 @@ from typing import Any
 import pyarrow as pa
 import pytest
 
+from flatmtl.service import code as code_archives
 from flatmtl.workers.worker.service_demo import (
     API_COMMAND,
     api_call,
@@ -31,6 +32,7 @@ from flatmtl.workers.worker.service_demo import (
 )
 from tests.problems.plugin_dists import pip_install_example
 from tests.problems.tables import mixed_columns, mixed_tables, write, yeast_tables
+from tests.service.test_code import _tar
 from tests.worker.cluster import require_ray, start_worker, stop, wait_until
 from tests.worker.test_service import Service
 
@@ -185,8 +187,8 @@ def test_the_api_knows_what_the_live_worker_runs(service: Service) -> None:
     api_call(service.client, "POST", f"/v1/jobs/{gpu_job}/cancel")
 
 
-def _submit_with_code(service: Service, spec: dict[str, Any], code: Path) -> int:
-    """``flatmtl submit SPEC --code DIR`` as a user runs it, with a token of the ``code`` scope."""
+def _code_token(service: Service) -> str:
+    """A token of the ``code`` scope for the fixture's user, who reads the jobs."""
     from flatmtl.service.db import Database
     from flatmtl.service.settings import Settings
     from flatmtl.service.tokens import create_token
@@ -196,11 +198,14 @@ def _submit_with_code(service: Service, spec: dict[str, Any], code: Path) -> int
     )
     database = Database.from_settings(settings)
     try:
-        token = create_token(
-            database, settings.token_key(), "tester", ["code"]
-        )  # the fixture's user, who reads the jobs
+        return create_token(database, settings.token_key(), "tester", ["code"])
     finally:
         database.dispose()
+
+
+def _submit_with_code(service: Service, spec: dict[str, Any], code: Path) -> int:
+    """``flatmtl submit SPEC --code DIR`` as a user runs it, with a token of the ``code`` scope."""
+    token = _code_token(service)
     path = service.out / f"{spec['problem'].replace(':', '-')}.json"
     path.write_text(json.dumps(spec))
     flatmtl = Path(sys.executable).parent / "flatmtl"
@@ -224,4 +229,13 @@ def test_a_problem_shipped_with_the_job_trains_on_two_ranks(service: Service, tm
     assert job["state"] == "failed"
     for fragment in ("'waves.problem'", "'Ripples'", "no attribute"):
         assert fragment in job["error"], job["error"]
+    # An archive that reached the data directory by other means is checked again by the worker.
+    escaping = _tar({"../outside.py": b"X = 1\n"})
+    digest = code_archives.digest(escaping)
+    stored = code_archives.archive_path(service.out / "artifacts", digest)
+    stored.write_bytes(escaping)
+    with api_client(str(service.client.base_url), _code_token(service)) as shipper:
+        refused = api_call(shipper, "POST", "/v1/jobs", json={"spec": {**spec, "code": digest}})["id"]
+    job = service.wait_ended(refused, 120)
+    assert job["state"] == "failed" and "'../outside.py' escapes" in job["error"], job["error"]
     assert service.worker.poll() is None
