@@ -106,6 +106,14 @@ def build_sharding_mode(
     return DataParallelMode(model, collectives, method, optimizer, prepare_step)
 
 
+class _StepsAndClears(Protocol):
+    """What takes a distributed mode's update: a torch optimizer, ``ShardedOptimizer`` or ``DeepSpeedZero``."""
+
+    def step(self) -> Any: ...
+
+    def zero_grad(self) -> Any: ...
+
+
 def _head_parameters(model: MultiTaskNet) -> list[torch.nn.Parameter]:
     return [p for head in model.task_parameters() for p in head]
 
@@ -139,10 +147,12 @@ class LocalMode:
 
 
 class _Distributed:
-    """What the multi-process modes share: counted collectives, running statistics averaged after each step,
-    and (unless a mode says otherwise) a model that is whole on every rank and a torch optimizer's state."""
+    """What the multi-process modes share: counted collectives, the step run inside ``full_parameters``, running
+    statistics averaged after each step, and (unless a mode says otherwise) a model that is whole on every rank
+    and a torch optimizer's state."""
 
     torch_optimizer: torch.optim.Optimizer
+    optimizer: _StepsAndClears
 
     def __init__(self, model: MultiTaskNet, collectives: Collectives) -> None:
         self.collectives = collectives
@@ -150,6 +160,20 @@ class _Distributed:
 
     def full_parameters(self) -> AbstractContextManager[None]:
         return nullcontext()
+
+    def take_step(self, run_step: Callable[[], StepRecord]) -> StepRecord:
+        self.collectives.counter.reset()
+        with self.full_parameters():
+            record = run_step()
+            self.hand_over_update()
+        self.running_statistics()
+        self.optimizer.step()
+        self.optimizer.zero_grad()
+        return record
+
+    def hand_over_update(self) -> None:
+        """Moves the step's update from the parameters' ``.grad`` to where ``optimizer`` reads it, while the
+        full parameters are still there; nothing to move where the optimizer reads ``.grad``."""
 
     def communication_bytes(self) -> int:
         return self.collectives.counter.bytes_sent
@@ -175,14 +199,7 @@ class DataParallelMode(_Distributed):
         prepare(self.step)
         factory, options = optimizer
         self.torch_optimizer = factory([*model.parameters(), *self.step.parameters()], **options)
-
-    def take_step(self, run_step: Callable[[], StepRecord]) -> StepRecord:
-        self.collectives.counter.reset()
-        record = run_step()
-        self.running_statistics()
-        self.torch_optimizer.step()
-        self.torch_optimizer.zero_grad()
-        return record
+        self.optimizer = self.torch_optimizer
 
 
 class Zero1Mode(_Distributed):
@@ -207,17 +224,11 @@ class Zero1Mode(_Distributed):
         self.optimizer = ShardedOptimizer(self.shard_view, [*heads, *self.step.parameters()], factory, **options)
         self.torch_optimizer = self.optimizer.optimizer
 
-    def take_step(self, run_step: Callable[[], StepRecord]) -> StepRecord:
-        self.collectives.counter.reset()
-        record = run_step()
-        self.running_statistics()
+    def hand_over_update(self) -> None:
         view = self.shard_view
         view.grad_shard = view.layout.local(view.flatten([p.grad for p in view.params]))
         for param in view.params:
             param.grad = None
-        self.optimizer.step()
-        self.optimizer.zero_grad()
-        return record
 
 
 class ShardedMode(_Distributed):
@@ -247,20 +258,13 @@ class ShardedMode(_Distributed):
     def full_parameters(self) -> AbstractContextManager[None]:
         return self.step.full_parameters()
 
-    def take_step(self, run_step: Callable[[], StepRecord]) -> StepRecord:
-        self.collectives.counter.reset()
-        with self.full_parameters():
-            record = run_step()
-        self.running_statistics()
-        self.optimizer.step()
-        self.optimizer.zero_grad()
-        return record
-
 
 class DeepSpeedMode(_Distributed):
     """DeepSpeed's ZeRO stage 1, 2 or 3 owns the partitions; the step's reduction is the engine's own
     (all-reduce at stage 1, reduce-scatter at stages 2 and 3), and the finished update is handed over inside
     the step's gathered parameters."""
+
+    optimizer: DeepSpeedZero
 
     def __init__(
         self,
@@ -294,15 +298,8 @@ class DeepSpeedMode(_Distributed):
     def full_parameters(self) -> AbstractContextManager[None]:
         return self.optimizer.gathered()
 
-    def take_step(self, run_step: Callable[[], StepRecord]) -> StepRecord:
-        self.collectives.counter.reset()
-        with self.full_parameters():
-            record = run_step()
-            self.optimizer.hand_over()
-        self.running_statistics()
-        self.optimizer.step()
-        self.optimizer.zero_grad()
-        return record
+    def hand_over_update(self) -> None:
+        self.optimizer.hand_over()
 
     def optimizer_state(self) -> dict[str, Any]:
         """DeepSpeed's view of its partitions (stage 3 lends them to the torch optimizer for this)."""
