@@ -15,9 +15,10 @@ import torch
 from torch.nn import functional as F  # noqa: N812
 
 from flatmtl.workers import problems
+from flatmtl.workers.mtl import methods
 from flatmtl.workers.problems.metrics import MulticlassMeter, MultilabelMeter, binned_auc
 from flatmtl.workers.training import RunOptions, train
-from flatmtl.workers.training.checkpoint import load
+from flatmtl.workers.training.checkpoint import load, seed_everything
 from tests.problems.tables import mixed_columns, mixed_tables, write, yeast_tables
 from tests.training.specs import registry_catalog
 
@@ -151,6 +152,50 @@ def test_every_model_trains_every_kind_with_categorical_features(tmp_path: Path,
     assert float(problem.losses(net(inputs), targets).sum().detach()) < before
     results = problem.evaluate(net, "test")
     assert {"clicked/roc_auc", "segment/macro_f1", "price/rmse", "tags/micro_f1", "tags/hamming_loss"} <= set(results)
+
+
+def _every_method_once() -> list[tuple[str, str, str]]:
+    """(weighting, aggregator, wrapper) triples that run each registered method once, beside the defaults."""
+    aggregated = [("ew", m.name, "none") for m in methods("aggregator")]
+    weighted = [(m.name, "mean", "none") for m in methods("weighting") if m.name != "ew"]
+    wrapped = [("ew", "mean", m.name) for m in methods("wrapper") if m.name != "none"]
+    return aggregated + weighted + wrapped
+
+
+@pytest.fixture(scope="module")
+def small_mixed_tables(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """Two training batches of 20 rows; some rows lack the binary label, some the regression one."""
+    return mixed_tables(tmp_path_factory.mktemp("tables"), train_rows=40, test_rows=20)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("weighting", "aggregator", "wrapper"), _every_method_once(), ids=["-".join(m) for m in _every_method_once()]
+)
+def test_every_method_trains_the_table_problem_with_missing_labels(
+    tmp_path: Path, small_mixed_tables: dict[str, Any], weighting: str, aggregator: str, wrapper: str
+) -> None:
+    seed = 4
+    method = {"weighting": {"name": weighting}, "aggregator": {"name": aggregator}, "wrapper": {"name": wrapper}}
+    model = {"model": "mlp", "model_options": {"hidden": [8]}}
+    spec = _spec("table", small_mixed_tables, **model, batch_size=20, seed=seed, method=method)
+    run = train(spec, tmp_path / "run", options=RunOptions(plots=False))
+    assert (run.status, run.summary["steps"]) == ("SUCCEEDED", 2)
+    final = run.summary["final"]
+    losses = [final[f"train/loss/{task}"] for task in ("clicked", "segment", "price", "tags")]
+    assert all(math.isfinite(loss) for loss in losses), losses
+    assert all(math.isfinite(final[key]) for key in final if key.startswith("test/")), final
+    # The trainer seeds, then builds the problem and the model: the same calls give its initial parameters.
+    seed_everything(seed)
+    problem = problems.build("table", **small_mixed_tables)
+    clicked, _, price, _ = problem.dataset("train").targets
+    assert bool(clicked.isnan().any()) and bool(price.isnan().any())
+    initial = problem.model(model["model"], **model["model_options"]).state_dict()
+    trained = load(run.run_dir / "checkpoints" / "latest.pt")["model"]
+    assert trained.keys() == initial.keys()
+    for name, before in initial.items():
+        assert bool(trained[name].isfinite().all()), name
+        assert not torch.equal(trained[name], before), name
 
 
 def test_binned_auc_is_the_pairwise_probability_a_positive_outranks_a_negative() -> None:
