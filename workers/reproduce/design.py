@@ -106,7 +106,9 @@ def spec(
     optim: dict[str, Any] | None = None,
     epochs: int | None = None,
 ) -> dict[str, Any]:
-    """The TrainSpec document of one run at ``scale``: Adam at ``scale.lr`` unless ``optim`` says otherwise."""
+    """The TrainSpec document of one run at ``scale``: Adam at ``scale.lr`` unless ``optim`` says otherwise.
+
+    Diagnostics run at every step: the claims read gradient conflict per step, as the papers measure it."""
     return {
         "name": f"{method.label}-seed{seed}".replace(" ", "_").replace("(", "").replace(")", ""),
         "problem": problem,
@@ -116,4 +118,5 @@ def spec(
         "epochs": epochs or scale.epochs,
         "batch_size": scale.batch_size,
         "seed": seed,
+        "diagnostics_every": 1,
     }
