@@ -147,11 +147,25 @@ class EpochReporter:
                 name = f"epoch_{int(metrics['epoch']):04d}"
             else:  # the end of a run that trained no new epoch, or failed: after the epoch's own checkpoint
                 name = f"end_{self.trainer.epoch if self.trainer else 0:04d}"
-            ray.train.report(
-                metrics,
-                checkpoint=ray.train.Checkpoint.from_directory(str(Path(staging) / "run")),
-                checkpoint_dir_name=name,
-            )
+            try:
+                ray.train.report(
+                    metrics,
+                    checkpoint=ray.train.Checkpoint.from_directory(str(Path(staging) / "run")),
+                    checkpoint_dir_name=name,
+                )
+            except OSError as error:  # Ray's copy to storage names no file: the job's reason names where it failed
+                raise OSError(error.errno, error.strerror or str(error), _checkpoint_destination(name)) from error
+
+
+def _checkpoint_destination(name: str) -> str:
+    """Where Ray persists the checkpoint ``name``; its storage context is a developer API, so without it the
+    checkpoint's name stands in."""
+    import ray.train
+
+    try:
+        return ray.train.get_context().get_storage().build_checkpoint_path_from_name(name)
+    except (AttributeError, NotImplementedError):
+        return name
 
 
 def snapshot(run: RunDirectory, into: Path) -> None:
