@@ -16,9 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
-from flatmtl.workers.worker.service_demo import WORKER_COMMAND
+from flatmtl.workers.worker.service_demo import TERMINAL, WORKER_COMMAND, api_call
 
 TASKS = ("top_left", "bottom_right")
 TRAIN_SIZE = 128
@@ -123,6 +124,32 @@ RAY_PORTS = (
 
 
 @dataclass
+@dataclass
+class Service:
+    """A running API and worker, driven over REST as a user would."""
+
+    client: httpx.Client
+    out: Path
+    worker: subprocess.Popen[bytes]
+
+    def job_dir(self, job_id: int) -> Path:
+        return self.out / "artifacts" / "jobs" / str(job_id)
+
+    def submit(self, spec: dict[str, Any]) -> int:
+        return int(api_call(self.client, "POST", "/v1/jobs", json={"spec": spec})["id"])
+
+    def job(self, job_id: int) -> dict[str, Any]:
+        return api_call(self.client, "GET", f"/v1/jobs/{job_id}")
+
+    def wait_ended(self, job_id: int, timeout_s: float) -> dict[str, Any]:
+        def ended() -> dict[str, Any] | None:
+            assert self.worker.poll() is None, f"the worker exited; see {self.out / 'worker.log'}"
+            job = self.job(job_id)
+            return job if job["state"] in TERMINAL else None
+
+        return wait_until(ended, timeout_s, f"job {job_id} to end", interval_s=0.5)
+
+
 class RayCluster:
     """A Ray head and a second node started with ``ray start``, with token authentication as ``ray start`` sets
     it up: ``env`` is what a process needs to join (the address, ``RAY_AUTH_MODE`` and the token)."""

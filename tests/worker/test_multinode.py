@@ -16,12 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from flatmtl.workers.worker.service_demo import (
     API_COMMAND,
-    TERMINAL,
     WORKER_COMMAND,
     api_call,
     api_client,
@@ -31,7 +29,7 @@ from flatmtl.workers.worker.service_demo import (
     service_env,
     wait_healthy,
 )
-from tests.worker.cluster import RayCluster, require_ray, stop, tiny, two_node_cluster, wait_until
+from tests.worker.cluster import RayCluster, Service, require_ray, stop, tiny, two_node_cluster, wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 BUCKET = "flatmtl"
@@ -39,26 +37,9 @@ CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing
 
 
 @dataclass
-class Deployment:
-    client: httpx.Client
-    out: Path
+class Deployment(Service):
     cluster: RayCluster
     s3_endpoint: str
-    worker: subprocess.Popen[bytes]
-
-    def submit(self, spec: dict[str, Any]) -> int:
-        return int(api_call(self.client, "POST", "/v1/jobs", json={"spec": spec})["id"])
-
-    def job(self, job_id: int) -> dict[str, Any]:
-        return api_call(self.client, "GET", f"/v1/jobs/{job_id}")
-
-    def wait_ended(self, job_id: int, timeout_s: float) -> dict[str, Any]:
-        def ended() -> dict[str, Any] | None:
-            assert self.worker.poll() is None, f"the worker exited; see {self.out / 'worker.log'}"
-            job = self.job(job_id)
-            return job if job["state"] in TERMINAL else None
-
-        return wait_until(ended, timeout_s, f"job {job_id} to end", interval_s=1.0)
 
     def artifact(self, job_id: int, path: str) -> bytes:
         response = self.client.get(f"/v1/jobs/{job_id}/artifacts/{path}")
@@ -134,7 +115,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
                 api_client(f"http://127.0.0.1:{port}", token) as client,
             ):
                 wait_healthy(client, api, out / "api.log", timeout_s=90)
-                yield Deployment(client, out, cluster, endpoint, worker)
+                yield Deployment(client, out, worker, cluster, endpoint)
     finally:
         stop(server)
 

@@ -8,21 +8,17 @@ from __future__ import annotations
 
 import itertools
 import json
-import subprocess
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from click.testing import CliRunner
 
 from flatmtl.service.cli import submit
 from flatmtl.workers.worker.service_demo import (
     API_COMMAND,
-    TERMINAL,
     api_call,
     api_client,
     create_demo_token,
@@ -31,34 +27,20 @@ from flatmtl.workers.worker.service_demo import (
     service_env,
     wait_healthy,
 )
-from tests.worker.cluster import TASKS, line_count, require_ray, start_worker, steps_per_epoch, stop, tiny, wait_until
+from tests.worker.cluster import (
+    TASKS,
+    Service,
+    line_count,
+    require_ray,
+    start_worker,
+    steps_per_epoch,
+    stop,
+    tiny,
+    wait_until,
+)
 
 LEASE_SECONDS = 6
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
-
-
-@dataclass
-class Service:
-    client: httpx.Client
-    out: Path
-    worker: subprocess.Popen[bytes]
-
-    def job_dir(self, job_id: int) -> Path:
-        return self.out / "artifacts" / "jobs" / str(job_id)
-
-    def submit(self, spec: dict[str, Any]) -> int:
-        return int(api_call(self.client, "POST", "/v1/jobs", json={"spec": spec})["id"])
-
-    def job(self, job_id: int) -> dict[str, Any]:
-        return api_call(self.client, "GET", f"/v1/jobs/{job_id}")
-
-    def wait_ended(self, job_id: int, timeout_s: float) -> dict[str, Any]:
-        def ended() -> dict[str, Any] | None:
-            assert self.worker.poll() is None, f"the worker exited; see {self.out / 'worker.log'}"
-            job = self.job(job_id)
-            return job if job["state"] in TERMINAL else None
-
-        return wait_until(ended, timeout_s, f"job {job_id} to end", interval_s=0.5)
 
 
 @pytest.fixture(scope="module")

@@ -33,8 +33,7 @@ from flatmtl.workers.worker.service_demo import (
 from tests.problems.plugin_dists import pip_install_example
 from tests.problems.tables import mixed_columns, mixed_tables, write, yeast_tables
 from tests.service.test_code import _tar
-from tests.worker.cluster import require_ray, start_worker, stop, wait_until
-from tests.worker.test_service import Service
+from tests.worker.cluster import Service, require_ray, start_worker, stop, wait_until
 
 WAVES = """
 import torch
