@@ -124,7 +124,6 @@ RAY_PORTS = (
 
 
 @dataclass
-@dataclass
 class Service:
     """A running API and worker, driven over REST as a user would."""
 
@@ -150,6 +149,7 @@ class Service:
         return wait_until(ended, timeout_s, f"job {job_id} to end", interval_s=0.5)
 
 
+@dataclass
 class RayCluster:
     """A Ray head and a second node started with ``ray start``, with token authentication as ``ray start`` sets
     it up: ``env`` is what a process needs to join (the address, ``RAY_AUTH_MODE`` and the token)."""
