@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from flatmtl.workers import mtl
 from flatmtl.workers.mtl import linear_trunk
 from flatmtl.workers.mtl.flat import FlatParams
-from flatmtl.workers.mtl.task_gradients import TaskGradientEngine
+from flatmtl.workers.mtl.task_gradients import TaskGradientEngine, batched_backward
 from flatmtl.workers.problems.models.encoders import MLPEncoder
 from flatmtl.workers.problems.models.hps import HardSharing
 
@@ -180,3 +180,54 @@ def test_the_oracle_takes_the_products_on_a_declared_mlp(
         [shared.flatten(torch.autograd.grad(loss, shared.params, retain_graph=True)) for loss in losses()]
     )
     torch.testing.assert_close(result.shared, expected, rtol=1e-10, atol=1e-12)
+
+
+def assert_within_bf16(result: Tensor, expected: Tensor) -> None:
+    """bfloat16 keeps 8 significant bits: the paths may round the same sums at different points."""
+    torch.testing.assert_close(result, expected, rtol=2e-2, atol=2e-2 * float(expected.abs().max()))
+
+
+@pytest.mark.parametrize("name", sorted(SUPPORTED))
+def test_under_bf16_autocast_the_products_equal_autograds_bf16_backward(name: str) -> None:
+    """Autocast casts every weight into bfloat16 on its way into its product: the plan sees through the
+    casts, and its float32 [K, P] matches both autograd backwards of the same bfloat16 graph."""
+    torch.manual_seed(0)
+    trunk = SUPPORTED[name]()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        source = trunk(torch.randn(10, 6))
+    assert source.dtype == torch.bfloat16
+    rows = torch.randn(NUM_ROWS, *source.shape, dtype=torch.bfloat16)
+    shared = FlatParams(list(trunk.parameters()))
+    plan = linear_trunk.plan(source, shared)
+    assert plan is not None
+    result = linear_trunk.task_gradients(plan, rows, shared)
+    assert result.dtype == torch.float32
+    vmapped = shared.flatten_batched(batched_backward([source], [rows], shared.params, retain_graph=True), NUM_ROWS)
+    assert_within_bf16(result, vmapped)
+    assert_within_bf16(result, sequential_reference(source, rows, shared))
+
+
+def test_under_bf16_autocast_the_oracle_takes_the_products(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A step whose losses are computed under autocast (as ``precision: bf16`` trains) takes the products, not
+    the vmapped backward, and its per-task gradients are the vmapped ones to bfloat16's precision."""
+    torch.manual_seed(0)
+    model = HardSharing(MLPEncoder((6,), hidden=(8, 5)), [nn.Linear(5, 1) for _ in range(4)])
+    x, targets = torch.randn(12, 6), torch.randn(12, 4)
+
+    def losses() -> Tensor:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            outputs = torch.cat(model(x), dim=1)
+        return ((outputs.float() - targets) ** 2).mean(dim=0)
+
+    calls: list[bool] = []
+    original = linear_trunk.task_gradients
+    monkeypatch.setattr(linear_trunk, "task_gradients", lambda *args: calls.append(True) or original(*args))
+    results = {}
+    for linear in (True, False):
+        step = mtl.MTLStep.from_model(model, gradient_mode="batched")
+        step.gradient_engine.linear_trunk = linear
+        oracle = step.oracle(losses)
+        results[linear] = oracle.task_gradients(oracle.losses()).shared
+        assert calls == [True]
+    assert results[True].dtype == torch.float32
+    assert_within_bf16(results[True], results[False])

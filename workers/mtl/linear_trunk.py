@@ -11,11 +11,16 @@ whichever modules or functional calls produced it. Any node outside the supporte
 normalisation, branches, a parameter used twice) gives no plan, and the caller falls back to the
 vmapped backward. Gradient hooks on the trunk's intermediate tensors are not run (parameters with
 hooks give no plan).
+
+Under autocast the chain runs in the autocast dtype (bfloat16) from weights cast on their way in (a copy node
+between each parameter and its product). The products then take the same bfloat16 operands as autograd's
+backward would, with the matrix kernels' float32 accumulation, and each parameter's columns receive their
+gradient in the parameters' dtype, as the cast's backward gives it; bias columns are summed in that dtype.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -28,7 +33,6 @@ ELEMENTWISE = frozenset(
         "ReluBackward0",
         "LeakyReluBackward0",
         "EluBackward0",
-        "GeluBackward0",
         "SiluBackward0",
         "TanhBackward0",
         "SigmoidBackward0",
@@ -36,8 +40,13 @@ ELEMENTWISE = frozenset(
 )
 """Backward nodes of elementwise functions: called on a [K, *shape] gradient, they broadcast their saved
 [*shape] tensors over the K rows."""
+GELU = "GeluBackward0"
+"""GELU's backward, which does not broadcast in bfloat16 on the CPU (oneDNN), so it is called on its saved
+input expanded to the K rows instead."""
 
 VIEWS = frozenset({"ViewBackward0", "UnsafeViewBackward0"})
+CAST = "ToCopyBackward0"
+"""A parameter cast (autocast's copy of a weight into its dtype) whose backward casts the gradient back."""
 
 
 class _UnsupportedError(Exception):
@@ -61,16 +70,24 @@ class Elementwise:
 
 
 @dataclass(frozen=True)
+class Gelu:
+    saved_input: Tensor
+    approximate: str
+
+
+@dataclass(frozen=True)
 class View:
     shape: tuple[int, ...]
 
 
 @dataclass
 class Plan:
-    """The steps from the trunk's output down to the data, and the parameters none of them reaches."""
+    """The steps from the trunk's output down to the data, the parameters none of them reaches, and the dtype
+    the chain computed in (its output's: the autocast dtype under autocast)."""
 
-    steps: list[Linear | Elementwise | View] = field(default_factory=list)
-    unreached: list[slice] = field(default_factory=list)
+    steps: list[Linear | Elementwise | Gelu | View]
+    unreached: list[slice]
+    dtype: torch.dtype
 
 
 def plan(source: Tensor, shared: FlatParams) -> Plan | None:
@@ -83,31 +100,40 @@ def plan(source: Tensor, shared: FlatParams) -> Plan | None:
         steps = walk.steps(source.grad_fn)
     except (_UnsupportedError, AttributeError):  # AttributeError: a node's saved fields differ (another torch)
         return None
-    return Plan(steps, [cols for key, (cols, _) in walk.columns.items() if key not in walk.used])
+    unreached = [cols for key, (cols, _) in walk.columns.items() if key not in walk.used]
+    return Plan(steps, unreached, source.dtype)
 
 
 @torch.no_grad()
 def task_gradients(trunk: Plan, rows: Tensor, shared: FlatParams) -> Tensor:
-    """[K, P]: row k is the gradient of ``<source, rows[k]>`` w.r.t. the shared parameters (all of them,
-    as ``FlatParams.flatten_batched`` gives, also where ``shared`` is one rank's shard view)."""
+    """[K, P] in the parameters' dtype: row k is the gradient of ``<source, rows[k]>`` w.r.t. the shared
+    parameters (all of them, as ``FlatParams.flatten_batched`` gives, also where ``shared`` is one rank's shard
+    view). The products run in the chain's own dtype, whatever autocast surrounds the call."""
     num_rows = rows.shape[0]
-    out = rows.new_empty(num_rows, shared.bounds[-1])
-    grad = rows
-    for step in trunk.steps:
-        if isinstance(step, Elementwise):
-            grad = step.node(grad)
-        elif isinstance(step, View):
-            grad = grad.reshape(num_rows, *step.shape)
-        else:
-            if step.weight is not None:
-                cols, saved_input = step.weight
-                inputs = saved_input.expand(num_rows, *saved_input.shape)
-                weight = out[:, cols].view(num_rows, grad.shape[-1], inputs.shape[-1])
-                torch.bmm(grad.transpose(1, 2), inputs, out=weight)
-            if step.bias is not None:
-                torch.sum(grad, dim=1, out=out[:, step.bias])
-            if step.weight_t is not None:
-                grad = grad @ step.weight_t.T
+    out = torch.empty(num_rows, shared.bounds[-1], dtype=shared.dtype, device=rows.device)
+    grad = rows.to(trunk.dtype)
+    with torch.autocast(rows.device.type, enabled=False):
+        for step in trunk.steps:
+            if isinstance(step, Elementwise):
+                grad = step.node(grad)
+            elif isinstance(step, Gelu):
+                saved = step.saved_input.expand_as(grad)
+                grad = torch.ops.aten.gelu_backward(grad, saved, approximate=step.approximate)
+            elif isinstance(step, View):
+                grad = grad.reshape(num_rows, *step.shape)
+            else:
+                if step.weight is not None:
+                    cols, saved_input = step.weight
+                    inputs = saved_input.expand(num_rows, *saved_input.shape)
+                    weight = out[:, cols].view(num_rows, grad.shape[-1], inputs.shape[-1])
+                    if weight.dtype == grad.dtype:
+                        torch.bmm(grad.transpose(1, 2), inputs, out=weight)
+                    else:
+                        weight.copy_(torch.bmm(grad.transpose(1, 2), inputs))
+                if step.bias is not None:
+                    torch.sum(grad, dim=1, dtype=out.dtype, out=out[:, step.bias])
+                if step.weight_t is not None:
+                    grad = grad @ step.weight_t.T
     for cols in trunk.unreached:
         out[:, cols].zero_()
     return out
@@ -123,13 +149,15 @@ class _Walk:
         }
         self.used: set[int] = set()
 
-    def steps(self, node: Node | None) -> list[Linear | Elementwise | View]:
-        steps: list[Linear | Elementwise | View] = []
+    def steps(self, node: Node | None) -> list[Linear | Elementwise | Gelu | View]:
+        steps: list[Linear | Elementwise | Gelu | View] = []
         while node is not None:
             name = type(node).__name__
             nexts = [fn for fn, _ in node.next_functions]
             if name in ELEMENTWISE and len(nexts) == 1:
                 steps.append(Elementwise(node))
+            elif name == GELU and len(nexts) == 1:
+                steps.append(Gelu(node._saved_self, node._saved_approximate))
             elif name in VIEWS and len(nexts) == 1:
                 steps.append(View(tuple(node._saved_self_sym_sizes)))
             elif name == "AddmmBackward0" and node._saved_alpha == 1 and node._saved_beta == 1:
@@ -154,7 +182,10 @@ class _Walk:
         return Linear(weight, bias_cols, node._saved_mat2)
 
     def claim(self, node: Node | None, shape: tuple[int, ...]) -> slice:
-        """The columns of the shared parameter that ``node`` accumulates into (hook-free, used once)."""
+        """The columns of the shared parameter that ``node`` accumulates into (hook-free, used once), through
+        a cast of the parameter where there is one."""
+        if type(node).__name__ == CAST and len(node.next_functions) == 1:  # type: ignore[union-attr]
+            node = node.next_functions[0][0]  # type: ignore[union-attr]
         param = getattr(node, "variable", None)
         key = id(param)
         if param is None or key not in self.columns or key in self.used:
