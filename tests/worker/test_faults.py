@@ -175,7 +175,10 @@ def test_postgres_outages_lose_no_job_and_run_none_twice(postgres: Postgres, tmp
         assert any(earlier < end < later for end in ends), lines
 
 
-def test_sigterm_releases_the_job_and_the_next_worker_resumes_it(tmp_path: Path) -> None:
+def test_sigterm_releases_the_job_a_second_signal_forces_and_the_next_worker_resumes_it(tmp_path: Path) -> None:
+    """The first worker gets one SIGTERM (the job stops at the grace period's end, exit 0); the second gets two
+    while the job runs, with a grace period longer than the job (the second signal stops it at once, exit 1);
+    both release the job, and a third worker finishes it from the checkpoint."""
     require_ray()
     settings = Settings(data_dir=tmp_path, database_url=f"sqlite:///{tmp_path / 'flatmtl.db'}")
     db = Database.from_settings(settings)
@@ -184,6 +187,13 @@ def test_sigterm_releases_the_job_and_the_next_worker_resumes_it(tmp_path: Path)
     job, _ = queue.submit(db, spec)
     env = service_env(tmp_path, FLATMTL_LEASE_SECONDS="30", FLATMTL_SHUTDOWN_GRACE_S="2")
     run_dir = tmp_path / "artifacts" / "jobs" / str(job.id) / "run"
+    job_log = run_dir.parent / "job.log"
+
+    def released() -> None:
+        with db.read() as session:
+            current = get_job(session, job.id)
+        assert current.state == "queued" and current.lease_owner is None, (current.state, current.error)
+
     first = start_worker(env, tmp_path / "worker-1.log", "--max-jobs", "1")
     try:
         wait_until(lambda: (run_dir / "checkpoints" / "latest.pt").exists(), 240, "the first checkpoint")
@@ -191,24 +201,35 @@ def test_sigterm_releases_the_job_and_the_next_worker_resumes_it(tmp_path: Path)
         assert first.wait(timeout=60) == 0, log_text(tmp_path / "worker-1.log")[-3000:]
     finally:
         stop(first)
-    with db.read() as session:
-        released = get_job(session, job.id)
-    assert released.state == "queued" and released.attempt == 1 and released.lease_owner is None
+    released()
     first_log = log_text(tmp_path / "worker-1.log")
     assert "SIGTERM: shutting down" in first_log and f"job {job.id} may run 2 s more" in first_log, first_log[-3000:]
 
-    second = start_worker(env, tmp_path / "worker-2.log", "--max-jobs", "1")
+    patient = {**env, "FLATMTL_SHUTDOWN_GRACE_S": "600"}
+    second = start_worker(patient, tmp_path / "worker-2.log", "--max-jobs", "1")
     try:
-        assert second.wait(timeout=240) == 0, log_text(tmp_path / "worker-2.log")[-3000:]
+        wait_until(lambda: log_text(job_log).count(" claimed by ") >= 2, 120, "the second claim")
+        second.send_signal(signal.SIGTERM)
+        wait_until(lambda: "may run 600 s more" in log_text(tmp_path / "worker-2.log"), 30, "the grace period")
+        second.send_signal(signal.SIGTERM)
+        assert second.wait(timeout=60) == 1, log_text(tmp_path / "worker-2.log")[-3000:]
     finally:
         stop(second)
+    released()
+    assert "SIGTERM again: forcing the shutdown" in log_text(tmp_path / "worker-2.log")
+
+    third = start_worker(env, tmp_path / "worker-3.log", "--max-jobs", "1")
+    try:
+        assert third.wait(timeout=240) == 0, log_text(tmp_path / "worker-3.log")[-3000:]
+    finally:
+        stop(third)
     with db.read() as session:
         done = get_job(session, job.id)
         kinds = [event.kind for event in list_events(session, job.id)]
     db.dispose()
     assert done.state == "succeeded", done.error
-    assert kinds.count("released") == 1 and "lease_expired" not in kinds
-    assert "trial 0 resumes from its checkpoint" in (run_dir.parent / "job.log").read_text()
+    assert kinds.count("released") == 2 and "lease_expired" not in kinds
+    assert "trial 0 resumes from its checkpoint" in job_log.read_text()
 
 
 @contextlib.contextmanager
