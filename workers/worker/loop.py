@@ -14,6 +14,7 @@ import logging
 import os
 import signal
 import socket
+import sys
 import tempfile
 import threading
 import time
@@ -449,20 +450,49 @@ class Worker:
         job_logger.info("job %d %s%s", lease.job_id, outcome, f": {error}" if error else "")
 
 
+class JobLogHandler(logging.FileHandler):
+    """The job's log file. A line it cannot write (a full disk) neither ends the job nor goes unnoticed: the
+    job's lines also reach the worker's own log, which says once that the file lost lines and, at the end, how many."""
+
+    def __init__(self, path: Path, job_id: int) -> None:
+        super().__init__(path, encoding="utf-8")
+        self.job_id = job_id
+        self.dropped = 0
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        self.dropped += 1
+        if self.dropped == 1:
+            error = sys.exc_info()[1]
+            reason = os_error(error) if isinstance(error, OSError) else repr(error)
+            log.warning(
+                "job %d: its log %s cannot be written (%s); its lines stay in this log",
+                self.job_id,
+                self.baseFilename,
+                reason,
+            )
+
+    def close(self) -> None:
+        try:
+            super().close()
+        except OSError:  # the buffered tail could not be written either
+            self.dropped += 1
+        if self.dropped:
+            log.warning(
+                "job %d: its log %s is missing lines (%d writes failed)", self.job_id, self.baseFilename, self.dropped
+            )
+
+
 @contextmanager
 def job_log(path: Path, lease: queue.Lease) -> Iterator[logging.Logger]:
     """A logger appending to the job's log file (the one the API tails) and to the worker's own log."""
     path.parent.mkdir(parents=True, exist_ok=True)
     logger = logging.getLogger(f"flatmtl.worker.job.{lease.job_id}.{lease.token}")
     logger.setLevel(logging.INFO)
-    handler = logging.FileHandler(path, encoding="utf-8")
+    handler = JobLogHandler(path, lease.job_id)
     handler.setFormatter(logging.Formatter(LOG_FORMAT))
     logger.addHandler(handler)
     try:
         yield logger
     finally:
         logger.removeHandler(handler)
-        try:
-            handler.close()
-        except OSError as error:  # a full disk: the job's outcome is already recorded, the worker goes on
-            log.warning("job %d: closing its log failed: %s", lease.job_id, os_error(error))
+        handler.close()
