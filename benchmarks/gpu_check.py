@@ -286,16 +286,13 @@ def _train(root: Path, name: str, device: torch.device, *, max_steps: int | None
         "batch_size": 32,
         "seed": 3,
         "method": {"weighting": "ew", "aggregator": "mgda", "wrapper": "samo"},
+        "deterministic": True,
         **fields,
     }
     where: Any = device.type
-    result = train(
-        spec, root / name, options=RunOptions(device=where, plots=False, deterministic=True, max_steps=max_steps)
-    )
+    result = train(spec, root / name, options=RunOptions(device=where, plots=False, max_steps=max_steps))
     if max_steps is not None:  # stopped with a checkpoint: resume it to the end
-        result = train(
-            spec, root / name, options=RunOptions(device=where, plots=False, deterministic=True), resume=True
-        )
+        result = train(spec, root / name, options=RunOptions(device=where, plots=False), resume=True)
     return result
 
 

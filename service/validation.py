@@ -78,12 +78,16 @@ def problems_from(errors: Iterable[Mapping[str, Any]], prefix: tuple[Any, ...] =
             value = ctx.get("value")
             message, allowed = ctx["message"], ctx.get("allowed", "")
         else:
-            message, allowed = item["msg"], _allowed(ctx)
+            message, allowed = item["msg"], _allowed(ctx) or TYPE_ALLOWED.get(item["type"], "")
             if item["type"] == "spec_kind":
                 loc, allowed = (*loc, "kind"), "train, sweep"
                 value = value.get("kind") if isinstance(value, dict) else value
         found.append(FieldProblem(field_path(loc), json_safe(value), message, allowed))
     return found
+
+
+TYPE_ALLOWED = {"bool_type": "true or false", "int_type": "an integer", "float_type": "a number"}
+"""What a strict scalar field takes, for the type errors whose context says nothing."""
 
 
 def _allowed(ctx: dict[str, Any]) -> str:

@@ -126,8 +126,13 @@ def _leaf_paths(model: type[BaseModel], prefix: str = "") -> list[str]:
 
 
 OPTION_FIELDS = ("problem_options", "model_options")
-SWEEPABLE = tuple(p for p in _leaf_paths(TrainSpec) if p not in OPTION_FIELDS and not p.startswith("resources."))
-"""Resources are the sweep's (``resources_per_trial``), one value for every trial, so they are not swept."""
+SWEEPABLE = tuple(
+    p
+    for p in _leaf_paths(TrainSpec)
+    if p not in (*OPTION_FIELDS, *TrainSpec.EXECUTION_FIELDS) and not p.startswith("resources.")
+)
+"""Resources are the sweep's (``resources_per_trial``), one value for every trial, so they are not swept; nor
+are the base's execution settings (``deterministic``, ``loader_workers``), which every trial runs with."""
 
 
 def set_path(document: dict[str, Any], path: str, value: Any) -> None:

@@ -154,6 +154,7 @@ def gpu_share_problem(gpus: float, processes: int) -> str | None:
 
 
 GPU_SHARES_ALLOWED = "0, a fraction below 1 with processes: 1, or a whole number"
+MAX_LOADER_WORKERS = 64
 DIAGNOSTICS_EVERY = 100
 """The MTL core's default (``flatmtl.workers.mtl.step.DEFAULT_DIAGNOSTICS_EVERY``), restated because the
 service imports no torch; a test keeps the two equal."""
@@ -195,6 +196,24 @@ class TrainSpec(SpecModel):
     precision: Literal["fp32", "bf16"] = Field(
         "fp32", description="bf16: forward passes and losses under bfloat16 autocast (CPU or CUDA); fp32 weights."
     )
+    deterministic: bool = Field(
+        False,
+        description="CUDA: deterministic kernels, a fixed cuBLAS workspace and no TF32, so a run repeats bit for bit "
+        "on the same GPU model and library versions (slower). CPU runs repeat without it.",
+    )
+    loader_workers: int | None = Field(
+        None,
+        ge=0,
+        le=MAX_LOADER_WORKERS,
+        description="Processes per rank that read and collate training and evaluation batches ahead of the step "
+        "(0: one background thread). null: 0 for data held in memory, and for files read per sample a few on "
+        "CUDA, none on the CPU (the training threads take its cores). The batches and their order are the same "
+        "for every value.",
+    )
+
+    EXECUTION_FIELDS: ClassVar[tuple[str, ...]] = ("deterministic", "loader_workers")
+    """How a run executes, not what it trains: a resumed run may change them (on CUDA a deterministic run and
+    one that is not differ in the last bits, as two runs that are not do)."""
 
     @field_validator("precision", mode="before")
     @classmethod

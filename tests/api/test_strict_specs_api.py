@@ -7,9 +7,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 from click.testing import CliRunner
 
 import flatmtl.service.cli
+from flatmtl.service import queue
+from flatmtl.workers.training import RunDirectory, RunOptions, determinism
+from flatmtl.workers.training.trainer import RankContext, Trainer
+from flatmtl.workers.worker.plan import plan_job
 from tests.api.conftest import Api
 from tests.api.test_cli import BorrowedClient
 from tests.api.test_jobs_api import TRAIN
@@ -22,6 +27,8 @@ from tests.api.test_jobs_api import TRAIN
         ({"spec": {**TRAIN, "optimizer": {"lr": "1e-3"}}}, "spec.optimizer.lr", "1e-3", "valid number"),
         ({"spec": {**TRAIN, "optimizer": {"lr": False}}}, "spec.optimizer.lr", False, "valid number"),
         ({"spec": TRAIN, "priority": "5"}, "priority", "5", "valid integer"),
+        ({"spec": {**TRAIN, "deterministic": "yes"}}, "spec.deterministic", "yes", "valid boolean"),
+        ({"spec": {**TRAIN, "loader_workers": -1}}, "spec.loader_workers", -1, "greater than or equal to 0"),
         (
             {"spec": {**TRAIN, "method": {"wrapper": {"name": "fmtl", "hparams": {"rho": "0.05"}}}}},
             "spec.method.wrapper.hparams.rho",
@@ -38,7 +45,7 @@ def test_typed_fields_refuse_strings_with_422(
     body = response.json()
     (error,) = body["errors"]
     assert (error["field"], error["value"]) == (field, value)
-    assert expected in error["message"] and field in body["message"]
+    assert expected in error["message"] and field in body["message"] and error["allowed"]
     assert api.client.get("/v1/jobs", headers=api.as_user("alice")).json()["items"] == []
 
 
@@ -54,3 +61,31 @@ def test_cli_submits_a_yaml_spec_with_exponents(api: Api, monkeypatch: pytest.Mo
     job = api.client.get(f"/v1/jobs/{int(result.output)}", headers=api.as_user("alice")).json()
     assert (job["spec"]["optimizer"]["lr"], job["spec"]["optimizer"]["weight_decay"]) == (0.001, 0.0005)
     assert job["spec"]["method"]["wrapper"]["hparams"]["rho"] == 0.05
+
+
+def test_execution_settings_of_a_submitted_sweep_reach_every_trials_trainer(api: Api, tmp_path: Path) -> None:
+    """``deterministic`` and ``loader_workers`` of a sweep's base travel in the stored spec to every trial the
+    worker plans, and the trainer a rank builds from a trial sets its process and its loader by them."""
+    base = {
+        "problem": "multi_digits",
+        "problem_options": {"train_size": 64, "test_size": 32},
+        "deterministic": True,
+        "loader_workers": 1,
+    }
+    space = {"optimizer.lr": {"type": "grid", "values": [0.01, 0.1]}}
+    sweep = {"kind": "sweep", "base": base, "space": space, "metric": "test/mean/accuracy", "mode": "max"}
+    response = api.client.post("/v1/jobs", json={"spec": sweep}, headers=api.as_user("alice"))
+    assert response.status_code == 201, response.text
+    lease = queue.claim(api.db, "tester", 60)
+    assert lease is not None
+    plan = plan_job(lease.job_id, lease.spec, tmp_path / "artifacts")
+    assert len(plan.trials) == 2
+    assert all(trial.spec.deterministic and trial.spec.loader_workers == 1 for trial in plan.trials)
+    folder = RunDirectory(tmp_path / "run")
+    folder.create()
+    try:
+        trainer = Trainer(plan.trials[0].spec, folder, RunOptions(device="cpu", plots=False), RankContext())
+        assert torch.are_deterministic_algorithms_enabled() and not torch.backends.cudnn.allow_tf32
+        assert trainer.loader_workers == 1
+    finally:
+        determinism.configure(False)

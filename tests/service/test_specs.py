@@ -332,3 +332,16 @@ def test_a_sweep_takes_the_base_resources_unless_it_names_its_own() -> None:
     assert SweepSpec.model_validate(document, context=CONTEXT).trial_resources().cpus == 2.0
     document["resources_per_trial"] = {"cpus": 0.5}
     assert SweepSpec.model_validate(document, context=CONTEXT).trial_resources().cpus == 0.5
+
+
+def test_execution_settings_are_checked_and_belong_to_the_sweeps_base() -> None:
+    spec = TrainSpec.model_validate(train(deterministic=True, loader_workers=3), context=CONTEXT)
+    assert (spec.deterministic, spec.loader_workers) == (True, 3)
+    default = TrainSpec.model_validate(train(), context=CONTEXT)
+    assert (default.deterministic, default.loader_workers) == (False, None)
+    too_many = refusal(TrainSpec, train(loader_workers=65))
+    assert (too_many.field, too_many.value, too_many.allowed) == ("loader_workers", 65, "<= 64")
+    not_a_flag = refusal(TrainSpec, train(deterministic="true"))
+    assert (not_a_flag.field, not_a_flag.value, not_a_flag.allowed) == ("deterministic", "true", "true or false")
+    swept = refusal(SweepSpec, sweep({"deterministic": {"type": "grid", "values": [True, False]}}))
+    assert swept.field == "space.deterministic" and "unknown field" in swept.message

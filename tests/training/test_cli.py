@@ -160,3 +160,24 @@ def test_a_yaml_config_reads_exponent_notation_as_numbers(tmp_path: Path) -> Non
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(document()) + "optimizer:\n  name: adam\n  lr: 1e-3\n")
     assert load_spec(path).optimizer.lr == 1e-3
+
+
+def test_execution_flags_set_the_specs_fields_and_are_checked_like_them(tmp_path: Path) -> None:
+    """``--deterministic`` and ``--loader-workers`` override the config's fields, land in the run's config.json
+    (so a resume keeps them), and a bad value is refused like a bad field."""
+    from flatmtl.workers.training import determinism
+
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(document()))
+    refused = CliRunner().invoke(train_command, [str(path), "--loader-workers", "-1", "--out", str(tmp_path / "bad")])
+    assert refused.exit_code == 2 and "loader_workers" in refused.stderr and ">= 0" in refused.stderr
+    assert not (tmp_path / "bad").exists()
+    out = tmp_path / "run"
+    try:
+        arguments = [str(path), "--deterministic", "--loader-workers", "1", "--max-steps", "1", "--out", str(out)]
+        result = CliRunner().invoke(train_command, arguments)
+    finally:
+        determinism.configure(False)
+    assert result.exit_code == 0, result.output
+    resolved = TrainSpec.model_validate(json.loads(RunDirectory(out).config.read_text()))
+    assert resolved.deterministic and resolved.loader_workers == 1

@@ -3,13 +3,27 @@
 from __future__ import annotations
 
 import math
+import multiprocessing
+from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset, TensorDataset
 
 from flatmtl.service.specs.train import SchedulerConfig
-from flatmtl.workers.training.data import BatchPlan
+from flatmtl.workers.training import RunDirectory, RunOptions, train
+from flatmtl.workers.training.checkpoint import load
+from flatmtl.workers.training.data import (
+    AUTO_LOADER_WORKERS,
+    BatchPlan,
+    ProcessPrefetcher,
+    prefetch,
+    resolve_workers,
+)
 from flatmtl.workers.training.optim import lr_factor
+from tests.training.specs import spec
 
 
 def test_rank_shards_partition_the_one_process_global_batches() -> None:
@@ -57,9 +71,6 @@ def test_schedules() -> None:
 def test_the_prefetcher_hands_over_the_plans_batches_in_order_and_stops_early() -> None:
     """Collated ahead in a thread, the batches are exactly the plan's; a loop that stops early ends the thread,
     and a dataset that fails raises in the training thread."""
-    import torch
-    from torch.utils.data import TensorDataset
-
     from flatmtl.workers.training.data import Prefetcher, collate
 
     dataset = TensorDataset(torch.arange(40.0).view(20, 2), torch.arange(20))
@@ -77,3 +88,78 @@ def test_the_prefetcher_hands_over_the_plans_batches_in_order_and_stops_early() 
     assert first[0] == 0 and not batches._thread.is_alive()
     with pytest.raises(IndexError), Prefetcher(dataset, iter([(0, np.array([99]))]), cpu, torch.float32) as failing:
         list(failing)
+
+
+class PerSample(Dataset[tuple[Tensor, tuple[Tensor, Tensor]]]):
+    """Samples built one at a time, as datasets that read a file per sample are (no ``batch``)."""
+
+    def __len__(self) -> int:
+        return 30
+
+    def __getitem__(self, index: int) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        if index >= len(self):
+            raise IndexError(f"sample {index} of {len(self)}")
+        x = torch.arange(3.0) + 3 * index
+        return x, (torch.tensor(index), x.sum())
+
+
+@pytest.mark.parametrize("start", [0, 3])
+def test_worker_processes_hand_over_the_same_batches_in_the_same_order(start: int) -> None:
+    """From the epoch's start or from a resumed position, 2 loader processes give the batches one thread gives,
+    leave the training thread's random stream as it was, and stop with the loop, early or not."""
+    dataset, plan, cpu = PerSample(), BatchPlan(30, 4, seed=5), torch.device("cpu")
+    with prefetch(dataset, plan.batches(1, start), cpu, torch.float64, workers=0) as batches:
+        threaded = list(batches)
+    state = torch.get_rng_state()
+    with prefetch(dataset, plan.batches(1, start), cpu, torch.float64, workers=2) as batches:
+        assert isinstance(batches, ProcessPrefetcher)
+        processes = list(batches)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert [b for b, _, _ in processes] == [b for b, _, _ in threaded] == list(range(start, plan.steps_per_epoch))
+    for (_, indices, (x, (y, z))), (_, planned, expected) in zip(processes, threaded, strict=True):
+        assert np.array_equal(indices, planned) and x.dtype == z.dtype == torch.float64 and y.dtype == torch.int64
+        assert torch.equal(x, expected[0]) and torch.equal(y, expected[1][0]) and torch.equal(z, expected[1][1])
+        assert torch.equal(y, torch.as_tensor(indices))
+    with prefetch(dataset, plan.batches(0), cpu, torch.float32, workers=2) as batches:
+        next(iter(batches))
+        assert len(multiprocessing.active_children()) == 2
+    assert not multiprocessing.active_children()
+    with (
+        pytest.raises(IndexError, match="sample 99"),
+        prefetch(dataset, iter([(0, np.array([1, 99]))]), cpu, torch.float32, workers=2) as failing,
+    ):
+        list(failing)
+
+
+def test_automatic_loader_workers_only_for_per_sample_data_ahead_of_a_gpu() -> None:
+    in_memory = TensorDataset(torch.zeros(4, 2))
+    in_memory.batch = lambda indices: in_memory[indices]  # type: ignore[attr-defined]
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert resolve_workers(None, PerSample(), cpu) == resolve_workers(None, in_memory, cuda) == 0
+    assert 1 <= resolve_workers(None, PerSample(), cuda) <= AUTO_LOADER_WORKERS
+    assert resolve_workers(3, in_memory, cpu) == 3
+
+
+def test_a_run_trains_on_the_same_batches_with_loader_processes_and_resumes_exactly(tmp_path: Path) -> None:
+    """One thread straight through, against 2 loader processes stopped mid-epoch and resumed with 1: the same
+    losses at every step and the same final weights, bit for bit (the worker count is no part of the
+    checkpoint's compatibility)."""
+    straight = train(spec(loader_workers=0), tmp_path / "thread", options=RunOptions(plots=False))
+    stopped = train(spec(loader_workers=2), tmp_path / "processes", options=RunOptions(plots=False, max_steps=4))
+    assert stopped.status == "STOPPED" and stopped.summary["position"] == {"epoch": 0, "batch": 4}
+    resumed = train(spec(loader_workers=1), tmp_path / "processes", resume=True, options=RunOptions(plots=False))
+    assert straight.status == resumed.status == "SUCCEEDED" and straight.summary["steps"] == resumed.summary["steps"]
+    a, b = RunDirectory(straight.run_dir), RunDirectory(resumed.run_dir)
+    assert [line["loss"] for line in a.read_lines(a.step_metrics)] == [
+        line["loss"] for line in b.read_lines(b.step_metrics)
+    ]
+    evaluations = [
+        [
+            {key: value for key, value in line.items() if key.startswith("test/")}
+            for line in run.read_lines(run.epoch_metrics)
+        ]
+        for run in (a, b)
+    ]
+    assert evaluations[0] == evaluations[1] and evaluations[0][0]
+    expected, found = load(a.latest)["model"], load(b.latest)["model"]
+    assert all(torch.equal(expected[name], found[name]) for name in expected)

@@ -56,7 +56,17 @@ def _epoch_line(record: dict[str, Any], epochs: int) -> str:
     "--checkpoint-every", type=click.IntRange(min=0), default=0, show_default=True, help="Steps between saves."
 )
 @click.option("--keep-epoch-checkpoints", is_flag=True, help="Also keep checkpoints/epoch_NNNN.pt.")
-@click.option("--deterministic", is_flag=True, help="Deterministic CUDA kernels, no TF32: CUDA runs repeat exactly.")
+@click.option(
+    "--deterministic/--no-deterministic",
+    default=None,
+    help="Deterministic CUDA kernels, no TF32: CUDA runs repeat exactly [default: the spec's deterministic].",
+)
+@click.option(
+    "--loader-workers",
+    type=int,
+    default=None,
+    help="Processes collating batches ahead (0: a thread) [default: the spec's loader_workers].",
+)
 def train_command(
     config: Path | None,
     as_json: bool,
@@ -67,7 +77,8 @@ def train_command(
     device: str,
     checkpoint_every: int,
     keep_epoch_checkpoints: bool,
-    deterministic: bool,
+    deterministic: bool | None,
+    loader_workers: int | None,
 ) -> None:
     """Train the TrainSpec in CONFIG (YAML or JSON) into a run directory."""
     from flatmtl.workers.training.config import RunOptions, load_spec
@@ -85,8 +96,9 @@ def train_command(
             dtype = previous.read_json(previous.options)["dtype"]
     elif config is None:
         raise click.UsageError("give CONFIG, or --resume RUN_DIR")
+    overrides = {"deterministic": deterministic, "loader_workers": loader_workers}
     try:
-        spec = load_spec(config)
+        spec = load_spec(config, {key: value for key, value in overrides.items() if value is not None})
         options = RunOptions(
             dtype=dtype or "float32",  # type: ignore[arg-type]
             device=device,  # type: ignore[arg-type]
@@ -94,7 +106,6 @@ def train_command(
             checkpoint_every=checkpoint_every,
             keep_epoch_checkpoints=keep_epoch_checkpoints,
             progress=not as_json,
-            deterministic=deterministic,
         )
     except ConfigError as error:
         _fail_config(error)

@@ -38,8 +38,8 @@ class RunOptions:
     ``checkpoint_every`` also saves ``latest`` every that many steps (0: at epoch ends and when stopping).
     ``plots``: draw the PNG figures when the run ends (they can be redrawn from the metric files).
     ``threads``: torch threads per process (default: torch's own locally, the cores split over the ranks).
-    ``deterministic``: deterministic CUDA kernels and no TF32, so CUDA runs repeat bit for bit
-    (``flatmtl.workers.training.determinism`` says what that covers); CPU runs do without it.
+    Deterministic kernels and the loader's worker processes are the spec's (``deterministic``,
+    ``loader_workers``): they travel with a submitted job and a resumed run may change them.
     """
 
     dtype: Literal["float32", "float64"] = "float32"
@@ -53,7 +53,6 @@ class RunOptions:
     progress: bool = False
     plots: bool = True
     threads: int | None = None
-    deterministic: bool = False
 
     def __post_init__(self) -> None:
         checks = (
@@ -108,8 +107,9 @@ def parse_spec(document: Mapping[str, Any], source: str = "") -> TrainSpec:
         raise ConfigError(found, source) from None
 
 
-def load_spec(path: Path) -> TrainSpec:
-    spec = parse_spec(read_document(path), str(path))
+def load_spec(path: Path, overrides: Mapping[str, Any] | None = None) -> TrainSpec:
+    """The spec in ``path`` with the top-level ``overrides`` (the command line's) set, checked as one document."""
+    spec = parse_spec({**read_document(path), **(overrides or {})}, str(path))
     check_runnable(spec, source=str(path))
     return spec
 

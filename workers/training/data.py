@@ -6,10 +6,16 @@ therefore sees exactly the global batches of a one-process run with N times the 
 position of a checkpoint is just (epoch, batch index): nothing else needs saving to resume the stream.
 The last incomplete global batch of an epoch is dropped, so every rank's share has the same size and the
 mean of the ranks' mean losses is the global batch's mean loss.
+
+Batches are collated ahead of the step that takes them (``prefetch``): in one background thread, or in
+``loader_workers`` processes where reading files per sample would keep one thread behind the device. Either
+way the batches are the plan's, in the plan's order, so a run and its resume see the same data for every
+number of workers.
 """
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
 from collections.abc import Iterator, Sequence
@@ -18,7 +24,10 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import Dataset, default_collate
+from torch.utils.data import DataLoader, Dataset, default_collate
+
+AUTO_LOADER_WORKERS = 4
+"""Worker processes a run on CUDA takes by default for a dataset that reads its samples one by one."""
 
 
 class BatchPlan:
@@ -148,6 +157,111 @@ class Prefetcher:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class _CollatedBatches(Dataset[Any]):
+    """The dataset seen one batch at a time: the item at a plan's index array is those samples collated, so a
+    loader worker process reads and collates a whole batch."""
+
+    def __init__(self, dataset: Dataset[Any]) -> None:
+        self.dataset = dataset
+
+    def __getitem__(self, indices: np.ndarray) -> Any:  # type: ignore[override]
+        return collate(self.dataset, indices)
+
+
+def _as_collated(value: Any) -> Any:
+    return value
+
+
+class ProcessPrefetcher:
+    """A plan's batches collated ahead in ``workers`` processes (torch's DataLoader over the plan's index
+    arrays, handed back in the plan's order), pinned for CUDA in the loader's own thread.
+
+    The loader draws its workers' seeds from a generator of its own, so starting it leaves the training
+    thread's random stream as a loader without workers leaves it. The workers start when iteration starts
+    and stop when it ends, at ``close()`` (or leaving the ``with`` block) if the loop stops early.
+    """
+
+    def __init__(
+        self,
+        dataset: Dataset[Any],
+        batches: Iterator[tuple[int, np.ndarray]],
+        device: torch.device,
+        dtype: torch.dtype,
+        workers: int,
+        depth: int = 2,
+    ) -> None:
+        if workers < 1:
+            raise ValueError(f"workers={workers}: a process prefetcher needs at least one (0 is Prefetcher's thread)")
+        self.device = device
+        self.dtype = dtype
+        self.pin = device.type == "cuda"
+        planned = list(batches)
+        self._numbers = [batch for batch, _ in planned]
+        self._indices = [indices for _, indices in planned]
+        self.loader = DataLoader(
+            _CollatedBatches(dataset),
+            batch_size=None,
+            sampler=self._indices,
+            num_workers=workers,
+            collate_fn=_as_collated,
+            pin_memory=self.pin,
+            prefetch_factor=depth,
+            generator=torch.Generator().manual_seed(0),
+        )
+        self._running: Iterator[tuple[int, np.ndarray, Any]] | None = None
+
+    def __iter__(self) -> Iterator[tuple[int, np.ndarray, Any]]:
+        """(batch index, sample indices, the batch on the device)."""
+        self._running = self._batches()
+        return self._running
+
+    def _batches(self) -> Iterator[tuple[int, np.ndarray, Any]]:
+        loaded = iter(self.loader)
+        try:
+            for batch, indices, value in zip(self._numbers, self._indices, loaded, strict=True):
+                yield batch, indices, to_device(value, self.device, self.dtype, non_blocking=self.pin)
+        finally:
+            # Explicitly: a raised error's traceback holds the loader's iterator, whose collection would
+            # otherwise be what stops its workers (and a process forked meanwhile would inherit them).
+            loaded._shutdown_workers()  # type: ignore[attr-defined]
+
+    def close(self) -> None:
+        if self._running is not None:
+            self._running.close()  # type: ignore[attr-defined]
+            self._running = None
+
+    def __enter__(self) -> ProcessPrefetcher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def resolve_workers(requested: int | None, dataset: Dataset[Any], device: torch.device) -> int:
+    """The loader's worker processes: ``requested`` when given; else none for a dataset that gathers batches
+    from memory (``batch``) or a run on the CPU (its training threads take the cores), and a few, at most one
+    per available CPU, for one that reads samples one by one ahead of a GPU."""
+    if requested is not None:
+        return requested
+    if callable(getattr(dataset, "batch", None)) or device.type != "cuda":
+        return 0
+    available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return min(AUTO_LOADER_WORKERS, available)
+
+
+def prefetch(
+    dataset: Dataset[Any],
+    batches: Iterator[tuple[int, np.ndarray]],
+    device: torch.device,
+    dtype: torch.dtype,
+    workers: int,
+) -> Prefetcher | ProcessPrefetcher:
+    """The batches collated ahead: in a thread for ``workers=0``, else in that many processes."""
+    if workers == 0:
+        return Prefetcher(dataset, batches, device, dtype)
+    return ProcessPrefetcher(dataset, batches, device, dtype, workers)
 
 
 def model_input(inputs: Any) -> Any:

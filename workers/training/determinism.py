@@ -10,7 +10,7 @@ norms of shards, trunk rows) take fixed orders, with no atomics. On CUDA, by def
   atomics, so sums arrive in a different order on every run.
 
 So CUDA runs differ in the last bits between repeats, and a resumed run drifts from an uninterrupted one by
-as much. ``deterministic=True`` (``RunOptions``, ``flatmtl train --deterministic``) asks torch for
+as much. ``deterministic: true`` (a training spec's field, ``flatmtl train --deterministic``) asks torch for
 deterministic kernels everywhere one exists, fixes cuBLAS's workspace and turns TF32 off in convolutions and
 matrix products; runs then repeat bit for bit on the same GPU model, driver and library versions (slower:
 cuDNN loses its fastest algorithms). Kernels without a deterministic CUDA implementation (adaptive average

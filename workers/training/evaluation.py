@@ -7,12 +7,15 @@ states are summed across ranks before ``compute()``: the result equals a one-pro
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
+from torch.utils.data import Dataset
 
 from flatmtl.workers.problems import MultiTaskNet, Problem
-from flatmtl.workers.training.data import collate, model_input, to_device
+from flatmtl.workers.training.data import Prefetcher, ProcessPrefetcher, model_input, prefetch, resolve_workers
 
 Reducer = Callable[[Tensor], Tensor]
 
@@ -33,24 +36,29 @@ def evaluate(
     rank: int = 0,
     world_size: int = 1,
     sum_over_ranks: Reducer = _identity,
+    loader_workers: int | None = 0,
 ) -> dict[str, float]:
-    """``{"task/metric": value}`` in eval mode; the model's mode is restored afterwards."""
+    """``{"task/metric": value}`` in eval mode; the model's mode is restored afterwards. Batches are collated
+    ahead as in training (``loader_workers`` as the spec gives it)."""
     was_training = model.training
     model.eval()
     metric_set = problem.metrics()
+
+    def batches(data: Dataset[Any]) -> Prefetcher | ProcessPrefetcher:
+        indices = np.arange(rank, len(data), world_size)  # type: ignore[arg-type]
+        chunks = enumerate(indices[start : start + batch_size] for start in range(0, len(indices), batch_size))
+        return prefetch(data, chunks, device, dtype, resolve_workers(loader_workers, data, device))
+
     if problem.multi_input:
         for task, data in enumerate(problem.task_datasets(split)):
-            indices = list(range(rank, len(data), world_size))  # type: ignore[arg-type]
-            for start in range(0, len(indices), batch_size):
-                x, y = to_device(collate(data, indices[start : start + batch_size]), device, dtype)
-                inputs = [x if t == task else x[:0] for t in range(problem.num_tasks)]
-                metric_set.update_task(task, model(inputs)[task], y)
+            with batches(data) as loaded:
+                for _, _, (x, y) in loaded:
+                    inputs = [x if t == task else x[:0] for t in range(problem.num_tasks)]
+                    metric_set.update_task(task, model(inputs)[task], y)
     else:
-        data = problem.dataset(split)
-        indices = list(range(rank, len(data), world_size))  # type: ignore[arg-type]
-        for start in range(0, len(indices), batch_size):
-            x, targets = to_device(collate(data, indices[start : start + batch_size]), device, dtype)
-            metric_set.update(model(model_input(x)), targets)
+        with batches(problem.dataset(split)) as loaded:
+            for _, _, (x, targets) in loaded:
+                metric_set.update(model(model_input(x)), targets)
     for meter in metric_set.meters:
         meter.state.copy_(sum_over_ranks(meter.state))
     model.train(was_training)

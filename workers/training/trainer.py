@@ -38,7 +38,7 @@ from flatmtl.workers.mtl.step import MTLStep
 from flatmtl.workers.problems import delta_m
 from flatmtl.workers.training import checkpoint, determinism, plots
 from flatmtl.workers.training.config import RunOptions, model_name, split_references
-from flatmtl.workers.training.data import BatchPlan, Prefetcher, model_input
+from flatmtl.workers.training.data import BatchPlan, model_input, prefetch, resolve_workers
 from flatmtl.workers.training.errors import ConfigError, ConfigProblem, NonFiniteLossError, TrainingFailedError
 from flatmtl.workers.training.evaluation import evaluate
 from flatmtl.workers.training.optim import build_scheduler, optimizer_options
@@ -95,7 +95,7 @@ class Trainer:
         self.dtype = getattr(torch, options.dtype)
         self.started = time.perf_counter()
 
-        determinism.configure(options.deterministic)
+        determinism.configure(spec.deterministic)
         checkpoint.seed_everything(spec.seed)
         problem_options, self.references = split_references(spec)
         self.problem = problems.build(spec.problem, **problem_options)
@@ -112,6 +112,7 @@ class Trainer:
             rank=context.rank,
             seed=spec.seed,
         )
+        self.loader_workers = resolve_workers(spec.loader_workers, self.train_data, context.device)
         if saved is not None:
             self._check_compatible(saved)
             self.model.load_state_dict(saved["model"])
@@ -166,7 +167,7 @@ class Trainer:
 
     # ---- checkpoints -------------------------------------------------------------------------------
     def _check_compatible(self, saved: dict[str, Any]) -> None:
-        current = self.spec.model_dump(mode="json")
+        current = self.spec.model_dump(mode="json", exclude=set(TrainSpec.EXECUTION_FIELDS))
         recorded = {key: _recorded(saved["spec"], key) for key in current}
         mismatches = [
             ConfigProblem(key, current[key], f"differs from the checkpoint's {recorded[key]!r}", "the same value")
@@ -325,7 +326,7 @@ class Trainer:
                 leave=False,
             )
             planned = self.plan.batches(self.epoch, self.batch)
-            batches = Prefetcher(self.train_data, planned, self.ctx.device, self.dtype)
+            batches = prefetch(self.train_data, planned, self.ctx.device, self.dtype, self.loader_workers)
             with bar, batches:
                 for batch, _, (inputs, targets) in batches:
                     if self._stop_requested():
@@ -380,6 +381,7 @@ class Trainer:
                 rank=self.ctx.rank,
                 world_size=self.ctx.world_size,
                 sum_over_ranks=self._sum_over_ranks,
+                loader_workers=self.spec.loader_workers,
             )
         record: dict[str, Any] = {"epoch": self.epoch + 1, "step": self.global_step}
         record["lr"] = self.last_lr
