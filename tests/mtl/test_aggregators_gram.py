@@ -12,6 +12,8 @@ from torch import Tensor
 
 from flatmtl.workers import mtl
 from flatmtl.workers.mtl.aggregators.aligned_mtl import alignment_matrix
+from flatmtl.workers.mtl.aggregators.imtl_g import impartial_weights
+from flatmtl.workers.mtl.aggregators.mgda import min_norm_weights
 from flatmtl.workers.mtl.aggregators.upgrad import dual_cone_projection_weights
 from flatmtl.workers.mtl.base import GramAggregator
 
@@ -414,6 +416,49 @@ def test_aligned_mtl_aligned_gradients_have_equal_singular_values(case: tuple[in
         assert float(nonzero.max()) == pytest.approx(float(original[: nonzero.numel()].min()), rel=1e-7)
     weights = mtl.aggregator("aligned_mtl", scale=scale).weights(gram)
     torch.testing.assert_close(weights @ grads, aligned.sum(dim=0))
+
+
+# ---- two tasks: closed forms against the general solvers ---------------------------------------------
+
+
+def two_tasks(variant: str, seed: int) -> Tensor:
+    """[2, 9] float64 gradients: random, or a hard case for a closed form (parallel, opposite, zero, ...)."""
+    grads = task_matrix(2, 9, 2, seed, variant if variant in ("near_parallel", "duplicate", "zero") else "plain")
+    if variant == "parallel":
+        grads[1] = 2.5 * grads[0]
+    elif variant == "opposite":
+        grads[1] = -0.4 * grads[0]
+    elif variant == "conflicting":
+        grads[1] -= ((grads[1] @ grads[0]) / (grads[0] @ grads[0]) + 0.3) * grads[0]  # <g_1, g_2> = -0.3 |g_1|^2
+    return grads
+
+
+TWO_TASK_VARIANTS = ("plain", "conflicting", "near_parallel", "duplicate", "zero", "parallel", "opposite")
+GENERAL_SOLVERS = {
+    "mgda": min_norm_weights,
+    "upgrad": lambda matrix: dual_cone_projection_weights(matrix).mean(dim=0),
+    "imtl_g": impartial_weights,
+}
+"""The K-task solvers each aggregator uses for K != 2, on a float64 Gram."""
+
+
+@pytest.mark.parametrize("variant", TWO_TASK_VARIANTS)
+@pytest.mark.parametrize("name", sorted(GENERAL_SOLVERS))
+def test_two_task_closed_forms_give_the_general_solvers_update(name: str, variant: str) -> None:
+    for seed in range(3):
+        grads = two_tasks(variant, seed)
+        gram = gram_of(grads)
+        closed = mtl.aggregator(name).weights(gram)
+        if name == "imtl_g" and variant in ("duplicate", "parallel"):
+            # one direction: every weighting summing to 1 is impartial; the closed form takes the limit of the others
+            assert float(closed.sum()) == pytest.approx(1.0, abs=1e-12)
+            continue
+        general = GENERAL_SOLVERS[name](gram)
+        scale = float(grads.norm(dim=1).max())
+        torch.testing.assert_close(closed @ grads, general @ grads, rtol=0, atol=1e-9 * scale)
+        single = mtl.aggregator(name).weights(gram.float())
+        assert single.dtype == torch.float32
+        torch.testing.assert_close(single.double() @ grads, general @ grads, rtol=0, atol=1e-5 * scale)
 
 
 # ---- shared properties ------------------------------------------------------------------------------

@@ -40,14 +40,16 @@ def check_gram(method: str, gram: Tensor) -> None:
 
 
 def check_losses(method: str, losses: Tensor | None, num_tasks: int, *, required: bool = False) -> None:
-    """Per-task losses, when given, must be K finite numbers."""
+    """Per-task losses, when given, must be K numbers, and finite where the method reads them (``required``):
+    losses a method ignores cannot reach its update, and a step checks every loss once anyway."""
     if losses is None:
         if required:
             raise MethodError(f"{method}: needs the K per-task losses, got none")
         return
     if losses.dim() != 1 or losses.shape[0] != num_tasks:
         raise MethodError(f"{method}: losses must have shape [{num_tasks}] (one per task), got {tuple(losses.shape)}")
-    check_finite(method, "losses", losses)
+    if required:
+        check_finite(method, "losses", losses)
 
 
 def check_finite(method: str, what: str, tensor: Tensor) -> None:

@@ -24,6 +24,25 @@ def as_output(weights: Tensor, gram: Tensor) -> Tensor:
     return weights.to(device=gram.device, dtype=gram.dtype)
 
 
+def pair_entries(gram: Tensor) -> tuple[float, float, float]:
+    """A 2 x 2 Gram as Python floats: the squared norms ``a``, ``b`` and the (symmetrized) inner product ``c``.
+
+    Two tasks have closed forms in these three numbers; one host read and float arithmetic cost less than
+    the K x K tensor algebra, whose every small operation is a dispatch."""
+    (a, first), (second, b) = gram.detach().tolist()
+    return a, b, 0.5 * (first + second)
+
+
+def pair_output(first: float, second: float, gram: Tensor) -> Tensor:
+    """Two weights on the Gram's device, in its dtype."""
+    return torch.tensor([first, second], dtype=gram.dtype, device=gram.device)
+
+
+def zero_gradient(squared_norm: float, largest: float) -> bool:
+    """Whether a task's gradient counts as zero next to the largest one (see ``nonzero_tasks``)."""
+    return not squared_norm > ZERO_GRADIENT_RATIO * largest
+
+
 def normalized(matrix: Tensor) -> tuple[Tensor, float]:
     """The Gram divided by its largest diagonal entry (the largest squared gradient norm), and that scale.
 

@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
-from flatmtl.workers.mtl.aggregators._gram import as_output, nonzero_tasks, normalized, to_float64
+from flatmtl.workers.mtl.aggregators._gram import (
+    as_output,
+    nonzero_tasks,
+    normalized,
+    pair_entries,
+    pair_output,
+    to_float64,
+    zero_gradient,
+)
 from flatmtl.workers.mtl.base import GramAggregator
 from flatmtl.workers.mtl.registry import register
 
@@ -38,6 +48,23 @@ def impartial_weights(matrix: Tensor) -> Tensor:
     return weights
 
 
+def impartial_pair(a: float, b: float) -> tuple[float, float]:
+    """IMTL-G's weights for two tasks with squared gradient norms ``a`` and ``b``: ``(|g_2|, |g_1|) / (|g_1| + |g_2|)``.
+
+    Equal projections onto ``u_1`` and ``u_2`` ask ``a_1 |g_1| p = a_2 |g_2| p`` with ``p = |g_1| |g_2| - <g_1, g_2>``,
+    so the update is along the bisector ``u_1 + u_2`` whatever the angle; parallel gradients (``p = 0``) are
+    impartial to any weights and get the same ones, the limit of the non-parallel case. A zero gradient gets
+    weight 0 (see ``impartial_weights``).
+    """
+    largest = max(a, b)
+    if largest <= 0.0:
+        return 0.5, 0.5
+    if zero_gradient(a, largest) or zero_gradient(b, largest):
+        return (0.0, 1.0) if zero_gradient(a, largest) else (1.0, 0.0)
+    first, second = math.sqrt(a), math.sqrt(b)
+    return second / (first + second), first / (first + second)
+
+
 @register(
     "aggregator",
     "imtl_g",
@@ -53,4 +80,7 @@ class IMTLG(GramAggregator):
     """
 
     def compute_weights(self, gram: Tensor, *, losses: Tensor | None, generator: torch.Generator | None) -> Tensor:
+        if gram.shape[0] == 2:
+            a, b, _ = pair_entries(gram)
+            return pair_output(*impartial_pair(a, b), gram)
         return as_output(impartial_weights(to_float64(gram)), gram)

@@ -36,7 +36,7 @@ class Mean(GramAggregator):
         reduce_gram: GramReducer,
     ) -> Tensor:
         num_tasks = grads.shape[0]
-        weights = torch.full((num_tasks,), 1.0 / num_tasks, dtype=grads.dtype, device=grads.device)
+        weights = grads.new_full((num_tasks,), 1.0 / num_tasks)
         update = weights @ grads  # a matrix-vector product: cheaper than mean(dim=0) at small K
         check_finite_through(self.method_name, update, grads, "update")
         return update

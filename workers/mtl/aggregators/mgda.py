@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
-from flatmtl.workers.mtl.aggregators._gram import as_output, nonzero_tasks, normalized, to_float64
+from flatmtl.workers.mtl.aggregators._gram import (
+    as_output,
+    normalized,
+    pair_entries,
+    pair_output,
+    to_float64,
+    zero_gradient,
+)
 from flatmtl.workers.mtl.aggregators._qp import nonnegative_qp
 from flatmtl.workers.mtl.base import GramAggregator
 from flatmtl.workers.mtl.errors import MethodError
@@ -36,26 +45,42 @@ def min_norm_weights(matrix: Tensor) -> Tensor:
     return nonnegative_qp(scaled, scaled.new_zeros(num_tasks), simplex=True)
 
 
-def gradient_divisors(method: str, matrix: Tensor, losses: Tensor | None, normalization: str) -> Tensor:
-    """Per-task divisors ``s_i`` of the normalized gradients ``g_i / s_i``.
+def min_norm_pair(a: float, b: float, c: float) -> float:
+    """Weight of the first of two vectors (squared norms ``a``, ``b``, inner product ``c``) at the min-norm point
+    of the segment between them: the simplex QP's closed form for two tasks.
+
+    ``|w g_1 + (1 - w) g_2|^2`` is a parabola in ``w`` with its minimum at ``(b - c) / |g_1 - g_2|^2``, clipped to
+    ``[0, 1]``. Equal vectors (``|g_1 - g_2|^2`` zero) make every point of the segment the same: 1/2 each, as
+    the general solver's minimum-norm face solve gives.
+    """
+    gap = a + b - 2.0 * c
+    if not gap > 0.0:
+        return 0.5
+    return min(max((b - c) / gap, 0.0), 1.0)
+
+
+def gradient_divisors(
+    method: str, squared_norms: list[float], losses: Tensor | None, normalization: str
+) -> list[float]:
+    """Per-task divisors ``s_i`` of the normalized gradients ``g_i / s_i``, from the Gram's diagonal.
 
     A zero gradient keeps divisor 1 for its norm factor: it stays the zero vector, which makes the
-    min-norm point zero (the tasks are Pareto-stationary), as it should.
+    min-norm point zero (the tasks are Pareto-stationary), as it should. K numbers: Python floats.
     """
-    norms = matrix.diagonal().clamp_min(0.0).sqrt()
-    norms = torch.where(nonzero_tasks(matrix), norms, torch.ones_like(norms))
     if normalization == "none":
-        return torch.ones_like(norms)
+        return [1.0] * len(squared_norms)
+    largest = max(squared_norms)
+    norms = [1.0 if zero_gradient(value, largest) else math.sqrt(value) for value in squared_norms]
     if normalization == "l2":
         return norms
     assert losses is not None
-    values = losses.detach().to(device="cpu", dtype=torch.float64)
-    if not (values > 0).all():
+    values = losses.detach().to(device="cpu", dtype=torch.float64).tolist()
+    if not all(value > 0 for value in values):
         raise MethodError(
-            f"{method}: normalization={normalization!r} divides by the losses, got {values.tolist()}; "
+            f"{method}: normalization={normalization!r} divides by the losses, got {values}; "
             "allowed: losses > 0 (or normalization none/l2)"
         )
-    return values if normalization == "loss" else values * norms
+    return values if normalization == "loss" else [value * norm for value, norm in zip(values, norms, strict=True)]
 
 
 @register(
@@ -81,7 +106,14 @@ class MGDA(GramAggregator):
         self.needs_losses = normalization in ("loss", "loss+")
 
     def compute_weights(self, gram: Tensor, *, losses: Tensor | None, generator: torch.Generator | None) -> Tensor:
+        if gram.shape[0] == 2:
+            a, b, c = pair_entries(gram)
+            first, second = gradient_divisors(self.method_name, [a, b], losses, self.normalization)
+            weight = min_norm_pair(a / first**2, b / second**2, c / (first * second))
+            return pair_output(weight / first, (1.0 - weight) / second, gram)
         matrix = to_float64(gram)
-        divisors = gradient_divisors(self.method_name, matrix, losses, self.normalization)
+        divisors = matrix.new_tensor(
+            gradient_divisors(self.method_name, matrix.diagonal().tolist(), losses, self.normalization)
+        )
         weights = min_norm_weights(matrix / torch.outer(divisors, divisors))
         return as_output(weights / divisors, gram)

@@ -5,7 +5,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from flatmtl.workers.mtl.aggregators._gram import as_output, normalized, rank_tolerance, to_float64
+from flatmtl.workers.mtl.aggregators._gram import (
+    as_output,
+    normalized,
+    pair_entries,
+    pair_output,
+    rank_tolerance,
+    to_float64,
+)
 from flatmtl.workers.mtl.aggregators._qp import nonnegative_qp
 from flatmtl.workers.mtl.base import GramAggregator
 from flatmtl.workers.mtl.registry import register
@@ -36,6 +43,20 @@ def dual_cone_projection_weights(matrix: Tensor) -> Tensor:
     for task in torch.nonzero(~_optimal(scaled, weights, identity)).flatten().tolist():
         weights[task] = identity[task] + nonnegative_qp(scaled, scaled[:, task], simplex=False)
     return weights
+
+
+def dual_cone_projection_pair(a: float, b: float, c: float) -> tuple[tuple[float, float], tuple[float, float]]:
+    """The rows of ``dual_cone_projection_weights`` for two tasks in closed form (squared norms ``a``, ``b``,
+    inner product ``c``).
+
+    Without conflict (``c >= 0``) each gradient is in the cone and is its own projection. With one, the cone
+    is ``{x : <x, g_1> >= 0, <x, g_2> >= 0}`` and ``g_1`` violates only the second constraint, so its projection
+    is onto that half-space, ``g_1 - (c / b) g_2``, which keeps ``<., g_1> = a - c^2 / b >= 0``; likewise
+    ``g_2 - (c / a) g_1``. A zero gradient constrains nothing (rounding can leave ``c < 0`` beside it).
+    """
+    if not (c < 0.0 and a > 0.0 and b > 0.0):
+        return (1.0, 0.0), (0.0, 1.0)
+    return (1.0, -c / b), (-c / a, 1.0)
 
 
 def _batched_active_set(scaled: Tensor, identity: Tensor) -> Tensor:
@@ -91,5 +112,8 @@ class UPGrad(GramAggregator):
     """
 
     def compute_weights(self, gram: Tensor, *, losses: Tensor | None, generator: torch.Generator | None) -> Tensor:
+        if gram.shape[0] == 2:
+            first, second = dual_cone_projection_pair(*pair_entries(gram))
+            return pair_output(0.5 * (first[0] + second[0]), 0.5 * (first[1] + second[1]), gram)
         projections = dual_cone_projection_weights(to_float64(gram))
         return as_output(projections.mean(dim=0), gram)
