@@ -7,7 +7,8 @@
    sequential autograd passes through the whole graph, the [K, P] matrix, then the aggregator. MGDA-UB
    and GradDrop also against one backward per task from the representation; F-MTL against the authors'
    per-task loop (K points, each evaluating its own task only).
-3. Every aggregator torchjd 0.18 has, on the same [K, P] (P = 100k, K = 2, 14, 40), against torchjd's call.
+3. Every aggregator torchjd 0.18 has, on the same [K, P] (P = 100k, K = 2, 14, 40), against torchjd's call; the
+   floor: the Gram (one product, and ours) and ``weights @ G``.
 4. Peak resident memory of a step (each path in a fresh process) beside its time.
 
 Paths are timed in turn within each round; figures are medians over rounds of per-round ratios, one thread.
@@ -37,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.mtl_core import Setting, interleaved_seconds, median_ratio, settings
 from flatmtl.workers import mtl
+from flatmtl.workers.mtl.base import gram_matrix
 from flatmtl.workers.mtl.step import DEFAULT_DIAGNOSTICS_EVERY
 from flatmtl.workers.problems.tasks import stack_losses
 
@@ -247,6 +249,19 @@ def against_torchjd(rounds: int, numel: int = 100_000) -> dict[str, float]:
             ratios[f"{name}/K={num_tasks}"] = median_ratio(times["ours"], times["torchjd"])
             row.append(ratios[f"{name}/K={num_tasks}"])
         print(f"{name:<14}" + "".join(f"{r:>9.2f}" for r in row))
+    print("floor, ms (every Gram method pays the Gram and weights @ G; torchjd's Gram is one product):")
+    for num_tasks in (2, 14, 40):
+        grads = torch.randn(num_tasks, numel, generator=torch.Generator().manual_seed(num_tasks))
+        weights = torch.full((num_tasks,), 1.0 / num_tasks)
+        times = interleaved_seconds(
+            {
+                "Gram, one product": lambda grads=grads: grads @ grads.T,
+                "Gram, gram_matrix": functools.partial(gram_matrix, grads),
+                "weights @ G": lambda grads=grads, weights=weights: weights @ grads,
+            },
+            rounds,
+        )
+        print(f"  K={num_tasks}: " + ", ".join(f"{path} {statistics.median(t) * 1e3:.3f}" for path, t in times.items()))
     return ratios
 
 

@@ -547,3 +547,19 @@ def test_primal_dual_active_set_settles_on_the_unique_optimum_of_full_rank_probl
     finally:
         _qp._ACTIVE_SET_ROUNDS = rounds
     torch.testing.assert_close(fast, reference, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("num_tasks", [3, 14, 16])
+def test_the_gram_summed_over_column_blocks_is_the_gram(num_tasks: int) -> None:
+    from flatmtl.workers.mtl.base import gram_matrix
+
+    grads = torch.randn(num_tasks, 400_000, generator=seeded(num_tasks))  # 4.8 to 26 MB: blocked under 16 rows
+    exact = grads.double() @ grads.double().T
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        gram = gram_matrix(grads)
+    finally:
+        torch.set_num_threads(threads)
+    assert gram.dtype == torch.float32
+    torch.testing.assert_close(gram.double(), exact, rtol=1e-5, atol=1e-5 * float(exact.diagonal().max()))

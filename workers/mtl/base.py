@@ -37,12 +37,42 @@ def on_device_of(values: Tensor, like: Tensor) -> Tensor:
     return values.to(like.device)
 
 
+_BLOCKED_GRAM_ROWS = 16
+"""From this many rows on, MKL's one product ``rows @ rows.T`` runs at full speed however long the rows."""
+
+_BLOCKED_GRAM_BYTES = 4 * 2**20
+"""Rows larger than this (about twice a server core's L2 cache) are summed over column blocks of
+``_GRAM_BLOCK_BYTES``, which fit in it."""
+
+_GRAM_BLOCK_BYTES = 2**20
+
+
+def gram_matrix(rows: Tensor) -> Tensor:
+    """``rows @ rows.T`` for a [K, P] matrix, the cost every Gram method pays.
+
+    On one CPU thread, with fewer than 16 rows too large for a core's cache, MKL's one product runs several times
+    slower than the sum of the products of column blocks that fit in it (``benchmarks/mtl_baselines.py`` prints
+    both), so the blocks are summed; elsewhere it is one product."""
+    num_rows = rows.shape[0]
+    if (
+        rows.device.type != "cpu"
+        or num_rows >= _BLOCKED_GRAM_ROWS
+        or rows.numel() * rows.element_size() <= _BLOCKED_GRAM_BYTES
+        or torch.get_num_threads() != 1
+    ):
+        return rows @ rows.T
+    blocks = rows.split(_GRAM_BLOCK_BYTES // (num_rows * rows.element_size()), dim=1)
+    gram = blocks[0] @ blocks[0].T
+    for block in blocks[1:]:
+        gram.addmm_(block, block.T)
+    return gram
+
+
 def wide_gram(rows: Tensor) -> Tensor:
     """``rows @ rows.T`` in float32 at least: bfloat16 gradients (autocast's representation gradients) would
     round entries that sum thousands of products to 3 digits, while their differences (``|g_i - g_j|^2``)
     decide the weights."""
-    wide = rows.to(torch.promote_types(rows.dtype, torch.float32))
-    return wide @ wide.T
+    return gram_matrix(rows.to(torch.promote_types(rows.dtype, torch.float32)))
 
 
 class Stateful:
@@ -179,7 +209,7 @@ class GramAggregator(Aggregator):
         generator: torch.Generator | None,
         reduce_gram: GramReducer,
     ) -> Tensor:
-        gram = reduce_gram(grads @ grads.T)
+        gram = reduce_gram(gram_matrix(grads))
         check_finite_through(self.method_name, gram, grads)
         weights = self.compute_weights(gram, losses=losses, generator=generator)
         return on_device_of(weights, grads) @ grads

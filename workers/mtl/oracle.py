@@ -18,7 +18,14 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from flatmtl.workers.mtl.base import Aggregator, GramAggregator, LossWeighting, on_device_of, wide_gram
+from flatmtl.workers.mtl.base import (
+    Aggregator,
+    GramAggregator,
+    LossWeighting,
+    gram_matrix,
+    on_device_of,
+    wide_gram,
+)
 from flatmtl.workers.mtl.checks import check_finite
 from flatmtl.workers.mtl.communicator import Communicator
 from flatmtl.workers.mtl.errors import MethodError, NonFiniteLossesError
@@ -254,7 +261,7 @@ class GradientOracle:
         self.record.backward_passes += self.num_tasks
         if self.wants_gram and sources:
             grads = self.gradient_engine.flat_backward(sources, rows, self.shared, retain_graph=True)
-            self.record.gram = self.comm.shard_sum(grads @ grads.T).detach()
+            self.record.gram = self.comm.shard_sum(gram_matrix(grads)).detach()
             assert self.record.losses is not None
             self.weighting.observe(self.record.losses, self.record.gram)
         started = self.clock()
@@ -447,7 +454,7 @@ class GradientOracle:
             if seen and isinstance(aggregator, GramAggregator):
                 self.record.gram = seen[0].detach()
             elif self.wants_gram:
-                self.record.gram = self.comm.shard_sum(grads @ grads.T).detach()
+                self.record.gram = self.comm.shard_sum(gram_matrix(grads)).detach()
             if self.record.gram is not None:
                 assert self.record.losses is not None
                 self.weighting.observe(self.record.losses, self.record.gram)

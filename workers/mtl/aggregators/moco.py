@@ -8,7 +8,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from flatmtl.workers.mtl.base import Aggregator, GramReducer, on_device_of
+from flatmtl.workers.mtl.base import Aggregator, GramReducer, gram_matrix, on_device_of
 from flatmtl.workers.mtl.checks import check_finite_through, check_num_tasks
 from flatmtl.workers.mtl.errors import MethodError
 from flatmtl.workers.mtl.registry import HParam, register
@@ -74,7 +74,7 @@ class MoCo(Aggregator):
                     f"got gradients of shape {tuple(grads.shape)}"
                 )
             tracked = self.tracked + self.beta * (grads - self.tracked)
-        gram = reduce_gram(tracked @ tracked.T).detach()
+        gram = reduce_gram(gram_matrix(tracked)).detach()
         check_finite_through(self.method_name, gram, grads)  # before the state moves
         self.tracked = tracked
         gram = gram.to("cpu", torch.float64)
