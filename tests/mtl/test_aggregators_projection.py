@@ -127,6 +127,22 @@ def test_graddrop_keeps_one_sign_per_coordinate_chosen_with_probability_its_puri
     assert abs(float(chosen_positive) - 0.75) < 4 * standard_error
 
 
+@pytest.mark.parametrize("leak", [0.0, 0.3])
+def test_graddrop_sums_the_per_task_masked_gradients_of_algorithm_1(leak: float) -> None:
+    torch.manual_seed(5)
+    grads = torch.randn(5, 400, dtype=torch.float64)
+    grads[:, :50] = grads[:, :50].abs()  # pure coordinates: purity 1
+    grads[2, 50:80] = 0.0
+    update = mtl.aggregator("graddrop", leak=leak)(grads, generator=generator(2))
+    # Algorithm 1 literally, with the uniforms the method draws: M_i = [P > U][g_i > 0] + [P < U][g_i < 0]
+    seed = int(torch.randint(2**62, (1,), generator=generator(2)))
+    uniform = torch.rand(400, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    purity = 0.5 * (1.0 + grads.sum(dim=0) / grads.abs().sum(dim=0))
+    masks = ((purity > uniform) & (grads > 0)) | ((purity < uniform) & (grads < 0))
+    expected = ((leak + (1.0 - leak) * masks.double()) * grads).sum(dim=0)
+    torch.testing.assert_close(update, expected, rtol=0, atol=1e-12)
+
+
 def test_graddrop_with_full_leak_is_the_sum() -> None:
     torch.manual_seed(7)
     grads = torch.randn(4, 50, dtype=torch.float64)

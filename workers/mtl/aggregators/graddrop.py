@@ -33,7 +33,8 @@ class GradDrop(Aggregator):
     the batch sums of sign(A) R_i, so one mask per feature, and the masked sum goes back through the trunk
     in one backward. Called on a [K, P] matrix (the SAM wrappers' steps, and steps with no known
     representation), R_i = S_i are the parameter gradients, element-wise, so it runs on parameter shards
-    unchanged.
+    unchanged; there only the sums over tasks matter, so the masks are never formed: the kept sum is the
+    positive parts' sum where the positive sign is chosen and the negative parts' sum where the negative is.
     The uniforms come from a sub-generator seeded by one draw from ``generator``, so the step's
     generator advances by the same amount on every rank whatever its shard size (else from the
     method's own generator, seeded 0 at construction); shards therefore reuse one uniform stream.
@@ -53,7 +54,14 @@ class GradDrop(Aggregator):
         generator: torch.Generator | None,
         reduce_gram: GramReducer,
     ) -> Tensor:
-        return self._drop(grads, grads, generator).sum(dim=0)
+        total = grads.sum(dim=0)
+        positive = grads.clamp_min(0.0).sum(dim=0)
+        negative = total - positive
+        purity = _purity(total, positive - negative)
+        uniform = self._uniform(total, generator)
+        # in place: a fresh [P] buffer costs more than the arithmetic on it
+        kept = positive.mul_(purity > uniform).add_(negative.mul_(purity < uniform))
+        return kept.mul_(1.0 - self.leak).add_(total, alpha=self.leak)
 
     def combine_representation(
         self,
@@ -73,14 +81,21 @@ class GradDrop(Aggregator):
 
     def _drop(self, signals: Tensor, grads: Tensor, generator: torch.Generator | None) -> Tensor:
         """[K, N]: each task's ``grads`` scaled by ``leak + (1 - leak) M_i`` from the ``signals``' purity."""
-        generator = generator if generator is not None else self._default_generator
-        seed = int(torch.randint(SEED_BOUND, (1,), generator=generator, device=generator.device))
-        local = torch.Generator(device=signals.device).manual_seed(seed)
-        uniform = torch.rand(signals.shape[1:], generator=local, device=signals.device, dtype=signals.dtype)
-        total = signals.sum(dim=0)
-        magnitude = signals.abs().sum(dim=0)
-        purity = 0.5 * (1.0 + total / magnitude.clamp_min(torch.finfo(signals.dtype).tiny))
+        uniform = self._uniform(signals[0], generator)
+        purity = _purity(signals.sum(dim=0), signals.abs().sum(dim=0))
         keep_positive = (purity > uniform) & (signals > 0)
         keep_negative = (purity < uniform) & (signals < 0)
         masked = grads * (keep_positive | keep_negative).to(grads.dtype)
         return self.leak * grads + (1.0 - self.leak) * masked
+
+    def _uniform(self, like: Tensor, generator: torch.Generator | None) -> Tensor:
+        """One uniform per coordinate, from a sub-generator seeded by one draw from ``generator``."""
+        generator = generator if generator is not None else self._default_generator
+        seed = int(torch.randint(SEED_BOUND, (1,), generator=generator, device=generator.device))
+        local = torch.Generator(device=like.device).manual_seed(seed)
+        return torch.rand(like.shape, generator=local, device=like.device, dtype=like.dtype)
+
+
+def _purity(total: Tensor, magnitude: Tensor) -> Tensor:
+    """The sign purity ``(1 + sum_i S_i / sum_i |S_i|) / 2`` per coordinate (1/2 where every signal is zero)."""
+    return 0.5 * (1.0 + total / magnitude.clamp_min(torch.finfo(total.dtype).tiny))
