@@ -206,9 +206,9 @@ class TrainSpec(SpecModel):
         ge=0,
         le=MAX_LOADER_WORKERS,
         description="Processes per rank that read and collate training and evaluation batches ahead of the step "
-        "(0: one background thread). null: 0 for data held in memory, and for files read per sample a few on "
-        "CUDA, none on the CPU (the training threads take its cores). The batches and their order are the same "
-        "for every value.",
+        "(0: one background thread). null: 0 for data held in memory or a run on the CPU (the training threads "
+        "take its cores); for data read per sample on CUDA up to 4, at most the CPUs each process reserves. The "
+        "batches and their order are the same for every value.",
     )
 
     EXECUTION_FIELDS: ClassVar[tuple[str, ...]] = ("deterministic", "loader_workers")

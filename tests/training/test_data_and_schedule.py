@@ -135,9 +135,10 @@ def test_automatic_loader_workers_only_for_per_sample_data_ahead_of_a_gpu() -> N
     in_memory = TensorDataset(torch.zeros(4, 2))
     in_memory.batch = lambda indices: in_memory[indices]  # type: ignore[attr-defined]
     cuda, cpu = torch.device("cuda"), torch.device("cpu")
-    assert resolve_workers(None, PerSample(), cpu) == resolve_workers(None, in_memory, cuda) == 0
-    assert 1 <= resolve_workers(None, PerSample(), cuda) <= AUTO_LOADER_WORKERS
-    assert resolve_workers(3, in_memory, cpu) == 3
+    assert resolve_workers(None, PerSample(), cpu, None) == resolve_workers(None, in_memory, cuda, None) == 0
+    assert 1 <= resolve_workers(None, PerSample(), cuda, None) <= AUTO_LOADER_WORKERS
+    assert resolve_workers(None, PerSample(), cuda, 1) == 1
+    assert resolve_workers(3, in_memory, cpu, 1) == 3
 
 
 def test_a_run_trains_on_the_same_batches_with_loader_processes_and_resumes_exactly(tmp_path: Path) -> None:

@@ -171,6 +171,7 @@ class _CollatedBatches(Dataset[Any]):
 
 
 def _as_collated(value: Any) -> Any:
+    """The loader's collate function: its items are batches already (its default would convert them again)."""
     return value
 
 
@@ -239,16 +240,16 @@ class ProcessPrefetcher:
         self.close()
 
 
-def resolve_workers(requested: int | None, dataset: Dataset[Any], device: torch.device) -> int:
+def resolve_workers(requested: int | None, dataset: Dataset[Any], device: torch.device, cpus: int | None) -> int:
     """The loader's worker processes: ``requested`` when given; else none for a dataset that gathers batches
-    from memory (``batch``) or a run on the CPU (its training threads take the cores), and a few, at most one
-    per available CPU, for one that reads samples one by one ahead of a GPU."""
+    from memory (``batch``) or a run on the CPU (its training threads take the cores), and for one that reads
+    samples one by one ahead of a GPU a few, at most ``cpus`` (the rank's share, else every available CPU)."""
     if requested is not None:
         return requested
     if callable(getattr(dataset, "batch", None)) or device.type != "cuda":
         return 0
     available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return min(AUTO_LOADER_WORKERS, available)
+    return min(AUTO_LOADER_WORKERS, cpus or available)
 
 
 def prefetch(

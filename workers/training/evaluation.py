@@ -15,7 +15,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from flatmtl.workers.problems import MultiTaskNet, Problem
-from flatmtl.workers.training.data import Prefetcher, ProcessPrefetcher, model_input, prefetch, resolve_workers
+from flatmtl.workers.training.data import Prefetcher, ProcessPrefetcher, model_input, prefetch
 
 Reducer = Callable[[Tensor], Tensor]
 
@@ -36,10 +36,10 @@ def evaluate(
     rank: int = 0,
     world_size: int = 1,
     sum_over_ranks: Reducer = _identity,
-    loader_workers: int | None = 0,
+    loader_workers: int = 0,
 ) -> dict[str, float]:
     """``{"task/metric": value}`` in eval mode; the model's mode is restored afterwards. Batches are collated
-    ahead as in training (``loader_workers`` as the spec gives it)."""
+    ahead as in training, by ``loader_workers`` processes (0: a thread)."""
     was_training = model.training
     model.eval()
     metric_set = problem.metrics()
@@ -47,7 +47,7 @@ def evaluate(
     def batches(data: Dataset[Any]) -> Prefetcher | ProcessPrefetcher:
         indices = np.arange(rank, len(data), world_size)  # type: ignore[arg-type]
         chunks = enumerate(indices[start : start + batch_size] for start in range(0, len(indices), batch_size))
-        return prefetch(data, chunks, device, dtype, resolve_workers(loader_workers, data, device))
+        return prefetch(data, chunks, device, dtype, loader_workers)
 
     if problem.multi_input:
         for task, data in enumerate(problem.task_datasets(split)):

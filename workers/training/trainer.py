@@ -112,7 +112,7 @@ class Trainer:
             rank=context.rank,
             seed=spec.seed,
         )
-        self.loader_workers = resolve_workers(spec.loader_workers, self.train_data, context.device)
+        self.loader_workers = resolve_workers(spec.loader_workers, self.train_data, context.device, options.threads)
         if saved is not None:
             self._check_compatible(saved)
             self.model.load_state_dict(saved["model"])
@@ -381,7 +381,7 @@ class Trainer:
                 rank=self.ctx.rank,
                 world_size=self.ctx.world_size,
                 sum_over_ranks=self._sum_over_ranks,
-                loader_workers=self.spec.loader_workers,
+                loader_workers=self.loader_workers,
             )
         record: dict[str, Any] = {"epoch": self.epoch + 1, "step": self.global_step}
         record["lr"] = self.last_lr
