@@ -13,7 +13,11 @@ run), and the whole run is kept under ``--budget`` seconds (default 540). Stages
   checkpoint is (CPU file, state moved to the device), and stepped once more beside the original; and a state
   saved on the CPU resumed on CUDA.
 - ``trainer``: the local trainer on CUDA in fp32 and bf16 (``deterministic``): a run stopped and resumed from its
-  checkpoint against one that never stopped.
+  checkpoint against one that never stopped, and a run whose batches 2 loader processes collate against one thread.
+- ``loader``: CelebA-sized JPEGs read per sample by loader processes: the thread's batches in the plan's order
+  (from an epoch's start and from a resumed position), pinned on CUDA, and an epoch's time with 0, 2 and 4 workers.
+- ``bf16_trunk``: per-task gradients of an MLP trunk run under bfloat16 autocast, by the linear trunk's products
+  against the vmapped backward: within bfloat16's precision, in float32, host syncs counted, and both timed.
 - ``nccl``: one NCCL rank: every collective the engine uses, zero1-3 against the unsharded run, SAMO's step time
   with and without sharding (layer-wise norms over shards).
 - ``deepspeed``: DeepSpeed ZeRO 1-3 on ``cuda:0`` against the engine's own partitions.
@@ -48,7 +52,9 @@ STAGE_SECONDS = {
     "environment": 60,
     "core_parity": 180,
     "state_round_trips": 90,
-    "trainer": 120,
+    "trainer": 150,
+    "loader": 90,
+    "bf16_trunk": 60,
     "nccl": 120,
     "deepspeed": 120,
     "step_costs": 90,
@@ -327,7 +333,103 @@ def stage_trainer(device: torch.device) -> dict[str, Any]:
                 "resume_max_difference": _max_difference(_final_model(whole), _final_model(resumed)),
                 "final_loss": whole.summary["final"].get("train/loss"),
             }
-        found["ok"] = all(found[p]["resume_max_difference"] == 0.0 for p in ("fp32", "bf16"))
+            if precision == "fp32":
+                workers = _train(root, "workers-fp32", device, max_steps=5, precision=precision, loader_workers=2)
+                found["loader_workers_max_difference"] = _max_difference(_final_model(whole), _final_model(workers))
+        differences = [found[p]["resume_max_difference"] for p in ("fp32", "bf16")]
+        found["ok"] = max(differences) == 0.0 and found["loader_workers_max_difference"] == 0.0
+    return found
+
+
+def _jpeg_dataset(root: Path, count: int) -> Any:
+    """CelebA's own per-sample dataset over ``count`` random 178x218 JPEGs (its images' size), resized to 64."""
+    import numpy as np
+    from PIL import Image
+
+    from flatmtl.workers.problems.celeba import CelebADataset
+
+    rng = np.random.default_rng(0)
+    files = []
+    for index in range(count):
+        name = f"{index:06d}.jpg"
+        Image.fromarray(rng.integers(0, 256, (218, 178, 3), dtype=np.uint8)).save(root / name, quality=90)
+        files.append(name)
+    return CelebADataset(root, files, rng.integers(0, 2, (count, 40)).astype(np.uint8), 64)
+
+
+def stage_loader(device: torch.device) -> dict[str, Any]:
+    from flatmtl.workers.training.data import BatchPlan, ProcessPrefetcher, prefetch
+
+    found: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="gpu-check-") as scratch:
+        dataset = _jpeg_dataset(Path(scratch), 512)
+        plan = BatchPlan(len(dataset), 64, seed=0)
+        same = True
+        for start in (0, 3):
+            with prefetch(dataset, plan.batches(1, start), device, torch.float32, 0) as loaded:
+                threaded = [(b, x.cpu(), [t.cpu() for t in y]) for b, _, (x, y) in loaded]
+            with prefetch(dataset, plan.batches(1, start), device, torch.float32, 2) as loaded:
+                processes = [(b, x.cpu(), [t.cpu() for t in y]) for b, _, (x, y) in loaded]
+            same = same and [b for b, _, _ in threaded] == [b for b, _, _ in processes]
+            for (_, x, y), (_, x2, y2) in zip(threaded, processes, strict=True):
+                same = same and torch.equal(x, x2) and all(torch.equal(a, b) for a, b in zip(y, y2, strict=True))
+        found["same_batches_in_order"] = same
+        with ProcessPrefetcher(dataset, plan.batches(0), device, torch.float32, 2) as loaded:
+            host_x, _ = next(iter(loaded.loader))
+            found["pinned"] = host_x.is_pinned()
+        seconds: dict[str, list[float]] = {}
+        for _ in range(2):
+            for workers in (0, 2, 4):
+                started = time.perf_counter()
+                with prefetch(dataset, plan.batches(0), device, torch.float32, workers) as loaded:
+                    for _batch, _indices, (x, _y) in loaded:
+                        x.sum()  # stands for the step that takes the batch
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                seconds.setdefault(str(workers), []).append(time.perf_counter() - started)
+        found["epoch_seconds"] = {workers: min(times) for workers, times in seconds.items()}
+        found["samples"] = len(dataset)
+    found["ok"] = same and (found["pinned"] or device.type != "cuda")
+    return found
+
+
+def stage_bf16_trunk(device: torch.device) -> dict[str, Any]:
+    from flatmtl.workers.mtl import linear_trunk
+    from flatmtl.workers.mtl.flat import FlatParams
+    from flatmtl.workers.mtl.task_gradients import TaskGradientEngine
+
+    torch.manual_seed(0)
+    trunk = nn.Sequential(
+        nn.Linear(256, 1024), nn.ReLU(), nn.Linear(1024, 1024), nn.GELU(), nn.Linear(1024, 256), nn.Tanh()
+    ).to(device)
+    with torch.autocast(device.type, dtype=torch.bfloat16):
+        source = trunk(torch.randn(256, 256, device=device))
+    rows = torch.randn(8, *source.shape, device=device, dtype=source.dtype)
+    shared = FlatParams(list(trunk.parameters()))
+    found: dict[str, Any] = {"source_dtype": str(source.dtype), "plan": linear_trunk.plan(source, shared) is not None}
+    engines = {"products": TaskGradientEngine("batched"), "vmapped": TaskGradientEngine("batched")}
+    engines["vmapped"].linear_trunk = False
+    results = {
+        name: engine.flat_backward([source], [rows], shared, retain_graph=True) for name, engine in engines.items()
+    }
+    scale = float(results["vmapped"].double().norm())
+    found["relative_difference"] = float((results["products"] - results["vmapped"]).double().norm()) / scale
+    found["dtype"] = str(results["products"].dtype)
+    found["syncs_products"] = _counted_syncs(
+        device, lambda: engines["products"].flat_backward([source], [rows], shared, retain_graph=True)
+    )
+    seconds: dict[str, list[float]] = {name: [] for name in engines}
+    for _ in range(5):
+        for name, engine in engines.items():
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            started = time.perf_counter()
+            engine.flat_backward([source], [rows], shared, retain_graph=True)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            seconds[name].append(time.perf_counter() - started)
+    found["median_ms"] = {name: 1000 * statistics.median(times[1:]) for name, times in seconds.items()}
+    found["ok"] = found["plan"] and found["dtype"] == "torch.float32" and found["relative_difference"] < 1e-2
     return found
 
 
@@ -444,6 +546,8 @@ STAGES: dict[str, Callable[[torch.device], dict[str, Any]]] = {
     "core_parity": stage_core_parity,
     "state_round_trips": stage_state_round_trips,
     "trainer": stage_trainer,
+    "loader": stage_loader,
+    "bf16_trunk": stage_bf16_trunk,
     "nccl": stage_nccl,
     "deepspeed": stage_deepspeed,
     "step_costs": stage_step_costs,
