@@ -50,8 +50,7 @@ def min_norm_pair(a: float, b: float, c: float) -> float:
     of the segment between them: the simplex QP's closed form for two tasks.
 
     ``|w g_1 + (1 - w) g_2|^2`` is a parabola in ``w`` with its minimum at ``(b - c) / |g_1 - g_2|^2``, clipped to
-    ``[0, 1]``. Equal vectors (``|g_1 - g_2|^2`` zero) make every point of the segment the same: 1/2 each, as
-    the general solver's minimum-norm face solve gives.
+    ``[0, 1]``. Equal vectors (``|g_1 - g_2|^2`` zero) make every point of the segment the same one: 1/2 each.
     """
     gap = a + b - 2.0 * c
     if not gap > 0.0:
