@@ -130,10 +130,12 @@ def gradient_paths(setting: Setting, repeats: int, warmup: int = 2) -> dict[str,
 
 def interleaved_seconds(runs: dict[str, Callable[[], object]], repeats: int, warmup: int = 2) -> dict[str, list[float]]:
     """Seconds of each run per repeat, the runs timed in turn within each repeat so that a change in machine
-    load hits them alike (repeat r of every run is comparable)."""
+    load hits them alike (repeat r of every run is comparable). The order reverses every other repeat: the run
+    that goes first meets caches the others left, which would favour whichever the order puts second."""
     times: dict[str, list[float]] = {name: [] for name in runs}
     for repeat in range(warmup + repeats):
-        for name, run in runs.items():
+        order = list(runs.items()) if repeat % 2 == 0 else list(reversed(runs.items()))
+        for name, run in order:
             started = time.perf_counter()
             run()
             if repeat >= warmup:
