@@ -3,11 +3,13 @@
 The problems are K-dimensional with K the number of tasks, so a primal active-set method (Lawson and
 Hanson's for the non-negative orthant, Wolfe's min-norm-point scheme for the simplex) finds the
 optimum in a few linear solves, exactly up to rounding, where Frank-Wolfe would need many iterations
-for a loose answer. Faces are solved by SVD least squares, so singular (rank-deficient) Gram
+for a loose answer. Faces are solved by LU, singular ones by least squares, so singular (rank-deficient) Gram
 matrices and repeated or zero gradients need no regularization.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import Tensor
@@ -130,7 +132,16 @@ def _face_minimizer(Q: Tensor, q: Tensor, support: list[int], simplex: bool) -> 
         bordered[n, :n] = 1.0
         block = bordered
         rhs = torch.cat([rhs, rhs.new_ones(1)])
-    solution = symmetric_lstsq(block, rhs.unsqueeze(1), _RCOND)[: len(support), 0]
+    solution = _solve_face(block, rhs.unsqueeze(1))[: len(support), 0]
     x = Q.new_zeros(Q.shape[0])
     x[index] = solution
     return x
+
+
+def _solve_face(block: Tensor, rhs: Tensor) -> Tensor:
+    """The face's KKT system by one LU factorization where it is non-singular, else by least squares through the
+    eigendecomposition (an order of magnitude dearer, and needed only for singular faces)."""
+    solution, info = torch.linalg.solve_ex(block, rhs)
+    if int(info) == 0 and math.isfinite(float(solution.abs().sum())):
+        return solution
+    return symmetric_lstsq(block, rhs, _RCOND)
