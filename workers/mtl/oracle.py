@@ -110,6 +110,7 @@ class GradientOracle:
         self._representation: Tensor | None = None
         self._finite_update: Tensor | None = None
         self._cut_losses: weakref.ref[Tensor] | None = None
+        self._heads_recorded = False
 
     @property
     def wants_gram(self) -> bool:
@@ -181,6 +182,7 @@ class GradientOracle:
         graph (which starts the weighting's step). ``cut``: record the trunk cut at the declared heads."""
         with self.trunk.recording() if cut and self.trunk else nullcontext():
             out = self.closure()
+        self._heads_recorded = self._heads_recorded or bool(cut and self.trunk)
         raw, self._representation = out if isinstance(out, tuple) else (out, None)
         if raw.dim() != 1 or raw.shape[0] != self.num_tasks:
             raise MethodError(
@@ -296,6 +298,18 @@ class GradientOracle:
             own = head.flatten(grads[len(self.shared.params) :])
         shared = self.comm.reduce_task_gradients(shared.unsqueeze(0))[0]
         return shared, self.comm.mean(own)
+
+    def task_gradient_alone(self, task: int) -> tuple[Tensor, Tensor]:
+        """A forward at the current parameters and the gradient of task ``task``'s weighted loss: (shared [P], its
+        head), reduced; what a per-task SAM point needs. Where the model declares its heads and this step's forward
+        recorded their outputs, the forward runs the trunk and this task's head only (``TrunkCut.alone``): the
+        other heads replay their outputs without graph, so neither their forwards nor their backwards are paid at
+        each of K points. Weightings scale each loss by itself, so the others' stale values change nothing."""
+        if self.trunk is None or not self._heads_recorded:
+            return self.task_gradient(self.losses(per_task=False), task)
+        with self.trunk.alone(task):
+            weighted, _ = self._forward(cut=False)
+        return self.task_gradient(weighted, task)
 
     def mean_gradient(self, weighted: Tensor, *, retain_graph: bool = False) -> tuple[Tensor, list[Tensor]]:
         """Gradient of the mean weighted loss in one backward: (shared [P], per-task heads)."""

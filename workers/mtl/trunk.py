@@ -9,6 +9,10 @@ each leaf ``d loss_k / d input_k``; the trunk is left for one backward from the 
 those gradients stacked per task (or summed, for a single objective): batched matrix products where the
 trunk is linear layers and activations (``flatmtl.workers.mtl.linear_trunk``), else one vmapped backward. Same
 numbers, about half the work at K=14 on an MLP.
+
+The recorded forward also keeps each head's output (detached). A pass that needs one task's gradient only
+(a per-task SAM point) then runs the trunk and that task's head alone: every other head replays its kept
+output, which carries no graph, so neither their forwards nor their backwards are paid K times over.
 """
 
 from __future__ import annotations
@@ -37,6 +41,8 @@ class TrunkCut:
     def __init__(self, heads: Sequence[nn.Module]) -> None:
         self.heads = list(heads)
         self.inputs: list[HeadInput] = []
+        self.outputs: list[list[object]] = [[] for _ in self.heads]
+        """Per head, its outputs in the last recorded forward (detached), in call order."""
 
     @property
     def active(self) -> bool:
@@ -49,16 +55,42 @@ class TrunkCut:
 
     @contextmanager
     def recording(self) -> Iterator[None]:
-        """Forward pass with every head reading a leaf copy of each trunk tensor it takes."""
+        """Forward pass with every head reading a leaf copy of each trunk tensor it takes (its output kept)."""
         self.inputs = []
-        handles: list[RemovableHandle] = [
-            head.register_forward_pre_hook(self._hook(task)) for task, head in enumerate(self.heads)
-        ]
+        self.outputs = [[] for _ in self.heads]
+        handles: list[RemovableHandle] = []
+        for task, head in enumerate(self.heads):
+            handles.append(head.register_forward_pre_hook(self._hook(task)))
+            handles.append(head.register_forward_hook(self._keep(task)))
         try:
             yield
         finally:
             for handle in handles:
                 handle.remove()
+
+    @contextmanager
+    def alone(self, task: int) -> Iterator[None]:
+        """Forward pass that runs ``task``'s head only: every other head returns, without running, what it returned
+        in the last recorded forward (a call beyond those runs it without graph). The other tasks' losses are then
+        stale values with no graph, and a backward of task ``task``'s loss passes its own head alone."""
+        others = [(self.heads[other], self.outputs[other]) for other in range(len(self.heads)) if other != task]
+        own_forwards = [vars(head).get("forward") for head, _ in others]
+        for head, outputs in others:
+            vars(head)["forward"] = _replay(outputs, head.forward)
+        try:
+            yield
+        finally:
+            for (head, _), own in zip(others, own_forwards, strict=True):
+                if own is None:
+                    del vars(head)["forward"]
+                else:
+                    vars(head)["forward"] = own
+
+    def _keep(self, task: int) -> Callable[[nn.Module, tuple[object, ...], object], None]:
+        def keep(_module: nn.Module, _args: tuple[object, ...], output: object) -> None:
+            self.outputs[task].append(_detached(output))
+
+        return keep
 
     def _hook(self, task: int) -> Callable[[nn.Module, tuple[object, ...]], tuple[object, ...]]:
         def cut(_module: nn.Module, args: tuple[object, ...]) -> tuple[object, ...]:
@@ -94,6 +126,33 @@ class TrunkCut:
                 grads[0] if len(grads) == 1 else torch.stack(grads).sum(0) for _, _, grads in grouped.values()
             ]
         return sources, [_task_rows(tasks, grads, num_tasks) for _, tasks, grads in grouped.values()]
+
+
+def _replay(outputs: list[object], forward: Callable[..., object]) -> Callable[..., object]:
+    """A head's forward that returns its kept outputs in call order, or runs without graph where none is kept."""
+    calls = 0
+
+    def replay(*args: object, **kwargs: object) -> object:
+        nonlocal calls
+        calls += 1
+        if calls <= len(outputs):
+            return outputs[calls - 1]
+        with torch.no_grad():
+            return forward(*args, **kwargs)
+
+    return replay
+
+
+def _detached(output: object) -> object:
+    """A head's output without its graph: tensors detached, tuples, lists and dicts of them walked."""
+    if isinstance(output, Tensor):
+        return output.detach()
+    if isinstance(output, (tuple, list)):
+        items = [_detached(item) for item in output]
+        return type(output)(*items) if hasattr(output, "_fields") else type(output)(items)
+    if isinstance(output, dict):
+        return {key: _detached(item) for key, item in output.items()}
+    return output
 
 
 def _task_rows(tasks: list[int], grads: list[Tensor], num_tasks: int) -> Tensor:

@@ -62,20 +62,25 @@ def _scaled(vector: Tensor, scale: Tensor | None) -> Tensor:
 
 
 def task_point_gradients(
-    oracle: GradientOracle, offsets: Callable[[int], tuple[Tensor | None, Tensor | None]]
-) -> tuple[Tensor, list[Tensor]]:
-    """Each task's gradient at its own point ``theta + offsets(task)``: K forwards, K single-task backwards.
+    oracle: GradientOracle,
+    offsets: Callable[[int], tuple[Tensor | None, Tensor | None]],
+    store: Callable[[int, Tensor], None],
+) -> list[Tensor]:
+    """Each task's gradient at its own point ``theta + offsets(task)``: K forwards of that task alone
+    (``GradientOracle.task_gradient_alone``) and K single-task backwards.
 
-    Returns the shared rows [K, P] and each task's head gradient. Offsets are asked for one task at a
-    time, so at most one offset vector is alive; they must not read the parameters (which are moved).
+    ``store(task, shared)`` takes each task's shared gradient [P] as it comes, into a row of a buffer the
+    caller already holds (no second [K, P]); each task's head gradient is returned. Offsets are asked for one
+    task at a time, so at most one offset vector is alive, before that task's ``store``: ``offsets(task)``
+    may read what ``store(task, ...)`` overwrites. They must not read the parameters (which are moved).
     """
-    template = oracle.shared.params[0]
-    shared = torch.empty(oracle.num_tasks, oracle.shared.numel, dtype=template.dtype, device=template.device)
     heads = []
     with oracle.displaced() as move:
         for task in range(oracle.num_tasks):
             offset_shared, offset_head = offsets(task)
             move(offset_shared, {} if offset_head is None else {task: offset_head})
-            shared[task], head = oracle.task_gradient(oracle.losses(per_task=False), task)
+            del offset_shared, offset_head
+            shared, head = oracle.task_gradient_alone(task)
+            store(task, shared)
             heads.append(head)
-    return shared, heads
+    return heads

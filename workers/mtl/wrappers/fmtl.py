@@ -9,7 +9,9 @@ and the update is their sum, so a stateful aggregator never mixes the two stream
 ``mode="direct"`` is the paper's ablation: aggregate the raw SAM gradients. Heads get their own task's
 SAM gradient and are never aggregated. The loss parts reach a representation-based aggregator (MGDA-UB)
 with the representation's gradients at theta; flat parts and direct SAM gradients come from K points
-and reach it as plain gradient matrices. With both radii 0 the step is the plain step.
+and reach it as plain gradient matrices. With both radii 0 the step is the plain step. The loss parts are
+aggregated before the K points, so each task's row of the [K, P] matrix then takes its flat part in place:
+the step holds one [K, P], as many as its definition needs.
 
 Defaults: plain SAM with ``rho_shared = rho_task = 0.05`` (SAM's usual radius). The authors ran ASAM
 (``adaptive=True``) with equal radii tuned in [0.005, 5] (code default 2); with plain SAM the radius
@@ -22,6 +24,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from flatmtl.workers.mtl.base import Aggregator, Wrapper
@@ -73,14 +76,20 @@ class FMTL(Wrapper):
             _, head = head_ascent(None, {task: grads.heads[task]})
             return shared, head[task]
 
-        sam_shared, sam_heads = task_point_gradients(oracle, offsets)
+        rows = grads.shared  # row i: g_i until task i's point, then its SAM gradient (direct) or flat part
         if self.mode == "direct":
-            update = oracle.aggregate(sam_shared)
-        else:
-            flat_aggregator = self._flat_aggregator(oracle.aggregator)
-            update = oracle.aggregate(grads.shared, grads.representation)
-            update = update + oracle.aggregate(sam_shared.sub_(grads.shared), aggregator=flat_aggregator)
-        oracle.write(update, sam_heads)
+            sam_heads = task_point_gradients(oracle, offsets, rows.__setitem__)
+            oracle.write(oracle.aggregate(rows), sam_heads)
+            return
+        flat_aggregator = self._flat_aggregator(oracle.aggregator)  # copied before the step's sees this step
+        loss_update = oracle.aggregate(rows, grads.representation)
+
+        def flat_part(task: int, sam: Tensor) -> None:
+            torch.sub(sam, rows[task], out=rows[task])
+
+        sam_heads = task_point_gradients(oracle, offsets, flat_part)
+        flat_update = oracle.aggregate(rows, aggregator=flat_aggregator)
+        oracle.write(loss_update + flat_update, sam_heads)
 
     def _flat_aggregator(self, aggregator: Aggregator) -> Aggregator:
         """The flat parts' own aggregator: a copy of the step's, made before either sees this step."""

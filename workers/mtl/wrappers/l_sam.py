@@ -41,5 +41,8 @@ class LocalSAM(Wrapper):
             shared, heads = ascent(grads.shared[task], {task: grads.heads[task]})
             return shared, heads[task]
 
-        shared, heads = task_point_gradients(oracle, offsets)
-        oracle.write(oracle.aggregate(shared), heads)
+        def store(task: int, sam: Tensor) -> None:  # task i's row served its offset: it takes its SAM gradient
+            grads.shared[task] = sam
+
+        heads = task_point_gradients(oracle, offsets, store)
+        oracle.write(oracle.aggregate(grads.shared), heads)

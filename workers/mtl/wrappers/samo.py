@@ -95,7 +95,7 @@ class SAMO(Wrapper):
                     direction = global_part + (1 - self.alpha) * self._normalized(oracle, sam_shared[task], reference)
                 factor = self.rho / ((oracle.norm(direction).pow(2) + heads_squared).sqrt() + TINY)
                 move(direction * factor, {task: g0_heads[task] * factor})
-                sam_shared[task], head = oracle.task_gradient(oracle.losses(), task)
+                sam_shared[task], head = oracle.task_gradient_alone(task)
                 sam_heads.append(head)
         oracle.write(oracle.aggregate(sam_shared), sam_heads)
 
