@@ -108,35 +108,54 @@ def plan(source: Tensor, shared: FlatParams) -> Plan | None:
 def task_gradients(trunk: Plan, rows: Tensor, shared: FlatParams) -> Tensor:
     """[K, P] in the parameters' dtype: row k is the gradient of ``<source, rows[k]>`` w.r.t. the shared
     parameters (all of them, as ``FlatParams.flatten_batched`` gives, also where ``shared`` is one rank's shard
-    view). The products run in the chain's own dtype, whatever autocast surrounds the call."""
+    view). The products run in the chain's own dtype, whatever autocast surrounds the call.
+
+    The rows go down in chunks sized so that the activation gradients alive at once (two per row, each as
+    large as the widest layer's input over the batch) take at most half the memory of the [K, P] result:
+    with many tasks and wide layers all K rows at once would hold several times what K sequential backwards
+    do, and chunks of a few rows are no slower (their products stay in cache)."""
     num_rows = rows.shape[0]
     out = torch.empty(num_rows, shared.bounds[-1], dtype=shared.dtype, device=rows.device)
-    grad = rows.to(trunk.dtype)
+    chunk = max(1, out.numel() // (4 * _widest_row(trunk, rows)))
     with torch.autocast(rows.device.type, enabled=False):
-        for step in trunk.steps:
-            if isinstance(step, Elementwise):
-                grad = step.node(grad)
-            elif isinstance(step, Gelu):
-                saved = step.saved_input.expand_as(grad)
-                grad = torch.ops.aten.gelu_backward(grad, saved, approximate=step.approximate)
-            elif isinstance(step, View):
-                grad = grad.reshape(num_rows, *step.shape)
-            else:
-                if step.weight is not None:
-                    cols, saved_input = step.weight
-                    inputs = saved_input.expand(num_rows, *saved_input.shape)
-                    weight = out[:, cols].view(num_rows, grad.shape[-1], inputs.shape[-1])
-                    if weight.dtype == grad.dtype:
-                        torch.bmm(grad.transpose(1, 2), inputs, out=weight)
-                    else:
-                        weight.copy_(torch.bmm(grad.transpose(1, 2), inputs))
-                if step.bias is not None:
-                    torch.sum(grad, dim=1, dtype=out.dtype, out=out[:, step.bias])
-                if step.weight_t is not None:
-                    grad = grad @ step.weight_t.T
+        for first in range(0, num_rows, chunk):
+            _chunk_gradients(trunk, rows[first : first + chunk].to(trunk.dtype), out[first : first + chunk])
     for cols in trunk.unreached:
         out[:, cols].zero_()
     return out
+
+
+def _widest_row(trunk: Plan, rows: Tensor) -> int:
+    """Elements of the largest gradient one row takes on its way down (the source's, or a layer input's)."""
+    inputs = [step.weight[1].numel() for step in trunk.steps if isinstance(step, Linear) and step.weight is not None]
+    return max([rows[0].numel(), *inputs])
+
+
+def _chunk_gradients(trunk: Plan, rows: Tensor, out: Tensor) -> None:
+    """These rows' gradients into their rows of the result (the columns of parameters the trunk reaches)."""
+    num_rows = rows.shape[0]
+    grad = rows
+    for step in trunk.steps:
+        if isinstance(step, Elementwise):
+            grad = step.node(grad)
+        elif isinstance(step, Gelu):
+            saved = step.saved_input.expand_as(grad)
+            grad = torch.ops.aten.gelu_backward(grad, saved, approximate=step.approximate)
+        elif isinstance(step, View):
+            grad = grad.reshape(num_rows, *step.shape)
+        else:
+            if step.weight is not None:
+                cols, saved_input = step.weight
+                inputs = saved_input.expand(num_rows, *saved_input.shape)
+                weight = out[:, cols].view(num_rows, grad.shape[-1], inputs.shape[-1])
+                if weight.dtype == grad.dtype:
+                    torch.bmm(grad.transpose(1, 2), inputs, out=weight)
+                else:
+                    weight.copy_(torch.bmm(grad.transpose(1, 2), inputs))
+            if step.bias is not None:
+                torch.sum(grad, dim=1, dtype=out.dtype, out=out[:, step.bias])
+            if step.weight_t is not None:
+                grad = grad @ step.weight_t.T
 
 
 class _Walk:
