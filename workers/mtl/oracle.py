@@ -206,20 +206,25 @@ class GradientOracle:
             self.record.forward_passes += 1
             return self.comm.mean(self.weighting.weigh(raw).detach())
 
-    def probe_losses(self, move: Displacement, offsets: Tensor) -> Tensor:
-        """Forward only: the K weighted losses at ``theta + offsets[m]`` (shared parameters moved, heads
-        at theta) for every row, [M, K], averaged over ranks. One vmapped forward where the model allows
-        (``flatmtl.workers.mtl.probes``), else one forward per row. Leaves every parameter at theta."""
+    def probe_losses(self, move: Displacement, directions: Tensor, scale: float) -> Tensor:
+        """Forward only: the K weighted losses at ``theta + scale * directions[m]`` (shared parameters moved,
+        heads at theta) for every row, [M, K], averaged over ranks. Vmapped forwards over chunks of the rows
+        where the model allows (``flatmtl.workers.mtl.probes``), else one forward per row. Leaves every
+        parameter at theta."""
         move()
-        batched = None if self.probes is None else self.probes(self.closure, self.weighting.weigh, self.shared, offsets)
+        batched = (
+            None
+            if self.probes is None
+            else self.probes(self.closure, self.weighting.weigh, self.shared, directions, scale)
+        )
         if batched is None:
             rows = []
-            for offset in offsets:
-                move(offset)
+            for direction in directions:
+                move(direction * scale)
                 rows.append(self.forward_losses())
             move()
             return torch.stack(rows)
-        self.record.forward_passes += offsets.shape[0]
+        self.record.forward_passes += directions.shape[0]
         return self.comm.mean(batched.detach())
 
     # ---- gradients -----------------------------------------------------------------------------
@@ -251,9 +256,7 @@ class GradientOracle:
         trunk. Heads get their own task's gradient. On diagnostics steps the per-task parameter gradients
         are taken as well, for the Gram. False (nothing done) where the representation is unknown."""
         if self._through_trunk(weighted):
-            assert self.trunk is not None
-            leaf_grads, heads = self._backward_to_trunk(weighted.sum(), self.heads, retain_graph=False)
-            sources, rows = self.trunk.trunk_rows(leaf_grads, self.num_tasks)
+            sources, rows, heads = self._trunk_rows(weighted, retain_graph=False)
         elif self._representation is not None:
             heads = self._head_gradients(weighted.sum(), retain_graph=True)
             sources = [self._representation]
@@ -356,6 +359,14 @@ class GradientOracle:
         grads = torch.autograd.grad(objective, [*leaves, *head_params], retain_graph=retain_graph, allow_unused=True)
         return list(grads[: len(leaves)]), self._split_heads(heads, grads[len(leaves) :])
 
+    def _trunk_rows(self, weighted: Tensor, *, retain_graph: bool) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
+        """One backward through the heads: the trunk's outputs, their per-task output gradients [K, ...] and the
+        heads' own gradients. The leaves' gradients are dropped here, not held beside the rows stacked from them."""
+        assert self.trunk is not None
+        leaf_grads, heads = self._backward_to_trunk(weighted.sum(), self.heads, retain_graph=retain_graph)
+        sources, rows = self.trunk.trunk_rows(leaf_grads, self.num_tasks)
+        return sources, rows, heads
+
     def _trunk_gradient(self, leaf_grads: Sequence[Tensor | None], *, retain_graph: bool) -> Tensor:
         """The shared parameters' flat gradient [P] for one objective, from its heads' input gradients."""
         assert self.trunk is not None
@@ -366,9 +377,7 @@ class GradientOracle:
         return self.shared.flatten(grads)
 
     def _task_gradients_through_trunk(self, weighted: Tensor, retain_graph: bool) -> TaskGradients:
-        assert self.trunk is not None
-        leaf_grads, heads = self._backward_to_trunk(weighted.sum(), self.heads, retain_graph=retain_graph)
-        sources, rows = self.trunk.trunk_rows(leaf_grads, self.num_tasks)
+        sources, rows, heads = self._trunk_rows(weighted, retain_graph=retain_graph)
         representation = None
         if self._weighs_by_representation() and self._representation is not None:
             if len(sources) == 1 and sources[0] is self._representation:

@@ -8,6 +8,8 @@ coordinate, which makes the neighbourhood invariant to layer rescaling.
 
 from __future__ import annotations
 
+from torch import Tensor
+
 from flatmtl.workers.mtl.base import Wrapper
 from flatmtl.workers.mtl.oracle import GradientOracle
 from flatmtl.workers.mtl.registry import register
@@ -27,10 +29,15 @@ class SAM(Wrapper):
         self.rho, self.adaptive, self.eta = rho, adaptive, eta
 
     def step(self, oracle: GradientOracle) -> None:
-        ascent = Ascent(oracle, self.rho, self.adaptive, self.eta)
-        grads = oracle.task_gradients(oracle.losses())
-        direction = oracle.aggregate(grads.shared, grads.representation, commit=False)
-        offset_shared, offset_heads = ascent(direction, dict(enumerate(grads.heads)))
+        offset_shared, offset_heads = self._offsets(oracle)
         with oracle.perturbed(offset_shared, offset_heads):
             perturbed = oracle.task_gradients(oracle.losses())
         oracle.write(oracle.aggregate(perturbed.shared, perturbed.representation), perturbed.heads)
+
+    def _offsets(self, oracle: GradientOracle) -> tuple[Tensor | None, dict[int, Tensor]]:
+        """The ascent along the look-ahead update; the per-task gradients at theta are freed on return, so the
+        step never holds them beside the perturbed ones."""
+        ascent = Ascent(oracle, self.rho, self.adaptive, self.eta)
+        grads = oracle.task_gradients(oracle.losses())
+        direction = oracle.aggregate(grads.shared, grads.representation, commit=False)
+        return ascent(direction, dict(enumerate(grads.heads)))
