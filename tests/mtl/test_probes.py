@@ -26,7 +26,7 @@ def test_batched_probes_give_the_losses_at_each_point_and_leave_parameters_in_pl
     offsets = torch.randn(5, oracle.shared.numel, dtype=torch.float64)
     before = {name: value.clone() for name, value in model.state_dict().items()}
     with oracle.displaced() as move:
-        batched = oracle.probe_losses(move, offsets)
+        batched = oracle.probe_losses(move, offsets, 1.0)
     assert step.probes is not None and step.probes.supported
     for name, value in model.state_dict().items():
         assert torch.equal(value, before[name]), name

@@ -51,7 +51,7 @@ class ParameterSplit:
     that task's loss on the shared parameters; per-task gradients then take the two-stage path of
     ``flatmtl.workers.mtl.trunk``. A model declares them with a ``task_heads()`` method returning them or None.
     ``model``, where given, owns the shared parameters; forward-only probes (SAMO's SPSA) then batch
-    their points into one vmapped forward (``flatmtl.workers.mtl.probes``).
+    their points into vmapped forwards (``flatmtl.workers.mtl.probes``).
     """
 
     shared: list[nn.Parameter]

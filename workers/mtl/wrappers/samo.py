@@ -10,7 +10,7 @@ rescaled per layer to ``g0``'s layer norms (eq. 4; ``normalization="global"`` us
 perturbed by ``rho * v_i / ||v_i||`` with ``v_i = alpha g0 + (1 - alpha) g_i_hat`` (eq. 1) and its
 gradient there is its SAMO gradient (eq. 2); the K SAMO gradients are aggregated. The extra cost is one
 backward and ``2 K`` forwards without graph, instead of F-MTL's K extra per-task backwards; the forwards
-run as one vmapped forward over the 2 K points where the model allows (``flatmtl.workers.mtl.probes``).
+run as vmapped forwards over chunks of the 2 K points where the model allows (``flatmtl.workers.mtl.probes``).
 
 Heads: SPSA directions cover the shared parameters only (as in the authors' code). Heads are perturbed
 along ``g0``'s head part, which for head i points along task i's own head gradient (only task i's loss
@@ -44,9 +44,9 @@ NORMALIZATIONS = ("layerwise", "global", "none")
 def central_differences(oracle: GradientOracle, move: Displacement, directions: Tensor, mu: float) -> Tensor:
     """For each Gaussian direction z (rows of ``directions`` [D, P] over the shared parameters) and every
     task k, ``(l_k(theta + mu z) - l_k(theta - mu z)) / (2 mu)``: [D, K] from 2 D forwards without graph,
-    batched into one vmapped forward where the model allows. Leaves the parameters at theta."""
-    losses = oracle.probe_losses(move, torch.cat([directions * mu, directions * -mu]))
-    plus, minus = losses.chunk(2)
+    batched into vmapped forwards where the model allows. Leaves the parameters at theta."""
+    plus = oracle.probe_losses(move, directions, mu)
+    minus = oracle.probe_losses(move, directions, -mu)
     return (plus - minus) / (2 * mu)
 
 
@@ -110,7 +110,7 @@ class SAMO(Wrapper):
             coefficients = central_differences(oracle, move, directions, self.mu)
             torch.matmul(coefficients.T, directions, out=out).div_(draws)
             return
-        per_chunk = max(1, MAX_PROBE_ELEMENTS // (2 * draws * max(1, numel)))
+        per_chunk = max(1, MAX_PROBE_ELEMENTS // (draws * max(1, numel)))
         for first in range(0, oracle.num_tasks, per_chunk):
             tasks = range(first, min(oracle.num_tasks, first + per_chunk))
             directions = torch.stack([oracle.random_direction() for _ in range(len(tasks) * draws)])
