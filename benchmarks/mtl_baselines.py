@@ -6,23 +6,32 @@
 2. The whole plain step of every aggregator against the same method computed as LibMTL does: K
    sequential autograd passes through the whole graph, the [K, P] matrix, then the aggregator. MGDA-UB
    and GradDrop also against one backward per task from the representation; F-MTL against the authors'
-   per-task loop (K points, each evaluating its own task only).
+   per-task loop (K points, each evaluating its own task only), and L-SAM against the same loop.
 3. Every aggregator torchjd 0.18 has, on the same [K, P] (P = 100k, K = 2, 14, 40), against torchjd's call; the
    floor: the Gram (one product, and ours) and ``weights @ G``.
-4. Peak resident memory of a step (each path in a fresh process) beside its time.
+4. Peak memory of a step beside its time, each path in a fresh process: resident memory over the first three
+   steps (one-off costs included: torch's first vmap sets up about 36 MiB of its machinery once per process,
+   ``gradient_mode="auto"`` measures both paths once) and over three steps after those, and the peak of live
+   tensors in one such step (the torch profiler's allocation events).
+   Every SAM wrapper against its reference loop: F-MTL's and SAMO's authors' code, L-SAM the same per-task
+   loop, SAM and G-SAM the two-pass SAM loop with K sequential backwards.
 
 Paths are timed in turn within each round; figures are medians over rounds of per-round ratios, one thread.
 Needs the ``bench`` extra (torchjd).
 
-    python benchmarks/mtl_baselines.py [--rounds 9] [--only ew|steps|torchjd|memory]
+    python benchmarks/mtl_baselines.py [--rounds 9] [--only ew|steps|sam|torchjd|memory]
+
+``--only sam`` times F-MTL and L-SAM against the per-task loop alone (part of ``steps``).
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import functools
 import math
 import multiprocessing
+import os
 import resource
 import statistics
 import sys
@@ -165,11 +174,12 @@ def whole_steps(setting: Setting, rounds: int, methods: list[str]) -> dict[str, 
     return ratios
 
 
-def authors_fmtl_step(setting: Setting, rho: float = 0.05) -> Callable[[], None]:
+def authors_fmtl_step(setting: Setting, rho: float = 0.05, *, joint_norm: bool = False) -> Callable[[], None]:
     """F-MTL as the authors' loop does it, transcribed: per-task gradients at theta by K backwards, then for
     each task its own point (shared parameters and its head moved by rho times its normalized gradients),
     a forward of the trunk and that task's head only, one backward, the parameters put back; the loss parts
-    and the flat parts averaged separately (the ``mean`` aggregator) and added."""
+    and the flat parts averaged separately (the ``mean`` aggregator) and added. ``joint_norm``: one norm over
+    the shared and head gradients (L-SAM's point), whose update the same mean gives."""
     model = setting.model
     shared = list(model.shared_parameters())
     heads = [list(head) for head in model.task_parameters()]
@@ -177,6 +187,10 @@ def authors_fmtl_step(setting: Setting, rho: float = 0.05) -> Callable[[], None]
     def task_loss(task: int) -> Tensor:
         output = model.heads[task](model.encoder(setting.x))
         return setting.tasks[task].kind.loss(output, setting.targets[task])
+
+    def offsets(parts: list[tuple[Tensor, ...]]) -> list[Tensor]:
+        norm = torch.sqrt(sum(g.pow(2).sum() for part in parts for g in part)) + 1e-12
+        return [g * (rho / norm) for part in parts for g in part]
 
     def run() -> None:
         losses = setting.task_losses()
@@ -189,15 +203,13 @@ def authors_fmtl_step(setting: Setting, rho: float = 0.05) -> Callable[[], None]
         flat_parts, sam_heads = [], []
         for task in range(num_tasks):
             moved = [*shared, *heads[task]]
-            offsets = []
-            for part in (loss_parts[task], head_grads[task]):  # shared and head: each its own norm and radius
-                norm = torch.sqrt(sum(g.pow(2).sum() for g in part)) + 1e-12
-                offsets += [g * (rho / norm) for g in part]
+            parts = [loss_parts[task], head_grads[task]]
+            steps = offsets(parts) if joint_norm else [g for part in parts for g in offsets([part])]
             with torch.no_grad():
-                torch._foreach_add_(moved, offsets)
+                torch._foreach_add_(moved, steps)
             grads = torch.autograd.grad(task_loss(task), moved)
             with torch.no_grad():
-                torch._foreach_sub_(moved, offsets)
+                torch._foreach_sub_(moved, steps)
             flat_parts.append([a - b for a, b in zip(grads[: len(shared)], loss_parts[task], strict=True)])
             sam_heads.append(grads[len(shared) :])
         for index, param in enumerate(shared):
@@ -210,14 +222,111 @@ def authors_fmtl_step(setting: Setting, rho: float = 0.05) -> Callable[[], None]
     return run
 
 
+def authors_samo_step(setting: Setting, rho: float = 1e-3, beta: float = 0.5, eps: float = 0.01) -> Callable[[], None]:
+    """SAMO as the authors' trainer does it, transcribed: one backward of the mean loss; per task a copy of
+    the model, two forwards without graph at its shared parameters moved by +-eps along a Gaussian direction
+    and the zeroth-order estimate kept per parameter; per task the offsets of its head (along its gradient)
+    and of the shared parameters (``(1 - beta) g + beta`` times the estimate rescaled to g's layer norms),
+    each normalized to rho, all kept; per task a forward of every task at its point and a backward of its
+    own loss; the mean of the K SAM gradients."""
+    model = setting.model
+    shared = list(model.shared_parameters())
+    heads = [list(head) for head in model.task_parameters()]
+    generator = torch.Generator().manual_seed(0)
+
+    def estimate(task: int) -> list[Tensor]:
+        clone = copy.deepcopy(model)
+        moved = list(clone.shared_parameters())
+        directions = [torch.randn(p.shape, generator=generator) for p in moved]
+        with torch.no_grad():
+            torch._foreach_add_(moved, directions, alpha=eps)
+            plus = stack_losses(setting.tasks, list(clone(setting.x)), setting.targets)[task]
+            torch._foreach_add_(moved, directions, alpha=-2 * eps)
+            minus = stack_losses(setting.tasks, list(clone(setting.x)), setting.targets)[task]
+        return [d * ((plus - minus) / (2 * eps)) for d in directions]
+
+    def scaled(vectors: list[Tensor]) -> list[Tensor]:
+        norm = torch.sqrt(sum(v.pow(2).sum() for v in vectors)) + 1e-12
+        return [v * (rho / norm) for v in vectors]
+
+    def run() -> None:
+        model.zero_grad(set_to_none=True)
+        setting.task_losses().mean().backward()
+        estimates = [estimate(task) for task in range(len(heads))]
+        shared_offsets, head_offsets = [], []
+        for task, local in enumerate(estimates):
+            mixed = [
+                (1 - beta) * p.grad + beta * p.grad.norm() * z / z.norm() for p, z in zip(shared, local, strict=True)
+            ]
+            shared_offsets.append(scaled(mixed))
+            head_offsets.append(scaled([p.grad.clone() for p in heads[task]]))
+        saved = [p.detach().clone() for p in shared]
+        sam_grads = []
+        for task in range(len(heads)):
+            with torch.no_grad():
+                torch._foreach_add_(heads[task], head_offsets[task])
+                for param, value, offset in zip(shared, saved, shared_offsets[task], strict=True):
+                    param.copy_(value + offset)
+            grads = torch.autograd.grad(setting.task_losses()[task], [*shared, *heads[task]])
+            with torch.no_grad():
+                torch._foreach_sub_(heads[task], head_offsets[task])
+            sam_grads.append(grads[: len(shared)])
+            for param, grad in zip(heads[task], grads[len(shared) :], strict=True):
+                param.grad = grad
+        with torch.no_grad():
+            torch._foreach_copy_(shared, saved)
+        for index, param in enumerate(shared):
+            param.grad = sum(grads[index] for grads in sam_grads) / len(heads)
+
+    return run
+
+
+def two_pass_sam_step(setting: Setting, rho: float = 0.05, *, ascend_mean_loss: bool = False) -> Callable[[], None]:
+    """SAM around a multi-task update as a SAM optimizer with LibMTL's loop does it: the update at theta (the
+    mean of K sequential per-task gradients, or for G-SAM one backward of the mean loss), every parameter
+    moved by rho along it normalized, K sequential per-task gradients there, their mean, parameters put back."""
+    model = setting.model
+    params = list(model.parameters())
+    libmtl = libmtl_step(setting, mtl.aggregator("mean"))
+
+    def run() -> None:
+        if ascend_mean_loss:
+            model.zero_grad(set_to_none=True)
+            setting.task_losses().mean().backward()
+        else:
+            libmtl()
+        grads = [torch.zeros_like(p) if p.grad is None else p.grad for p in params]
+        norm = torch.sqrt(sum(g.pow(2).sum() for g in grads)) + 1e-12
+        offsets = [g * (rho / norm) for g in grads]
+        with torch.no_grad():
+            torch._foreach_add_(params, offsets)
+        libmtl()
+        with torch.no_grad():
+            torch._foreach_sub_(params, offsets)
+
+    return run
+
+
 def fmtl_against_authors(setting: Setting, rounds: int) -> float:
-    step = mtl.MTLStep.from_model(setting.model, wrapper="fmtl", wrapper_hparams={"rho_shared": 0.05, "rho_task": 0.05})
-    times = interleaved_seconds(
-        {"ours": lambda: step(setting.task_losses), "authors": authors_fmtl_step(setting)}, rounds, warmup=3
-    )
-    ratio = median_ratio(times["ours"], times["authors"])
-    print(f"fmtl (mean) / the authors' per-task loop: {ratio:.2f} ({statistics.median(times['ours']) * 1e3:.1f} ms)")
-    return ratio
+    """F-MTL's step over the authors' per-task loop, and L-SAM's over the same loop with its joint radius: the
+    median of the per-round ratios and their spread. Returns F-MTL's."""
+    fmtl = mtl.MTLStep.from_model(setting.model, wrapper="fmtl", wrapper_hparams={"rho_shared": 0.05, "rho_task": 0.05})
+    l_sam = mtl.MTLStep.from_model(setting.model, wrapper="l_sam", wrapper_hparams={"rho": 0.05})
+    runs: dict[str, Callable[[], object]] = {
+        "fmtl": lambda: fmtl(setting.task_losses),
+        "authors": authors_fmtl_step(setting),
+        "l_sam": lambda: l_sam(setting.task_losses),
+        "per-task loop": authors_fmtl_step(setting, joint_norm=True),
+    }
+    times = interleaved_seconds(runs, rounds, warmup=3)
+    for ours, theirs, label in (("fmtl", "authors", "the authors' per-task loop"), ("l_sam", "per-task loop", "it")):
+        per_round = sorted(t / r for t, r in zip(times[ours], times[theirs], strict=True))
+        print(
+            f"{ours} (mean) / {label}: {statistics.median(per_round):.2f} (rounds {per_round[0]:.2f}-"
+            f"{per_round[-1]:.2f}; {statistics.median(times[ours]) * 1e3:.1f} vs "
+            f"{statistics.median(times[theirs]) * 1e3:.1f} ms)"
+        )
+    return median_ratio(times["fmtl"], times["authors"])
 
 
 # ---- 3. aggregators against torchjd -------------------------------------------------------------------------
@@ -267,18 +376,29 @@ def against_torchjd(rounds: int, numel: int = 100_000) -> dict[str, float]:
 
 # ---- 4. peak memory ------------------------------------------------------------------------------------------
 
+SAM_REFERENCES = {  # each SAM wrapper's memory path -> its reference loop's
+    "fmtl": "fmtl, authors' loop",
+    "l_sam": "l_sam, per-task loop",
+    "samo": "samo, authors' loop",
+    "sam": "sam, two-pass loop",
+    "g_sam": "g_sam, two-pass loop",
+}
+MALLOC_SETTINGS = {"MALLOC_MMAP_THRESHOLD_": "16384"}
+"""glibc's fixed threshold for the children: every block from 16 KiB up is its own mapping, returned to the
+system when freed, so resident memory follows the live memory (with the default's moving threshold, freed
+blocks stay in the heap after a first step and later peaks hide in it; code that holds many per-parameter
+tensors, as the reference loops do, would look lighter than code holding one flat matrix). Steps run slower
+so: times are section 2's."""
+
 
 def _resident_mib() -> float:
     with open("/proc/self/statm") as statm:
         return int(statm.read().split()[1]) * resource.getpagesize() / 2**20
 
 
-def _peak_child(setting_index: int, path: str, queue: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
-    """Peak resident memory above the resting process (model, data and step built) while three steps run,
-    sampled every millisecond by a thread (torch releases the GIL in its kernels)."""
-    torch.set_num_threads(1)
-    setting = settings(256)[setting_index]
-    run = _memory_paths(setting)[path]
+def _resident_peak(run: Callable[[], object], steps: int) -> tuple[float, float]:
+    """Peak resident memory above the process before ``steps`` steps (MiB), sampled every half millisecond by a
+    thread (torch releases the GIL in its kernels), and seconds per step."""
     resting = _resident_mib()
     peak = [resting]
     running = threading.Event()
@@ -287,17 +407,43 @@ def _peak_child(setting_index: int, path: str, queue: multiprocessing.Queue) -> 
     def sample() -> None:
         while running.is_set():
             peak[0] = max(peak[0], _resident_mib())
-            time.sleep(0.001)
+            time.sleep(0.0005)
 
     sampler = threading.Thread(target=sample)
     sampler.start()
     started = time.perf_counter()
-    for _ in range(3):
+    for _ in range(steps):
         run()
-    seconds = (time.perf_counter() - started) / 3
+    seconds = (time.perf_counter() - started) / steps
     running.clear()
     sampler.join()
-    queue.put((peak[0] - resting, seconds))
+    return peak[0] - resting, seconds
+
+
+def _tensor_peak(run: Callable[[], object]) -> float:
+    """Peak of the tensors a step allocates above those alive before it (MiB), from the torch profiler's
+    allocation events in order: the allocator's view, blind to the C library's heap and to Python objects."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as profiler:
+        run()
+    events = [event for event in profiler.profiler.kineto_results.events() if event.name() == "[memory]"]
+    live = peak = 0
+    for event in sorted(events, key=lambda event: event.start_ns()):
+        live += event.nbytes()
+        peak = max(peak, live)
+    return peak / 2**20
+
+
+def _peak_child(setting_index: int, path: str, queue: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
+    """In a fresh process (model, data and steps built): resident peaks over the first three steps and over
+    three steps after them, the tensor peak of one more step, and seconds per step after the first three."""
+    torch.set_num_threads(1)
+    setting = settings(256)[setting_index]
+    run = _memory_paths(setting)[path]
+    first, _ = _resident_peak(run, 3)
+    steady, seconds = _resident_peak(run, 3)
+    queue.put((first, steady, _tensor_peak(run), seconds))
 
 
 def _memory_paths(setting: Setting) -> dict[str, Callable[[], object]]:
@@ -305,36 +451,64 @@ def _memory_paths(setting: Setting) -> dict[str, Callable[[], object]]:
     fast.steps_taken = 1
     diagnostics = mtl.MTLStep.from_model(setting.model, diagnostics_every=1)
     upgrad = mtl.MTLStep.from_model(setting.model, aggregator="upgrad")
-    fmtl = mtl.MTLStep.from_model(setting.model, wrapper="fmtl")
-    return {
-        "fmtl": lambda: fmtl(setting.task_losses),
-        "fmtl, authors' loop": authors_fmtl_step(setting),
+    paths: dict[str, Callable[[], object]] = {
         "plain fwd+bwd": plain_backprop(setting),
         "ew+mean": lambda: fast(setting.task_losses),
         "ew+mean diagnostics": lambda: diagnostics(setting.task_losses),
         "upgrad": lambda: upgrad(setting.task_losses),
         "upgrad, LibMTL loop": libmtl_step(setting, mtl.aggregator("upgrad")),
+        "fmtl, authors' loop": authors_fmtl_step(setting),
+        "l_sam, per-task loop": authors_fmtl_step(setting, joint_norm=True),
+        "samo, authors' loop": authors_samo_step(setting),
+        "sam, two-pass loop": two_pass_sam_step(setting),
+        "g_sam, two-pass loop": two_pass_sam_step(setting, ascend_mean_loss=True),
     }
+    for wrapper in SAM_REFERENCES:
+        step = mtl.MTLStep.from_model(setting.model, wrapper=wrapper)
+        step.steps_taken = 1  # past the first (diagnostics) step, as the loops take no Gram
+        paths[wrapper] = functools.partial(step, setting.task_losses)
+    return paths
 
 
-def peak_memory() -> None:
-    """Peak resident memory of three steps above the resting process (MiB), each path in a fresh process."""
+def peak_memory() -> list[tuple[str, float, float]]:
+    """Peak memory of every path (MiB) and each SAM wrapper's ratios to its reference loop (steady resident
+    memory, tensors); returns the worst ratio per setting for the targets."""
     context = multiprocessing.get_context("spawn")
-    for index, setting in enumerate(settings(256)):
-        print(f"  {setting.name}")
-        for path in _memory_paths(setting):
-            queue = context.Queue()
-            child = context.Process(target=_peak_child, args=(index, path, queue))
-            child.start()
-            growth, seconds = queue.get()
-            child.join()
-            print(f"    {path:<24}{growth:>8.1f} MiB above rest{seconds * 1e3:>10.1f} ms/step")
+    saved = {name: os.environ.get(name) for name in MALLOC_SETTINGS}
+    os.environ.update(MALLOC_SETTINGS)
+    worst = []
+    try:
+        for index, setting in enumerate(settings(256)):
+            print(f"  {setting.name}")
+            print(f"    {'':<24}{'first 3 steps':>14}{'steady':>9}{'tensors':>9}  MiB above rest{'ms/step':>10}")
+            peaks = {}
+            for path in _memory_paths(setting):
+                queue = context.Queue()
+                child = context.Process(target=_peak_child, args=(index, path, queue))
+                child.start()
+                first, steady, tensors, seconds = queue.get()
+                child.join()
+                peaks[path] = (steady, tensors)
+                print(f"    {path:<24}{first:>14.1f}{steady:>9.1f}{tensors:>9.1f}{'':<16}{seconds * 1e3:>8.1f}")
+            ratios = []
+            for wrapper, reference in SAM_REFERENCES.items():
+                resident, tensors = (peaks[wrapper][i] / max(peaks[reference][i], 0.1) for i in range(2))
+                ratios.append((resident, tensors))
+                print(f"    {wrapper} / {reference}: steady resident {resident:.2f}, tensors {tensors:.2f}")
+            worst.append((setting.name, max(resident for resident, _ in ratios), max(tensors for _, tensors in ratios)))
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+    return worst
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=9)
-    parser.add_argument("--only", choices=["ew", "steps", "torchjd", "memory"], default=None)
+    parser.add_argument("--only", choices=["ew", "steps", "sam", "torchjd", "memory"], default=None)
     args = parser.parse_args()
     torch.set_num_threads(1)
     print(f"torch {torch.__version__}, 1 thread, batch 256, median of {args.rounds} rounds, paths interleaved")
@@ -354,6 +528,9 @@ def main() -> None:
             for name in REPRESENTATION_METHODS:
                 if ratios.get(f"{name}/rep"):
                     targets.append((f"{name} / rep. loop, {setting.name}", ratios[f"{name}/rep"], 1.1))
+    if args.only in (None, "steps", "sam"):
+        for setting in settings(256):
+            print(f"\n== 2. per-task SAM / the authors' per-task loop: {setting.name}")
             targets.append((f"fmtl / authors' loop, {setting.name}", fmtl_against_authors(setting, args.rounds), 1.0))
     if args.only in (None, "torchjd"):
         print("\n== 3. aggregator call / torchjd 0.18's, P = 100k")
@@ -363,7 +540,9 @@ def main() -> None:
         targets.append(("torchjd: geometric mean", geometric, 0.7))
     if args.only in (None, "memory"):
         print("\n== 4. peak memory")
-        peak_memory()
+        for name, resident, tensors in peak_memory():
+            targets.append((f"SAM wrappers' steady resident peak / reference (worst), {name}", resident, 1.2))
+            targets.append((f"SAM wrappers' tensor peak / reference (worst), {name}", tensors, 1.2))
     print("\n== targets")
     for name, value, target in targets:
         print(f"{name:<60}{value:>7.2f}  (target <= {target:.2f}) {'ok' if value <= target else 'MISSED'}")
