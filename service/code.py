@@ -12,7 +12,10 @@ import io
 import os
 import re
 import tarfile
+import time
+from collections.abc import Collection, Mapping
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 IGNORED_DIRS = frozenset({"__pycache__", ".git", ".venv", ".mypy_cache", ".pytest_cache", ".ruff_cache"})
 IGNORED_SUFFIXES = (".pyc", ".pyo")
@@ -83,11 +86,13 @@ def store(artifact_root: Path, data: bytes, limit: int) -> str:
     check(data, limit)
     code_digest = digest(data)
     path = archive_path(artifact_root, code_digest)
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_suffix(f".{os.getpid()}.tmp")
-        partial.write_bytes(data)
-        partial.replace(path)
+    if path.exists():
+        os.utime(path)  # uploaded again: kept as long as a fresh upload
+        return code_digest
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(f".{os.getpid()}.tmp")
+    partial.write_bytes(data)
+    partial.replace(path)
     return code_digest
 
 
@@ -97,10 +102,42 @@ def unpack(artifact_root: Path, code_digest: str, into: Path, limit: int) -> Pat
     try:
         data = path.read_bytes()
     except FileNotFoundError:
-        raise CodeArchiveError(f"no uploaded code with digest {code_digest}") from None
+        raise CodeArchiveError(
+            f"no uploaded code with digest {code_digest} (never uploaded, or unused long enough to be deleted: "
+            "upload it again, e.g. flatmtl submit SPEC --code DIR)"
+        ) from None
     if digest(data) != code_digest:
         raise CodeArchiveError(f"the stored code {code_digest} does not match its digest")
     members = check(data, limit)
     with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as archive:
         archive.extractall(into, members=members, filter="data")
+    os.utime(path)  # a run counts as a use: a retried job's code is kept as long as a fresh upload
     return into
+
+
+def spec_digest(spec: Mapping[str, Any]) -> str | None:
+    """The code digest a stored job spec names (a sweep names it in its base), or None."""
+    train = spec.get("base", spec)
+    named = train.get("code") if isinstance(train, Mapping) else None
+    return named if isinstance(named, str) else None
+
+
+def prune(artifact_root: Path, keep: Collection[str], unused_for_s: float, now: float | None = None) -> list[str]:
+    """Delete the stored archives that no digest in ``keep`` names (the unfinished jobs' code) and that nobody
+    uploaded or ran for ``unused_for_s`` seconds; their digests. A job retried after that fails naming the
+    missing digest, and uploading the same code again brings it back."""
+    folder = artifact_root / "code"
+    if not folder.is_dir():
+        return []
+    cutoff = (time.time() if now is None else now) - unused_for_s
+    removed = []
+    for path in folder.glob("*.tar.gz"):
+        code_digest = "sha256:" + path.name.removesuffix(".tar.gz")
+        try:
+            stale = path.stat().st_mtime < cutoff
+        except FileNotFoundError:  # pruned by another worker
+            continue
+        if stale and code_digest not in keep:
+            path.unlink(missing_ok=True)
+            removed.append(code_digest)
+    return removed

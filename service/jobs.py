@@ -8,12 +8,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from flatmtl.service.errors import NotFoundError
-from flatmtl.service.models import Event, Job, Metric, Trial
+from flatmtl.service.models import TERMINAL_STATES, Event, Job, Metric, Trial
 
 
 def get_job(session: Session, job_id: int, *, owner: str | None = None) -> Job:
@@ -103,3 +104,8 @@ def metric_history(
         query = query.where(keep)
     query = query.order_by(ranked.c.name, func.coalesce(ranked.c.trial_index, -1), ranked.c.r)
     return [Point(name, trial, step, value) for name, trial, step, value in session.execute(query)]
+
+
+def unfinished_specs(session: Session) -> list[dict[str, Any]]:
+    """The specs of every job not yet in a terminal state (what a worker may still need to run)."""
+    return list(session.scalars(select(Job.spec).where(Job.state.not_in(TERMINAL_STATES))))

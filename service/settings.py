@@ -53,6 +53,12 @@ class Settings(BaseSettings):
     code_max_bytes: int = Field(
         10 * 2**20, ge=1, description="Largest code archive a job may ship, packed and unpacked (bytes)."
     )
+    code_retention_days: float = Field(
+        30.0,
+        gt=0,
+        description="Shipped code that no unfinished job names and that was not uploaded or run for this long is "
+        "deleted by the workers.",
+    )
     shutdown_grace_s: float = Field(
         60.0,
         ge=0,

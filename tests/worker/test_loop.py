@@ -4,6 +4,7 @@ that stores what the trials report (metrics, trial rows, the sweep's best trial)
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -13,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from flatmtl.service import queue
+from flatmtl.service import code, queue
 from flatmtl.service.db import Database
 from flatmtl.service.jobs import get_job, list_trials, metric_history
 from flatmtl.service.models import utcnow
@@ -324,3 +325,48 @@ def test_a_job_naming_a_path_outside_the_data_roots_fails_before_ray(db: Databas
     assert job.state == "failed" and "spec.problem_options.data_dir = '/etc'" in job.error, job.error
     assert str(tmp_path / "datasets") in job.error
     worker.db.dispose()
+
+
+def test_the_reaper_deletes_shipped_code_only_when_no_unfinished_job_names_it_and_it_went_unused(
+    db: Database, tmp_path: Path
+) -> None:
+    settings = Settings(data_dir=tmp_path, database_url=str(db.url), code_retention_days=30)
+
+    def stored(name: str, age_days: float) -> str:
+        digest = code.store(settings.artifacts, code.pack(_code_dir(tmp_path / name), 2**20), 2**20)
+        stamp = time.time() - age_days * 86400
+        os.utime(code.archive_path(settings.artifacts, digest), (stamp, stamp))
+        return digest
+
+    queued, sweep_base, finished, fresh, forgotten = (
+        stored(name, age) for name, age in [("queued", 40), ("sweep", 40), ("done", 40), ("fresh", 1), ("old", 40)]
+    )
+    shipped = {**BASE, "problem": "waves:Waves"}
+    queue.submit(db, TrainSpec.model_validate({**shipped, "code": queued}))
+    sweep = {"kind": "sweep", "base": {**shipped, "code": sweep_base}, "metric": "test/mean/accuracy", "mode": "max"}
+    queue.submit(db, SweepSpec.model_validate({**sweep, "space": {"epochs": {"type": "grid", "values": [1, 2]}}}))
+    done, _ = queue.submit(db, TrainSpec.model_validate({**shipped, "code": finished}))
+    queue.cancel(db, done.id)
+
+    worker = Worker(settings, RaySettings(address="ray://nowhere:1"), WorkerOptions(owner="tester"))
+    worker.reap(force=True)
+    kept = {digest for digest in (queued, sweep_base, finished, fresh, forgotten) if _archive_exists(settings, digest)}
+    assert kept == {queued, sweep_base, fresh}
+    with pytest.raises(code.CodeArchiveError, match="upload it again"):
+        code.unpack(settings.artifacts, finished, tmp_path / "unpacked", 2**20)
+
+    assert stored("done", 40) == finished and stored("fresh", 40) == fresh  # uploads long ago: not yet deleted
+    code.store(settings.artifacts, code.pack(tmp_path / "fresh", 2**20), 2**20)  # uploaded again today
+    worker.reap(force=True)
+    worker.db.dispose()
+    assert _archive_exists(settings, fresh) and not _archive_exists(settings, finished)
+
+
+def _code_dir(path: Path) -> Path:
+    (path / "waves").mkdir(parents=True, exist_ok=True)
+    (path / "waves" / "problem.py").write_text(f"NAME = {path.name!r}\n")  # each directory its own digest
+    return path
+
+
+def _archive_exists(settings: Settings, digest: str) -> bool:
+    return code.archive_path(settings.artifacts, digest).exists()

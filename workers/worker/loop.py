@@ -25,7 +25,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, TypeVar
 
-from flatmtl.service import capabilities, code, data_roots, queue
+from flatmtl.service import capabilities, code, data_roots, jobs, queue
 from flatmtl.service.db import Database
 from flatmtl.service.errors import LeaseLostError
 from flatmtl.service.retry import Backoff, GaveUpError, describe, is_transient, retrying
@@ -229,11 +229,20 @@ class Worker:
         try:
             for job_id, state in queue.reap(self.db).items():
                 log.info("reaped job %d: lease expired, now %s", job_id, state)
+            self.prune_code()
         except Exception as error:
             if not is_transient(error):
                 log.exception("reaping failed")
                 return
             log.warning("reaping failed: %s", describe(error))
+
+    def prune_code(self) -> None:
+        """Delete the shipped code that no unfinished job names and nobody used for ``code_retention_days``."""
+        retention_days = self.settings.code_retention_days
+        with self.db.read() as session:
+            keep = {code.spec_digest(spec) for spec in jobs.unfinished_specs(session)} - {None}
+        for digest in code.prune(self.settings.artifacts, keep, retention_days * 86400):
+            log.info("deleted shipped code %s: no unfinished job names it, unused for %g days", digest, retention_days)
 
     def advertise(self, *, force: bool = False) -> None:
         """Refresh what this worker can run in the database, at most every heartbeat interval."""
