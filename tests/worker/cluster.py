@@ -52,6 +52,21 @@ def tiny(**overrides: Any) -> dict[str, Any]:
     return spec
 
 
+def code_token(data_dir: Path, user: str) -> str:
+    """A token of the ``code`` scope (uploads, and jobs that run them; reads and submits too) in the service's
+    migrated database under ``data_dir``."""
+    from flatmtl.service.db import Database
+    from flatmtl.service.settings import Settings
+    from flatmtl.service.tokens import create_token
+
+    settings = Settings(data_dir=data_dir.resolve(), database_url=f"sqlite:///{(data_dir / 'flatmtl.db').resolve()}")
+    database = Database.from_settings(settings)
+    try:
+        return create_token(database, settings.token_key(), user, ["code"])
+    finally:
+        database.dispose()
+
+
 def steps_per_epoch(processes: int = 2, train_size: int = TRAIN_SIZE) -> int:
     return train_size // (BATCH_SIZE * processes)
 

@@ -4,6 +4,8 @@ The second node runs in its own mount namespace with a tmpfs over the service's 
 there that wrote to, or read from, a path of the worker's would fail or lose its files. Runs persist to a
 real S3-compatible server (moto's, on 127.0.0.1) through Ray Train; the worker collects them from there.
 The cluster uses token authentication, as ``ray start`` sets it up, and the worker joins it with the token.
+Both jobs train a problem shipped with the job (``flatmtl submit --code``), which each rank imports from Ray's
+working directory on its own node.
 """
 
 from __future__ import annotations
@@ -16,8 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
+from flatmtl.service import code
 from flatmtl.workers.worker.service_demo import (
     API_COMMAND,
     WORKER_COMMAND,
@@ -29,10 +33,26 @@ from flatmtl.workers.worker.service_demo import (
     service_env,
     wait_healthy,
 )
-from tests.worker.cluster import RayCluster, Service, require_ray, stop, tiny, two_node_cluster, wait_until
+from tests.worker.cluster import (
+    RayCluster,
+    Service,
+    code_token,
+    require_ray,
+    stop,
+    tiny,
+    two_node_cluster,
+    wait_until,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 BUCKET = "flatmtl"
+SHIPPED_PROBLEM = """
+from flatmtl.workers.problems.multi_image import MultiDigits
+
+
+class ShippedDigits(MultiDigits):
+    \"\"\"multi_digits, imported from the code shipped with the job.\"\"\"
+"""
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
 
 
@@ -40,6 +60,9 @@ CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing
 class Deployment(Service):
     cluster: RayCluster
     s3_endpoint: str
+    shipped: dict[str, str]
+    """The spec fields of a problem shipped with the job (``flatmtl submit --code``): every rank imports it from
+    Ray's working directory on its own node."""
 
     def artifact(self, job_id: int, path: str) -> bytes:
         response = self.client.get(f"/v1/jobs/{job_id}/artifacts/{path}")
@@ -100,7 +123,8 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
     server, endpoint = _s3_server(out)
     try:
         with two_node_cluster(out, data, extra_env=CREDENTIALS) as cluster:
-            token = create_demo_token(data, "tester")
+            create_demo_token(data, "tester")
+            token = code_token(data, "tester")
             env = service_env(
                 data,
                 FLATMTL_LEASE_SECONDS="20",
@@ -115,9 +139,18 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
                 api_client(f"http://127.0.0.1:{port}", token) as client,
             ):
                 wait_healthy(client, api, out / "api.log", timeout_s=90)
-                yield Deployment(client, out, worker, cluster, endpoint)
+                yield Deployment(client, out, worker, cluster, endpoint, _ship_problem(client, out / "code"))
     finally:
         stop(server)
+
+
+def _ship_problem(client: httpx.Client, directory: Path) -> dict[str, str]:
+    (directory / "shipped_digits").mkdir(parents=True)
+    (directory / "shipped_digits" / "__init__.py").write_text(SHIPPED_PROBLEM)
+    archive = code.pack(directory, 2**20)
+    headers = {"Content-Type": "application/octet-stream"}
+    digest = api_call(client, "POST", "/v1/code", content=archive, headers=headers)["digest"]
+    return {"problem": "shipped_digits:ShippedDigits", "code": digest}
 
 
 def _rank_on_second_node(cluster: RayCluster) -> Any:
@@ -139,6 +172,7 @@ def test_a_ddp_job_spans_both_nodes_and_resumes_from_storage_after_a_rank_is_kil
         epochs=4,
         problem_options={"train_size": 1024, "test_size": 64},
         resources={"cpus": 1.5},
+        **deployment.shipped,
     )
     job_id = deployment.submit(spec)
     run_dir = "run"
@@ -182,7 +216,7 @@ def test_a_sweep_with_a_failing_trial_is_partially_failed_with_every_result_over
     rates = [0.025, 1e300, 0.01]
     sweep = {
         "kind": "sweep",
-        "base": tiny(processes=1, method={"weighting": {"name": "famo"}}),
+        "base": tiny(processes=1, method={"weighting": {"name": "famo"}}, **deployment.shipped),
         "space": {"weighting.lr": {"type": "grid", "values": rates}},
         "metric": "test/mean/accuracy",
         "mode": "max",

@@ -33,7 +33,7 @@ from flatmtl.workers.worker.service_demo import (
 from tests.problems.plugin_dists import pip_install_example
 from tests.problems.tables import mixed_columns, mixed_tables, write, yeast_tables
 from tests.service.test_code import _tar
-from tests.worker.cluster import Service, require_ray, start_worker, stop, wait_until
+from tests.worker.cluster import Service, code_token, require_ray, start_worker, stop, wait_until
 
 WAVES = """
 import torch
@@ -186,25 +186,9 @@ def test_the_api_knows_what_the_live_worker_runs(service: Service) -> None:
     api_call(service.client, "POST", f"/v1/jobs/{gpu_job}/cancel")
 
 
-def _code_token(service: Service) -> str:
-    """A token of the ``code`` scope for the fixture's user, who reads the jobs."""
-    from flatmtl.service.db import Database
-    from flatmtl.service.settings import Settings
-    from flatmtl.service.tokens import create_token
-
-    settings = Settings(
-        data_dir=service.out.resolve(), database_url=f"sqlite:///{(service.out / 'flatmtl.db').resolve()}"
-    )
-    database = Database.from_settings(settings)
-    try:
-        return create_token(database, settings.token_key(), "tester", ["code"])
-    finally:
-        database.dispose()
-
-
 def _submit_with_code(service: Service, spec: dict[str, Any], code: Path) -> int:
     """``flatmtl submit SPEC --code DIR`` as a user runs it, with a token of the ``code`` scope."""
-    token = _code_token(service)
+    token = code_token(service.out, "tester")
     path = service.out / f"{spec['problem'].replace(':', '-')}.json"
     path.write_text(json.dumps(spec))
     flatmtl = Path(sys.executable).parent / "flatmtl"
@@ -233,7 +217,7 @@ def test_a_problem_shipped_with_the_job_trains_on_two_ranks(service: Service, tm
     digest = code_archives.digest(escaping)
     stored = code_archives.archive_path(service.out / "artifacts", digest)
     stored.write_bytes(escaping)
-    with api_client(str(service.client.base_url), _code_token(service)) as shipper:
+    with api_client(str(service.client.base_url), code_token(service.out, "tester")) as shipper:
         refused = api_call(shipper, "POST", "/v1/jobs", json={"spec": {**spec, "code": digest}})["id"]
     job = service.wait_ended(refused, 120)
     assert job["state"] == "failed" and "'../outside.py' escapes" in job["error"], job["error"]
