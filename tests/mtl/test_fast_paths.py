@@ -5,6 +5,8 @@ weighting that observes the Gram)."""
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 from collections.abc import Callable
 
 import pytest
@@ -12,6 +14,8 @@ import torch
 from torch import Tensor, nn
 
 from flatmtl.workers import mtl
+from flatmtl.workers.problems.models.encoders import LeNetEncoder
+from flatmtl.workers.problems.models.hps import HardSharing
 from tests.mtl.models import tiny_problem
 
 
@@ -174,9 +178,9 @@ def test_auto_mode_rides_out_an_out_of_memory_batched_backward() -> None:
         raise torch.OutOfMemoryError("CUDA out of memory")
 
     for _ in range(OUT_OF_MEMORY_LIMIT - 1):
-        assert engine._run(batched, lambda keep: "sequential", False) == "sequential"
+        assert engine._run(batched, lambda keep: "sequential", False, None, 2) == "sequential"
         assert engine.mode == "auto"
-    engine._run(batched, lambda keep: "sequential", False)
+    engine._run(batched, lambda keep: "sequential", False, None, 2)
     assert engine.mode == "sequential"
 
 
@@ -189,3 +193,91 @@ def test_a_restored_step_keeps_the_path_auto_chose() -> None:
     restored.load_state_dict(step.state_dict())
     assert restored.gradient_engine.mode == step.gradient_engine.mode != "auto"
     assert restored(lambda: model.task_losses(x, targets)).extras == {}  # no second measurement, no second record
+
+
+def conv_problem(num_tasks: int) -> tuple[HardSharing, Callable[[], Tensor]]:
+    """A small LeNet with declared heads, whose per-task gradients go back through two convolutions."""
+    torch.manual_seed(0)
+    model = HardSharing(
+        LeNetEncoder((1, 12, 12), channels=(2, 3), features=4), [nn.Linear(4, 1) for _ in range(num_tasks)]
+    )
+    x = torch.randn(8, 1, 12, 12)
+    targets = torch.randn(8, num_tasks)
+    return model, lambda: ((torch.cat(model(x), dim=1) - targets) ** 2).mean(dim=0)
+
+
+def test_auto_takes_sequential_backwards_through_a_cpu_convolution_without_trying_the_batched_path() -> None:
+    from flatmtl.workers.mtl.task_gradients import CONVOLUTION_RULE_MAX_TASKS, TaskGradientEngine
+
+    model, closure = conv_problem(3)
+    calls = {"batched": 0, "sequential": 0}
+
+    def counted(path: str) -> Callable[[bool], str]:
+        def run(keep: bool) -> str:
+            calls[path] += 1
+            return path
+
+        return run
+
+    engine = TaskGradientEngine("auto")
+    for _ in range(3):
+        engine._run(counted("batched"), counted("sequential"), False, [closure()], 3)
+    assert calls == {"batched": 0, "sequential": 3} and engine.mode == "sequential"
+    assert engine.choice["gradient_mode/by_rule"] == 1.0 and engine.choice["gradient_mode/batched"] == 0.0
+    for outputs, rows in (([closure()], CONVOLUTION_RULE_MAX_TASKS + 1), ([model.heads[0](torch.randn(2, 4))], 3)):
+        engine = TaskGradientEngine("auto")  # beyond the rule's K, or without a convolution: measured
+        engine._run(counted("batched"), counted("sequential"), False, outputs, rows)
+        assert calls["batched"] == 1 and engine.mode == "auto"
+        calls["batched"] = 0
+
+    step = mtl.MTLStep.from_model(model, aggregator="upgrad", gradient_mode="auto")
+    sequential = mtl.MTLStep.from_model(model, aggregator="upgrad", gradient_mode="sequential")
+    record = step(closure)
+    assert record.extras["gradient_mode/by_rule"] == 1.0 and step.gradient_engine.mode == "sequential"
+    got = [p.grad.clone() for p in model.parameters()]
+    sequential(closure)
+    for a, b in zip(got, model.parameters(), strict=True):
+        torch.testing.assert_close(a, b.grad, rtol=0, atol=0)
+
+
+def test_sequential_backward_of_given_output_gradients_is_autograds_bit_for_bit() -> None:
+    """Each row's gradient comes from a scalar that hands the row to the outputs, and equals autograd's backward
+    of the outputs with that row as their output gradient."""
+    from flatmtl.workers.mtl.task_gradients import sequential_backward
+
+    torch.manual_seed(0)
+    layer = nn.Linear(5, 4)
+    x = torch.randn(7, 5)
+    outputs = [torch.tanh(layer(x)), layer(x).sum(0)]
+    rows = [torch.randn(3, 7, 4), torch.randn(3, 4)]
+    params = list(layer.parameters())
+    got = sequential_backward(outputs, rows, params, retain_graph=True)
+    for row in range(3):
+        expected = torch.autograd.grad(outputs, params, [r[row] for r in rows], retain_graph=True)
+        for column, grad in zip(got, expected, strict=True):
+            torch.testing.assert_close(column[row], grad, rtol=0, atol=0)
+
+
+@pytest.mark.slow
+def test_per_task_gradients_leave_sympy_unimported() -> None:
+    """autograd's check of given output gradients imports sympy (tens of MiB resident, for good) the first time it
+    runs: the convolution rule's sequential backwards, the linear trunk's products and per-task SAM points give
+    none, so a fresh process taking them never pays it."""
+    script = """
+import sys
+import torch
+from torch import nn
+from flatmtl.workers import mtl
+from flatmtl.workers.problems.models.encoders import LeNetEncoder, MLPEncoder
+from flatmtl.workers.problems.models.hps import HardSharing
+for encoder in (LeNetEncoder((1, 12, 12), channels=(2, 3), features=4), MLPEncoder((5,), (6, 4))):
+    model = HardSharing(encoder, [nn.Linear(4, 1) for _ in range(3)])
+    x = torch.randn(8, *((1, 12, 12) if isinstance(encoder, LeNetEncoder) else (5,)))
+    for wrapper in ("none", "fmtl", "sam"):
+        step = mtl.MTLStep.from_model(model, aggregator="upgrad", wrapper=wrapper)
+        for _ in range(3):
+            step(lambda: torch.cat(model(x), dim=1).pow(2).mean(dim=0))
+print("sympy" in sys.modules)
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True)
+    assert result.stdout.strip() == "False"

@@ -31,7 +31,7 @@ from flatmtl.workers.mtl.communicator import Communicator
 from flatmtl.workers.mtl.errors import MethodError, NonFiniteLossesError
 from flatmtl.workers.mtl.flat import FlatParams
 from flatmtl.workers.mtl.probes import BatchedProbes
-from flatmtl.workers.mtl.task_gradients import TaskGradientEngine
+from flatmtl.workers.mtl.task_gradients import TaskGradientEngine, with_output_gradients
 from flatmtl.workers.mtl.trunk import TrunkCut
 
 LossClosure = Callable[[], Tensor | tuple[Tensor, Tensor]]
@@ -279,7 +279,8 @@ class GradientOracle:
         )
         self.record.seconds_aggregation += self.clock() - started
         if sources:
-            grads = torch.autograd.grad(sources, self.shared.params, combined, allow_unused=True)
+            objective = with_output_gradients(sources, combined)
+            grads = torch.autograd.grad(objective, self.shared.params, allow_unused=True)
             shared = self.shared.flatten(grads)
         else:
             shared = self.shared.flatten([None] * len(self.shared.params))
@@ -373,7 +374,8 @@ class GradientOracle:
         sources, rows = self.trunk.trunk_rows(leaf_grads, None)
         if not sources:
             return self.shared.flatten([None] * len(self.shared.params))
-        grads = torch.autograd.grad(sources, self.shared.params, rows, retain_graph=retain_graph, allow_unused=True)
+        objective = with_output_gradients(sources, rows)
+        grads = torch.autograd.grad(objective, self.shared.params, retain_graph=retain_graph, allow_unused=True)
         return self.shared.flatten(grads)
 
     def _task_gradients_through_trunk(self, weighted: Tensor, retain_graph: bool) -> TaskGradients:

@@ -2,13 +2,20 @@
 sequential backwards.
 
 The batched path (``is_grads_batched``) pushes K one-hot output gradients through the graph at
-once, sharing the kernel launches and Python overhead of K separate passes; on convolutions at small K
-the K sequential passes can still be faster. ``auto`` chooses by measuring: its first call takes the
-batched path (warming it up), its second times both paths on the same gradients and keeps the faster
-for good (``choice``); an operator with no batching rule makes it fall back to sequential at once, and running
-out of CUDA memory takes the sequential path for that call (for good after a few). From
-a trunk of linear layers and activations, both batched modes skip autograd for batched matrix products
+once, sharing the kernel launches and Python overhead of K separate passes. ``auto`` chooses by measuring: its
+first call takes the batched path (warming it up), its second times both paths on the same gradients and keeps
+the faster for good (``choice``). One rule decides without measuring: on the CPU, a graph with a convolution at up
+to ``CONVOLUTION_RULE_MAX_TASKS`` tasks takes sequential backwards from the first call (vmap runs a convolution's
+backward over K output gradients slower than K separate backwards there, and the gap grows with K), so the batched
+path's memory and first-use costs are never paid. An operator with no batching rule makes ``auto`` fall back to
+sequential at once, and running out of CUDA memory takes the sequential path for that call (for good after a few).
+From a trunk of linear layers and activations, both batched modes skip autograd for batched matrix products
 (``flatmtl.workers.mtl.linear_trunk``).
+
+Every backward with given output gradients other than the batched one differentiates a scalar that hands them
+to the outputs (``with_output_gradients``) instead of passing them as ``grad_outputs``: the same numbers, without
+``torch.autograd``'s Python check of given output gradients, whose first use in a process imports sympy (tens of
+MiB resident, held for good, which a process that never needs it should not carry).
 """
 
 from __future__ import annotations
@@ -16,7 +23,7 @@ from __future__ import annotations
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 import torch
 from torch import Tensor
@@ -31,6 +38,10 @@ GradientMode = Literal["auto", "batched", "sequential"]
 GRADIENT_MODES: tuple[GradientMode, ...] = ("auto", "batched", "sequential")
 OUT_OF_MEMORY_LIMIT = 3
 """``auto`` settles on sequential backwards after this many out-of-memory failures of the batched one."""
+CONVOLUTION_RULE_MAX_TASKS = 16
+"""Up to this many tasks, ``auto`` takes sequential backwards on the CPU for a graph with a convolution without
+measuring (``benchmarks/mtl_core.py``'s per-task gradient paths on LeNet: the vmapped backward is slower at every
+K measured, up to this one); beyond it, and on accelerators, it measures."""
 
 
 class TaskGradientEngine:
@@ -73,6 +84,8 @@ class TaskGradientEngine:
             lambda keep: batched_backward(outputs, rows, params, retain_graph=keep),
             lambda keep: sequential_backward(outputs, rows, params, retain_graph=keep),
             retain_graph,
+            outputs,
+            rows[0].shape[0],
         )
 
     def flat_backward(
@@ -95,16 +108,33 @@ class TaskGradientEngine:
                 sequential_backward(outputs, rows, params.params, retain_graph=keep), num_rows
             )
 
-        return self._run(batched, sequential, retain_graph)
+        return self._run(batched, sequential, retain_graph, None if plan is not None else outputs, num_rows)
 
     def _run(
-        self, batched: Callable[[bool], _Result], sequential: Callable[[bool], _Result], retain_graph: bool
+        self,
+        batched: Callable[[bool], _Result],
+        sequential: Callable[[bool], _Result],
+        retain_graph: bool,
+        outputs: Sequence[Tensor] | None,
+        num_rows: int,
     ) -> _Result:
+        """``outputs``: the graph both paths go through, for the rule (None where the batched path bypasses
+        autograd); ``num_rows``: how many gradients each path takes."""
         if self.mode == "sequential":
             return sequential(retain_graph)
         if self.mode == "batched":
             return batched(retain_graph)
         self._auto_calls += 1
+        if self._auto_calls == 1 and outputs is not None and _sequential_by_rule(outputs, num_rows):
+            started = _settled_clock()
+            result = sequential(retain_graph)
+            self.mode = "sequential"
+            self.choice = {
+                "gradient_mode/batched": 0.0,
+                "gradient_mode/by_rule": 1.0,
+                "gradient_mode/sequential_seconds": _settled_clock() - started,
+            }
+            return result
         try:
             started = _settled_clock()
             result = batched(True)
@@ -127,12 +157,14 @@ class TaskGradientEngine:
             return sequential(retain_graph)
         if self._auto_calls == 1:  # the first call warms the batched path up; its time is not representative
             return result
+        del result  # the measurement's batched gradients are not held while the sequential ones are taken
         started = _settled_clock()
         result = sequential(retain_graph)
         sequential_seconds = _settled_clock() - started
         self.mode = "batched" if batched_seconds <= sequential_seconds else "sequential"
         self.choice = {
             "gradient_mode/batched": float(self.mode == "batched"),
+            "gradient_mode/by_rule": 0.0,
             "gradient_mode/batched_seconds": batched_seconds,
             "gradient_mode/sequential_seconds": sequential_seconds,
         }
@@ -169,12 +201,47 @@ def sequential_backward(
     columns: list[list[Tensor]] = [[] for _ in params]
     for row in range(num_rows):
         keep = retain_graph or row < num_rows - 1
-        grads = torch.autograd.grad(
-            list(outputs), list(params), grad_outputs=[r[row] for r in rows], retain_graph=keep, allow_unused=True
-        )
+        objective = with_output_gradients(outputs, [r[row] for r in rows])
+        grads = torch.autograd.grad(objective, list(params), retain_graph=keep, allow_unused=True)
         for column, (grad, param) in enumerate(zip(grads, params, strict=True)):
             columns[column].append(torch.zeros_like(param) if grad is None else grad)
     return [torch.stack(column) for column in columns]
+
+
+def with_output_gradients(outputs: Sequence[Tensor], grads: Sequence[Tensor]) -> Tensor:
+    """A zero scalar whose backward hands ``grads[j]`` to ``outputs[j]`` as they are (no arithmetic): its gradient,
+    at autograd's default output gradient of one, is the backward of ``outputs`` with output gradients ``grads``,
+    bit for bit. Differentiate it only so (it does not scale ``grads`` by its own output gradient)."""
+    return _OutputGradients.apply(len(outputs), *outputs, *grads)
+
+
+class _OutputGradients(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, count: int, *tensors: Tensor) -> Tensor:
+        ctx.grads = tensors[count:]
+        return tensors[0].new_zeros(())
+
+    @staticmethod
+    def backward(ctx: Any, _one: Tensor) -> tuple[Tensor | None, ...]:
+        return (None, *ctx.grads, *(None for _ in ctx.grads))
+
+
+def _sequential_by_rule(outputs: Sequence[Tensor], num_rows: int) -> bool:
+    """Whether the backward of ``outputs`` runs on the CPU through a convolution, at few enough rows for the rule
+    (``CONVOLUTION_RULE_MAX_TASKS``). Walks the graph once, stopping at the first convolution."""
+    if num_rows > CONVOLUTION_RULE_MAX_TASKS or any(output.device.type != "cpu" for output in outputs):
+        return False
+    pending = [output.grad_fn for output in outputs if output.grad_fn is not None]
+    seen = {id(node) for node in pending}
+    while pending:
+        node = pending.pop()
+        if "Convolution" in type(node).__name__:
+            return True
+        for child, _ in node.next_functions:
+            if child is not None and id(child) not in seen:
+                seen.add(id(child))
+                pending.append(child)
+    return False
 
 
 def _basis(losses: Tensor) -> Tensor:
