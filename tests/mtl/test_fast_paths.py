@@ -43,6 +43,38 @@ def test_one_backward_of_the_weighted_sum_equals_the_per_task_mean(weighting: st
         torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_one_backward_gives_the_mean_task_gradient_and_each_head_its_own(dtype: torch.dtype) -> None:
+    """By the definitions, at K=3 (1/K inexact in binary); float32 gradients are scaled and checked in one fused
+    pass, float64 ones divided exactly."""
+    model, x, targets = tiny_problem(num_tasks=3)
+    model, x, targets = model.to(dtype), x.to(dtype), targets.to(dtype)
+    step = mtl.MTLStep.from_model(model, diagnostics_every=2)
+    step(lambda: model.task_losses(x, targets))
+    record = step(lambda: model.task_losses(x, targets))
+    assert record.backward_passes == 1
+    losses = model.task_losses(x, targets)
+    per_task = [torch.autograd.grad(losses[k], model.shared_parameters(), retain_graph=True) for k in range(3)]
+    tolerance = {"rtol": 0, "atol": 1e-12} if dtype == torch.float64 else {}
+    for param, *rows in zip(model.shared_parameters(), *per_task, strict=True):
+        torch.testing.assert_close(param.grad, torch.stack(rows).mean(dim=0), **tolerance)
+    for k, head in enumerate(model.task_parameters()):
+        own = torch.autograd.grad(losses[k], head, retain_graph=True)
+        for param, expected in zip(head, own, strict=True):
+            torch.testing.assert_close(param.grad, expected, **tolerance)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_a_non_finite_gradient_of_finite_losses_fails_the_one_backward_step(dtype: torch.dtype) -> None:
+    model, x, targets = tiny_problem()
+    model, x, targets = model.to(dtype), x.to(dtype), targets.to(dtype)
+    step = mtl.MTLStep.from_model(model, diagnostics_every=2)
+    step(lambda: model.task_losses(x, targets))
+    weight = model.shared_parameters()[0]
+    with pytest.raises(mtl.MethodError, match=r"mean: update contain NaN or inf \(first at index \[0\]\)"):
+        step(lambda: model.task_losses(x, targets) + torch.sqrt(weight.sum() * 0))  # adds 0; its gradient is NaN
+
+
 def test_diagnostics_steps_record_the_per_task_gram() -> None:
     model, x, targets = tiny_problem(num_tasks=3)
     step = mtl.MTLStep.from_model(model, diagnostics_every=3)

@@ -23,9 +23,9 @@ from tests.mtl.models import tiny_problem
 class CountedReads(GradientOracle):
     reads: ClassVar[list[int]] = []
 
-    def on_host(self, *tensors: Tensor) -> list[Tensor]:
+    def host_values(self, *tensors: Tensor) -> list[list[float]]:
         type(self).reads.append(len(tensors))
-        return super().on_host(*tensors)
+        return super().host_values(*tensors)
 
 
 @pytest.mark.parametrize(

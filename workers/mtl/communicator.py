@@ -16,7 +16,8 @@ class Communicator(Protocol):
     world_size: int
 
     def mean(self, tensor: Tensor) -> Tensor:
-        """Average over data-parallel ranks (losses, head gradients, whole-parameter gradients)."""
+        """Average over data-parallel ranks (losses, head gradients, whole-parameter gradients); ``tensor`` itself
+        is left as it is (it may be the loss closure's output)."""
         ...
 
     def reduce_task_gradients(self, grads: Tensor) -> Tensor:

@@ -9,6 +9,7 @@ are restored after perturbed passes, so they never move there.
 
 from __future__ import annotations
 
+import math
 import time
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -54,8 +55,8 @@ class StepRecord:
 
     losses: Tensor | None = None
     gram: Tensor | None = None
-    host_losses: Tensor | None = None
-    """``losses`` on the CPU in float64, from the step's one device-to-host copy (``GradientOracle.on_host``)."""
+    host_loss_values: list[float] | None = None
+    """``losses`` as Python numbers, from the step's one device-to-host copy (``GradientOracle.host_values``)."""
     host_gram: Tensor | None = None
     """``gram`` on the CPU, where the aggregator solved on it (read with the losses in the same copy)."""
     seconds_total: float = 0.0
@@ -68,6 +69,11 @@ class StepRecord:
     backward_passes: int = 0
     extras: dict[str, float] = field(default_factory=dict)
     """Occasional named figures, such as what ``gradient_mode="auto"`` measured on the step it chose a path."""
+
+    @property
+    def host_losses(self) -> Tensor | None:
+        """``losses`` on the CPU in float64 (``host_loss_values`` as a tensor)."""
+        return None if self.host_loss_values is None else torch.tensor(self.host_loss_values, dtype=torch.float64)
 
 
 class GradientOracle:
@@ -104,7 +110,7 @@ class GradientOracle:
         self.trunk = trunk
         self.probes = probes
         self.diagnostics = diagnostics
-        device = shared.params[0].device
+        device = shared.device
         self.record.timed = diagnostics or device.type != "cuda"
         self._synchronize = device if self.record.timed and device.type == "cuda" else None
         self._representation: Tensor | None = None
@@ -163,7 +169,8 @@ class GradientOracle:
             heads = self._split_heads(self.heads, grads[num_shared : num_shared + num_heads])
             self.write(flat, self._reduce_heads(heads))
             return
-        params = [*self.shared.params, *head_params, *learnable]
+        shared = self.shared.params
+        params = [*shared, *head_params, *learnable]
         for param in params:
             param.grad = None
         weighted.sum().backward(inputs=params)
@@ -171,11 +178,28 @@ class GradientOracle:
         for param in params:
             if param.grad is None:
                 param.grad = torch.zeros_like(param)
-        shared = [param.grad for param in self.shared.params]
-        torch._foreach_div_(shared, float(self.num_tasks))
-        [finite] = self.on_host(torch.isfinite(torch.stack(torch._foreach_norm(shared)).sum()))
-        if not finite:
-            check_finite(self.aggregator.method_name, "update", self.shared.flatten(shared))
+        shared_grads = [param.grad for param in shared]
+        if not self._mean_in_one_pass(shared_grads):
+            if self.num_tasks > 1:
+                torch._foreach_div_(shared_grads, float(self.num_tasks))
+            [norms] = self.host_values(torch.stack(torch._foreach_norm(shared_grads)))
+            if not all(map(math.isfinite, norms)):  # a norm that overflows falls through to the exact test
+                check_finite(self.aggregator.method_name, "update", self.shared.flatten(shared_grads))
+
+    def _mean_in_one_pass(self, grads: list[Tensor]) -> bool:
+        """Scales the summed gradients to their mean and checks them finite in one pass: the fused kernel that
+        unscales mixed-precision gradients multiplies by 1/K and flags a NaN or inf on the way. Its factor is a
+        float32, the mean's own weight 1/K at float32 or lower precision; float64 gradients (False: nothing done)
+        take an exact division and a separate check."""
+        if self.num_tasks == 1 or any(grad.dtype == torch.float64 for grad in grads):
+            return False
+        device = grads[0].device
+        found, scale = torch.zeros(1, device=device), torch.full((1,), 1 / self.num_tasks, device=device)
+        torch._amp_foreach_non_finite_check_and_unscale_(grads, found, scale)
+        [[non_finite]] = self.host_values(found)
+        if non_finite:
+            check_finite(self.aggregator.method_name, "update", self.shared.flatten(grads))
+        return True
 
     def _forward(self, *, cut: bool) -> tuple[Tensor, bool]:
         """The closure's losses, checked and weighted, and whether this was the step's first forward with
@@ -191,7 +215,7 @@ class GradientOracle:
         self.record.forward_passes += 1
         first = self.record.losses is None
         if first:
-            detached = self.comm.mean(raw.detach().clone())
+            detached = self.comm.mean(raw.detach())
             self.record.losses = detached  # checked with the step's first host read (``on_host``)
             self.weighting.begin_step(detached, self.generator)
         weighted = self.weighting.weigh(raw)
@@ -495,28 +519,38 @@ class GradientOracle:
         """``tensors`` copied to the CPU in one transfer, with the step's losses the first time: on CUDA a
         device-to-host copy makes the host wait for every queued kernel, so a step makes as few as it can
         (the Gram a K x K solver needs, and the update's finiteness flag). The losses' finiteness is checked
-        here, once per step, and they are kept as ``record.host_losses``. Each copy keeps its dtype."""
-        unread = self.record.losses is not None and self.record.host_losses is None
+        here, once per step, and they are kept as ``record.host_loss_values``. Each copy keeps its dtype."""
+        values = self.host_values(*tensors)
+        return [torch.tensor(v, dtype=t.dtype).view(t.shape) for v, t in zip(values, tensors, strict=True)]
+
+    def host_values(self, *tensors: Tensor) -> list[list[float]]:
+        """What ``on_host`` reads, as Python numbers (one flat list per tensor): a flag or a few norms need no
+        tensor on the host. The tensors are floating or boolean: ``cat`` promotes them to a type that holds
+        each of them exactly, and a Python float holds that."""
+        unread = self.record.losses is not None and self.record.host_loss_values is None
         parts = [self.record.losses, *tensors] if unread else list(tensors)
         if not parts:
             return []
-        packed = torch.cat([part.detach().reshape(-1).to(torch.float64) for part in parts]).cpu()  # type: ignore[union-attr]
-        pieces = list(packed.split([part.numel() for part in parts]))  # type: ignore[union-attr]
+        flat = [part if part.dim() == 1 else part.reshape(-1) for part in parts]  # type: ignore[union-attr]
+        values = torch.cat(flat).tolist()
+        pieces, start = [], 0
+        for part in parts:
+            pieces.append(values[start : start + part.numel()])  # type: ignore[union-attr]
+            start += part.numel()  # type: ignore[union-attr]
         if unread:
             losses = pieces.pop(0)
-            self.record.host_losses = losses
-            finite = torch.isfinite(losses)
-            if not finite.all():
-                bad = (~finite).nonzero().flatten().tolist()
-                raise NonFiniteLossesError(bad, [float(losses[i]) for i in bad])
-        return [piece.view(t.shape).to(t.dtype) for piece, t in zip(pieces, tensors, strict=True)]
+            self.record.host_loss_values = losses
+            if not all(map(math.isfinite, losses)):
+                bad = [task for task, loss in enumerate(losses) if not math.isfinite(loss)]
+                raise NonFiniteLossesError(bad, [losses[task] for task in bad])
+        return pieces
 
     def _losses_for(self, aggregator: Aggregator) -> Tensor | None:
         """The step's losses on the host for an aggregator that uses them, else None (no copy to make)."""
         if not aggregator.needs_losses or self.record.losses is None:
             return None
-        if self.record.host_losses is None:
-            self.on_host()
+        if self.record.host_loss_values is None:
+            self.host_values()
         return self.record.host_losses
 
     def norm(self, vector: Tensor) -> Tensor:
@@ -533,7 +567,7 @@ class GradientOracle:
         with the losses where they are still unread, and nothing to read for a Gram aggregator's update as it
         came: its Gram was checked on the host, and a combination of finite gradients is finite."""
         if shared_update is not self._finite_update:
-            [finite] = self.on_host(torch.isfinite(shared_update).all())
+            [[finite]] = self.host_values(torch.isfinite(shared_update).all())
             if not finite:
                 check_finite(self.aggregator.method_name, "update", shared_update)
         self.shared.set_grad(shared_update)

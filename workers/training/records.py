@@ -27,8 +27,7 @@ def step_metrics(
     SAM and aggregation shares are fractions of the method's own time (``record.seconds_total``).
     """
     assert record.losses is not None
-    host_losses = record.host_losses if record.host_losses is not None else record.losses.cpu()
-    losses = host_losses.double().tolist()
+    losses = record.host_loss_values if record.host_loss_values is not None else record.losses.double().tolist()
     metrics: dict[str, float] = {f"loss/{task}": loss for task, loss in zip(tasks, losses, strict=True)}
     metrics["loss"] = sum(losses) / len(losses)
     metrics["samples_per_s"] = samples / seconds if seconds > 0 else 0.0
