@@ -274,20 +274,25 @@ def test_auto_takes_sequential_backwards_through_a_cpu_convolution_without_tryin
 
 def test_sequential_backward_of_given_output_gradients_is_autograds_bit_for_bit() -> None:
     """Each row's gradient comes from a scalar that hands the row to the outputs, and equals autograd's backward
-    of the outputs with that row as their output gradient."""
-    from flatmtl.workers.mtl.task_gradients import sequential_backward
+    of the outputs with that row as their output gradient, per parameter and as the row of one [K, P] matrix (a
+    parameter the outputs do not reach gets zeros)."""
+    from flatmtl.workers.mtl.flat import FlatParams
+    from flatmtl.workers.mtl.task_gradients import sequential_backward, sequential_flat_backward
 
     torch.manual_seed(0)
-    layer = nn.Linear(5, 4)
+    layer, unused = nn.Linear(5, 4), nn.Parameter(torch.randn(3))
     x = torch.randn(7, 5)
     outputs = [torch.tanh(layer(x)), layer(x).sum(0)]
     rows = [torch.randn(3, 7, 4), torch.randn(3, 4)]
-    params = list(layer.parameters())
+    params = [*layer.parameters(), unused]
     got = sequential_backward(outputs, rows, params, retain_graph=True)
+    flat = sequential_flat_backward(outputs, rows, FlatParams(params), retain_graph=True)
     for row in range(3):
-        expected = torch.autograd.grad(outputs, params, [r[row] for r in rows], retain_graph=True)
+        expected = torch.autograd.grad(outputs, params, [r[row] for r in rows], retain_graph=True, allow_unused=True)
+        expected = [torch.zeros_like(p) if g is None else g for g, p in zip(expected, params, strict=True)]
         for column, grad in zip(got, expected, strict=True):
             torch.testing.assert_close(column[row], grad, rtol=0, atol=0)
+        torch.testing.assert_close(flat[row], torch.cat([g.flatten() for g in expected]), rtol=0, atol=0)
 
 
 @pytest.mark.slow

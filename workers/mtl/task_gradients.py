@@ -104,9 +104,7 @@ class TaskGradientEngine:
             return params.flatten_batched(batched_backward(outputs, rows, params.params, retain_graph=keep), num_rows)
 
         def sequential(keep: bool) -> Tensor:
-            return params.flatten_batched(
-                sequential_backward(outputs, rows, params.params, retain_graph=keep), num_rows
-            )
+            return sequential_flat_backward(outputs, rows, params, retain_graph=keep)
 
         return self._run(batched, sequential, retain_graph, None if plan is not None else outputs, num_rows)
 
@@ -206,6 +204,26 @@ def sequential_backward(
         for column, (grad, param) in enumerate(zip(grads, params, strict=True)):
             columns[column].append(torch.zeros_like(param) if grad is None else grad)
     return [torch.stack(column) for column in columns]
+
+
+def sequential_flat_backward(
+    outputs: Sequence[Tensor], rows: Sequence[Tensor], params: FlatParams, *, retain_graph: bool
+) -> Tensor:
+    """``sequential_backward`` as one [K, P] matrix, each row's gradients concatenated into their row as they come:
+    one [K, P] and one row's gradients alive, where K rows, their per-parameter stacks and the concatenation of
+    those would hold the matrix two or three times over."""
+    num_rows = rows[0].shape[0]
+    out = torch.empty(num_rows, params.bounds[-1], dtype=params.dtype, device=rows[0].device)
+    for row in range(num_rows):
+        keep = retain_graph or row < num_rows - 1
+        objective = with_output_gradients(outputs, [r[row] for r in rows])
+        grads = torch.autograd.grad(objective, params.params, retain_graph=keep, allow_unused=True)
+        parts = [
+            torch.zeros(n, dtype=p.dtype, device=p.device) if grad is None else grad.reshape(-1)
+            for grad, p, n in zip(grads, params.params, params.numels, strict=True)
+        ]
+        torch.cat(parts, out=out[row])
+    return out
 
 
 def with_output_gradients(outputs: Sequence[Tensor], grads: Sequence[Tensor]) -> Tensor:
