@@ -10,11 +10,12 @@
 3. Every aggregator torchjd 0.18 has, on the same [K, P] (P = 100k, K = 2, 14, 40), against torchjd's call; the
    floor: the Gram (one product, and ours) and ``weights @ G``.
 4. Peak memory of a step beside its time, each path in a fresh process: resident memory over the first three
-   steps (one-off costs included: torch's first vmap sets up about 36 MiB of its machinery once per process,
-   ``gradient_mode="auto"`` measures both paths once) and over three steps after those, and the peak of live
-   tensors in one such step (the torch profiler's allocation events).
+   steps (one-off costs included: the code pages of kernels used for the first time, ``gradient_mode="auto"``
+   measuring both paths once where its rule does not decide) and over three steps after those, and the peak of
+   live tensors in one such step (the torch profiler's allocation events).
    Every SAM wrapper against its reference loop: F-MTL's and SAMO's authors' code, L-SAM the same per-task
-   loop, SAM and G-SAM the two-pass SAM loop with K sequential backwards.
+   loop, SAM and G-SAM the two-pass SAM loop with K sequential backwards. Beside them, the per-task gradient
+   path ``gradient_mode="auto"`` chose (by its rule or by timing), and the two paths timed in turn.
 
 Paths are timed in turn within each round; figures are medians over rounds of per-round ratios, one thread.
 Needs the ``bench`` extra (torchjd).
@@ -45,7 +46,7 @@ from torch import Tensor
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.mtl_core import Setting, interleaved_seconds, median_ratio, settings
+from benchmarks.mtl_core import Setting, gradient_paths, interleaved_seconds, median_ratio, settings
 from flatmtl.workers import mtl
 from flatmtl.workers.mtl.base import gram_matrix
 from flatmtl.workers.mtl.step import DEFAULT_DIAGNOSTICS_EVERY
@@ -470,9 +471,27 @@ def _memory_paths(setting: Setting) -> dict[str, Callable[[], object]]:
     return paths
 
 
-def peak_memory() -> list[tuple[str, float, float]]:
-    """Peak memory of every path (MiB) and each SAM wrapper's ratios to its reference loop (steady resident
-    memory, tensors); returns the worst ratio per setting for the targets."""
+def auto_choice(setting: Setting, rounds: int) -> float:
+    """The per-task gradient path ``gradient_mode="auto"`` chose for this model, and both paths' per-task gradients
+    (forward included) timed in turn; returns the chosen path's time over the other's (<= 1: it chose the faster)."""
+    step = mtl.MTLStep.from_model(setting.model, aggregator="upgrad")
+    for _ in range(2):
+        step(setting.task_losses)
+    choice = step.gradient_engine.choice
+    chosen = step.gradient_engine.mode
+    how = "by rule" if choice.get("gradient_mode/by_rule") else "by timing"
+    paths = gradient_paths(setting, rounds)
+    batched = "heads cut, linear trunk"  # the batched path a model declaring its heads takes
+    ratio = median_ratio(paths[batched], paths["sequential"])
+    batched_ms, sequential_ms = (statistics.median(paths[path]) * 1e3 for path in (batched, "sequential"))
+    print(f"    gradient_mode=auto chose {chosen} ({how}); per-task gradients, median ms: batched {batched_ms:.1f}, "
+          f"sequential {sequential_ms:.1f}, batched / sequential {ratio:.2f}")  # fmt: skip
+    return ratio if chosen == "batched" else 1 / ratio
+
+
+def peak_memory() -> list[tuple[str, float, float, float]]:
+    """Peak memory of every path (MiB) and each SAM wrapper's ratios to its reference loop (resident memory over
+    the first steps and in steady state, tensors); returns the worst ratio of each per setting for the targets."""
     context = multiprocessing.get_context("spawn")
     saved = {name: os.environ.get(name) for name in MALLOC_SETTINGS}
     os.environ.update(MALLOC_SETTINGS)
@@ -488,14 +507,15 @@ def peak_memory() -> list[tuple[str, float, float]]:
                 child.start()
                 first, steady, tensors, seconds = queue.get()
                 child.join()
-                peaks[path] = (steady, tensors)
+                peaks[path] = (first, steady, tensors)
                 print(f"    {path:<24}{first:>14.1f}{steady:>9.1f}{tensors:>9.1f}{'':<16}{seconds * 1e3:>8.1f}")
             ratios = []
             for wrapper, reference in SAM_REFERENCES.items():
-                resident, tensors = (peaks[wrapper][i] / max(peaks[reference][i], 0.1) for i in range(2))
-                ratios.append((resident, tensors))
-                print(f"    {wrapper} / {reference}: steady resident {resident:.2f}, tensors {tensors:.2f}")
-            worst.append((setting.name, max(resident for resident, _ in ratios), max(tensors for _, tensors in ratios)))
+                ratios.append([peaks[wrapper][i] / max(peaks[reference][i], 0.1) for i in range(3)])
+                first, steady, tensors = ratios[-1]
+                print(f"    {wrapper} / {reference}: resident first 3 steps {first:.2f}, steady {steady:.2f}, "
+                      f"tensors {tensors:.2f}")  # fmt: skip
+            worst.append((setting.name, *(max(ratio[i] for ratio in ratios) for i in range(3))))
     finally:
         for name, value in saved.items():
             if value is None:
@@ -540,9 +560,15 @@ def main() -> None:
         targets.append(("torchjd: geometric mean", geometric, 0.7))
     if args.only in (None, "memory"):
         print("\n== 4. peak memory")
-        for name, resident, tensors in peak_memory():
+        for name, first, resident, tensors in peak_memory():
+            targets.append((f"SAM wrappers' first-steps resident peak / reference (worst), {name}", first, 1.2))
             targets.append((f"SAM wrappers' steady resident peak / reference (worst), {name}", resident, 1.2))
             targets.append((f"SAM wrappers' tensor peak / reference (worst), {name}", tensors, 1.2))
+        for setting in settings(256):
+            print(f"  {setting.name}")
+            targets.append(
+                (f"auto's per-task path / the other, {setting.name}", auto_choice(setting, args.rounds), 1.0)
+            )
     print("\n== targets")
     for name, value, target in targets:
         print(f"{name:<60}{value:>7.2f}  (target <= {target:.2f}) {'ok' if value <= target else 'MISSED'}")
