@@ -2,21 +2,30 @@
 
 from __future__ import annotations
 
+import math
 from typing import ClassVar
 
 import torch
 from torch import Tensor
 
-from flatmtl.workers.mtl.base import LossWeighting
+from flatmtl.workers.mtl.base import LossWeighting, on_device_of
 from flatmtl.workers.mtl.checks import check_num_tasks
 from flatmtl.workers.mtl.registry import HParam, register
 from flatmtl.workers.mtl.weightings.si import check_positive
 
 
-def famo_weights(logits: Tensor, losses: Tensor) -> Tensor:
+def famo_weights(logits: list[float], losses: list[float]) -> list[float]:
     """w_i = c z_i / L_i with z = softmax(logits) and c = (sum_i z_i / L_i)^-1."""
-    shares = torch.softmax(logits, dim=0) / losses
-    return shares / shares.sum()
+    shares = [share / loss for share, loss in zip(softmax(logits), losses, strict=True)]
+    total = math.fsum(shares)
+    return [share / total for share in shares]
+
+
+def softmax(logits: list[float]) -> list[float]:
+    top = max(logits)
+    exps = [math.exp(logit - top) for logit in logits]
+    total = math.fsum(exps)
+    return [value / total for value in exps]
 
 
 @register(
@@ -42,6 +51,9 @@ class FAMO(LossWeighting):
     """
 
     state_keys: ClassVar[tuple[str, ...]] = ("logits", "previous_losses", "weights")
+    host_state_keys: ClassVar[tuple[str, ...]] = state_keys
+    """K numbers each, updated on the host from the one read of the losses that their positivity check makes:
+    a few kernel calls per step where the same arithmetic on the losses' device took dozens."""
 
     def __init__(self, lr: float, weight_decay: float) -> None:
         self.lr = lr
@@ -51,24 +63,26 @@ class FAMO(LossWeighting):
         self.weights: Tensor | None = None
 
     def begin_step(self, losses: Tensor, generator: torch.Generator | None = None) -> None:
-        check_positive(self.method_name, losses)
-        losses = losses.detach().to(torch.float64)
-        if self.logits is None:
-            self.logits = torch.zeros_like(losses)
-        check_num_tasks(self.method_name, self.logits.shape[0], losses.shape[0])
+        values = check_positive(self.method_name, losses.detach())
+        logits = [0.0] * len(values) if self.logits is None else self.logits.tolist()
+        check_num_tasks(self.method_name, len(logits), len(values))
         if self.previous_losses is not None:
-            decrease = self.previous_losses.log() - losses.log()
-            shares = torch.softmax(self.logits, dim=0)
-            softmax_vjp = shares * (decrease - shares @ decrease)
-            self.logits = self.logits - self.lr * (softmax_vjp + self.weight_decay * self.logits)
-        self.previous_losses = losses.clone()
-        self.weights = famo_weights(self.logits, losses)
+            previous = self.previous_losses.tolist()
+            decrease = [math.log(before) - math.log(now) for before, now in zip(previous, values, strict=True)]
+            shares = softmax(logits)
+            mean_decrease = math.fsum(share * change for share, change in zip(shares, decrease, strict=True))
+            logits = [
+                logit - self.lr * (share * (change - mean_decrease) + self.weight_decay * logit)
+                for logit, share, change in zip(logits, shares, decrease, strict=True)
+            ]
+        self.logits = torch.tensor(logits, dtype=torch.float64)
+        self.previous_losses = torch.tensor(values, dtype=torch.float64)
+        self.weights = torch.tensor(famo_weights(logits, values), dtype=torch.float64)
 
     def weigh(self, losses: Tensor) -> Tensor:
         weights = self.weights
         if weights is None:
-            check_positive(self.method_name, losses.detach())
-            logits = torch.zeros(losses.shape[0], dtype=torch.float64, device=losses.device)
-            weights = famo_weights(logits, losses.detach().to(torch.float64))
+            values = check_positive(self.method_name, losses.detach())
+            weights = torch.tensor(famo_weights([0.0] * len(values), values), dtype=torch.float64)
         check_num_tasks(self.method_name, weights.shape[0], losses.shape[0])
-        return weights.to(device=losses.device, dtype=losses.dtype) * losses
+        return on_device_of(weights, losses) * losses

@@ -3,6 +3,8 @@ the task losses."""
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -12,10 +14,12 @@ from flatmtl.workers.mtl.registry import register
 from flatmtl.workers.mtl.weightings.si import check_positive
 
 
-def geometric_weights(losses: Tensor) -> Tensor:
-    """w_i = (prod L)^(1/K) / (K L_i): sum_i w_i grad L_i = grad (prod L)^(1/K)."""
-    geometric_mean = losses.log().mean().exp()
-    return geometric_mean / (losses.numel() * losses)
+def geometric_weights(losses: list[float]) -> list[float]:
+    """w_i = (prod L)^(1/K) / (K L_i): sum_i w_i grad L_i = grad (prod L)^(1/K). K numbers: computed on the host,
+    where each costs no kernel call."""
+    num_tasks = len(losses)
+    geometric_mean = math.exp(math.fsum(map(math.log, losses)) / num_tasks)
+    return [geometric_mean / (num_tasks * loss) for loss in losses]
 
 
 @register(
@@ -35,13 +39,15 @@ class GeometricLossStrategy(LossWeighting):
         self.weights: Tensor | None = None
 
     def begin_step(self, losses: Tensor, generator: torch.Generator | None = None) -> None:
-        check_positive(self.method_name, losses)
-        self.weights = geometric_weights(losses.detach())
+        self.weights = self._weights(losses.detach())
 
     def weigh(self, losses: Tensor) -> Tensor:
         weights = self.weights
         if weights is None:
-            check_positive(self.method_name, losses.detach())
-            weights = geometric_weights(losses.detach())
+            weights = self._weights(losses.detach())
         check_num_tasks(self.method_name, weights.shape[0], losses.shape[0])
         return weights.to(device=losses.device, dtype=losses.dtype) * losses
+
+    def _weights(self, losses: Tensor) -> Tensor:
+        values = check_positive(self.method_name, losses)
+        return torch.tensor(geometric_weights(values), dtype=losses.dtype, device=losses.device)

@@ -11,10 +11,13 @@ from flatmtl.workers.mtl.errors import MethodError
 from flatmtl.workers.mtl.registry import register
 
 
-def check_positive(method: str, losses: Tensor) -> None:
-    """Methods built on log L_i need every loss > 0."""
-    if not bool((losses > 0).all()):
-        raise MethodError(f"{method}: losses must be > 0 (it takes their logarithm), got {losses.tolist()}")
+def check_positive(method: str, losses: Tensor) -> list[float]:
+    """Methods built on log L_i need every loss > 0. Returns the losses as host numbers, from the one read of
+    them the check makes anyway, for weights computed on the host."""
+    values = losses.tolist()
+    if not all(value > 0 for value in values):  # NaN fails too
+        raise MethodError(f"{method}: losses must be > 0 (it takes their logarithm), got {values}")
+    return values
 
 
 @register(
@@ -41,7 +44,9 @@ class ScaleInvariant(LossWeighting):
         self.anchor = losses.detach().clone()
 
     def weigh(self, losses: Tensor) -> Tensor:
-        anchor = self.anchor if self.anchor is not None else losses.detach()
-        check_positive(self.method_name, anchor)
+        anchor = self.anchor
+        if anchor is None:  # a step's anchor was checked when it was set
+            anchor = losses.detach()
+            check_positive(self.method_name, anchor)
         anchor = anchor.to(losses.dtype)
         return anchor.log() + (losses - anchor) / anchor
