@@ -155,7 +155,7 @@ def gpu_share_problem(gpus: float, processes: int) -> str | None:
 
 GPU_SHARES_ALLOWED = "0, a fraction below 1 with processes: 1, or a whole number"
 MAX_LOADER_WORKERS = 64
-DIAGNOSTICS_EVERY = 100
+DIAGNOSTICS_EVERY = 200
 """The MTL core's default (``flatmtl.workers.mtl.step.DEFAULT_DIAGNOSTICS_EVERY``), restated because the
 service imports no torch; a test keeps the two equal."""
 
