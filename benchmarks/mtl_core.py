@@ -128,18 +128,26 @@ def gradient_paths(setting: Setting, repeats: int, warmup: int = 2) -> dict[str,
     return interleaved_seconds(runs, repeats, warmup)
 
 
-def interleaved_seconds(runs: dict[str, Callable[[], object]], repeats: int, warmup: int = 2) -> dict[str, list[float]]:
+def interleaved_seconds(
+    runs: dict[str, Callable[[], object]],
+    repeats: int,
+    warmup: int = 2,
+    clock: Callable[[], float] = time.perf_counter,
+) -> dict[str, list[float]]:
     """Seconds of each run per repeat, the runs timed in turn within each repeat so that a change in machine
     load hits them alike (repeat r of every run is comparable). The order reverses every other repeat: the run
-    that goes first meets caches the others left, which would favour whichever the order puts second."""
+    that goes first meets caches the others left, which would favour whichever the order puts second.
+    ``clock=time.thread_time`` times the CPU work of a one-thread run on the CPU alone: wall time on a shared
+    machine also counts the slices other processes took, which a run of a single step of tens of milliseconds
+    meets at random."""
     times: dict[str, list[float]] = {name: [] for name in runs}
     for repeat in range(warmup + repeats):
         order = list(runs.items()) if repeat % 2 == 0 else list(reversed(runs.items()))
         for name, run in order:
-            started = time.perf_counter()
+            started = clock()
             run()
             if repeat >= warmup:
-                times[name].append(time.perf_counter() - started)
+                times[name].append(clock() - started)
     return times
 
 
