@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -51,38 +51,58 @@ class FAMO(LossWeighting):
     """
 
     state_keys: ClassVar[tuple[str, ...]] = ("logits", "previous_losses", "weights")
-    host_state_keys: ClassVar[tuple[str, ...]] = state_keys
-    """K numbers each, updated on the host from the one read of the losses that their positivity check makes:
-    a few kernel calls per step where the same arithmetic on the losses' device took dozens."""
+    """K numbers each (float64 tensors in the state), kept as host numbers: updated from the one read of the losses
+    their positivity check makes, a few kernel calls per step where the same arithmetic on tensors took dozens."""
 
     def __init__(self, lr: float, weight_decay: float) -> None:
         self.lr = lr
         self.weight_decay = weight_decay
-        self.logits: Tensor | None = None
-        self.previous_losses: Tensor | None = None
-        self.weights: Tensor | None = None
+        self.logits: list[float] | None = None
+        self.previous_losses: list[float] | None = None
+        self.weights: list[float] | None = None
+        self._step_weights: Tensor | None = None
+        """``weights`` on the losses' device and in their dtype, made once per step for ``weigh``."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return {key: _as_tensor(getattr(self, key)) for key in self.state_keys}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        unknown = set(state) - set(self.state_keys)
+        if unknown:
+            raise KeyError(f"{type(self).__name__}: unknown state keys {sorted(unknown)}")
+        for key in self.state_keys:
+            setattr(self, key, None if state[key] is None else state[key].double().tolist())
+        self._step_weights = None
 
     def begin_step(self, losses: Tensor, generator: torch.Generator | None = None) -> None:
         values = check_positive(self.method_name, losses.detach())
-        logits = [0.0] * len(values) if self.logits is None else self.logits.tolist()
+        logits = [0.0] * len(values) if self.logits is None else self.logits
         check_num_tasks(self.method_name, len(logits), len(values))
         if self.previous_losses is not None:
-            previous = self.previous_losses.tolist()
-            decrease = [math.log(before) - math.log(now) for before, now in zip(previous, values, strict=True)]
+            decrease = [
+                math.log(before) - math.log(now) for before, now in zip(self.previous_losses, values, strict=True)
+            ]
             shares = softmax(logits)
             mean_decrease = math.fsum(share * change for share, change in zip(shares, decrease, strict=True))
             logits = [
                 logit - self.lr * (share * (change - mean_decrease) + self.weight_decay * logit)
                 for logit, share, change in zip(logits, shares, decrease, strict=True)
             ]
-        self.logits = torch.tensor(logits, dtype=torch.float64)
-        self.previous_losses = torch.tensor(values, dtype=torch.float64)
-        self.weights = torch.tensor(famo_weights(logits, values), dtype=torch.float64)
+        self.logits = logits
+        self.previous_losses = values
+        self.weights = famo_weights(logits, values)
+        self._step_weights = on_device_of(torch.tensor(self.weights, dtype=torch.float64), losses)
 
     def weigh(self, losses: Tensor) -> Tensor:
-        weights = self.weights
-        if weights is None:
-            values = check_positive(self.method_name, losses.detach())
-            weights = torch.tensor(famo_weights([0.0] * len(values), values), dtype=torch.float64)
+        weights = self._step_weights
+        if weights is None:  # no step begun since construction or a load: the loaded weights, else the losses'
+            values = self.weights or famo_weights(
+                [0.0] * losses.shape[0], check_positive(self.method_name, losses.detach())
+            )
+            weights = on_device_of(torch.tensor(values, dtype=torch.float64), losses)
         check_num_tasks(self.method_name, weights.shape[0], losses.shape[0])
-        return on_device_of(weights, losses) * losses
+        return weights.to(losses.dtype) * losses
+
+
+def _as_tensor(values: list[float] | None) -> Tensor | None:
+    return None if values is None else torch.tensor(values, dtype=torch.float64)
