@@ -91,7 +91,7 @@ class FAMO(LossWeighting):
         self.logits = logits
         self.previous_losses = values
         self.weights = famo_weights(logits, values)
-        self._step_weights = on_device_of(torch.tensor(self.weights, dtype=torch.float64), losses)
+        self._step_weights = on_device_of(torch.tensor(self.weights, dtype=losses.dtype), losses)
 
     def weigh(self, losses: Tensor) -> Tensor:
         weights = self._step_weights
@@ -99,7 +99,7 @@ class FAMO(LossWeighting):
             values = self.weights or famo_weights(
                 [0.0] * losses.shape[0], check_positive(self.method_name, losses.detach())
             )
-            weights = on_device_of(torch.tensor(values, dtype=torch.float64), losses)
+            weights = on_device_of(torch.tensor(values, dtype=losses.dtype), losses)
         check_num_tasks(self.method_name, weights.shape[0], losses.shape[0])
         return weights.to(losses.dtype) * losses
 

@@ -8,7 +8,7 @@ import math
 import torch
 from torch import Tensor
 
-from flatmtl.workers.mtl.base import LossWeighting
+from flatmtl.workers.mtl.base import LossWeighting, on_device_of
 from flatmtl.workers.mtl.checks import check_num_tasks
 from flatmtl.workers.mtl.registry import register
 from flatmtl.workers.mtl.weightings.si import check_positive
@@ -50,4 +50,4 @@ class GeometricLossStrategy(LossWeighting):
 
     def _weights(self, losses: Tensor) -> Tensor:
         values = check_positive(self.method_name, losses)
-        return torch.tensor(geometric_weights(values), dtype=losses.dtype, device=losses.device)
+        return on_device_of(torch.tensor(geometric_weights(values), dtype=losses.dtype), losses)
