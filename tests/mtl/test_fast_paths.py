@@ -73,6 +73,9 @@ def test_a_non_finite_gradient_of_finite_losses_fails_the_one_backward_step(dtyp
     weight = model.shared_parameters()[0]
     with pytest.raises(mtl.MethodError, match=r"mean: update contain NaN or inf \(first at index \[0\]\)"):
         step(lambda: model.task_losses(x, targets) + torch.sqrt(weight.sum() * 0))  # adds 0; its gradient is NaN
+    if dtype == torch.float32:  # the fused pass's flag, reused by the next steps, is clear again
+        assert step.one_backward.flag_and_scale is not None
+        assert float(step.one_backward.flag_and_scale[0]) == 0
 
 
 def test_diagnostics_steps_record_the_per_task_gram() -> None:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
+from torch.overrides import has_torch_function
 
 from flatmtl.workers.mtl.base import (
     Aggregator,
@@ -34,6 +35,12 @@ from flatmtl.workers.mtl.flat import FlatParams
 from flatmtl.workers.mtl.probes import BatchedProbes
 from flatmtl.workers.mtl.task_gradients import TaskGradientEngine, with_output_gradients
 from flatmtl.workers.mtl.trunk import TrunkCut
+
+_engine_backward = getattr(torch.autograd.graph, "_engine_run_backward", None)
+"""The engine call behind ``Tensor.backward``. ``backward(inputs=...)`` first checks every input for a tensor
+subclass in Python, which for a model's few dozen parameters costs a few percent of a small model's step; the
+one-backward step makes that check in one call (``has_torch_function``) and, where no input overrides torch
+functions, calls the engine itself, as ``backward`` would next."""
 
 LossClosure = Callable[[], Tensor | tuple[Tensor, Tensor]]
 """Runs the forward pass at the current parameters and returns the K per-task losses (this rank's
@@ -76,6 +83,25 @@ class StepRecord:
         return None if self.host_loss_values is None else torch.tensor(self.host_loss_values, dtype=torch.float64)
 
 
+class OneBackwardInputs:
+    """What every one-backward step (``GradientOracle.weighted_sum_step``) of a step object reuses: the parameters
+    its backward fills, and for the fused pass that scales the summed shared gradients to their mean and flags a
+    NaN or inf on the way (the kernel that unscales mixed-precision gradients) its factor 1/K and its flag, which
+    stays zero between steps. A few K-sized tensors and lists per step cost more than the rest of the step does
+    beyond plain backprop on a small model.
+
+    ``flag_and_scale`` is None where the pass does not apply: one task, or float64 gradients, which its float32
+    factor would round (they are divided exactly and checked apart)."""
+
+    def __init__(self, shared: FlatParams, heads: Sequence[FlatParams]) -> None:
+        self.shared = tuple(shared.params)
+        self.params = (*self.shared, *(param for head in heads for param in head.params))
+        self.flag_and_scale: tuple[Tensor, Tensor] | None = None
+        if len(heads) > 1 and all(param.dtype != torch.float64 for param in self.shared):
+            device = shared.device
+            self.flag_and_scale = torch.zeros(1, device=device), torch.full((1,), 1 / len(heads), device=device)
+
+
 class GradientOracle:
     def __init__(
         self,
@@ -93,6 +119,7 @@ class GradientOracle:
         *,
         diagnostics: bool = True,
         host_generator: torch.Generator | None = None,
+        one_backward: OneBackwardInputs | None = None,
     ) -> None:
         self.closure = closure
         self.shared = shared
@@ -105,6 +132,8 @@ class GradientOracle:
         self.host_generator = host_generator or generator
         """What aggregators draw from (task orders, seeds): on the CPU, so no draw waits for the device."""
         self.gradient_engine = gradient_engine
+        self.one_backward = one_backward
+        """The step object's reused inputs of ``weighted_sum_step`` (built there when not given)."""
         self.buffers = list(buffers)
         self.record = StepRecord()
         self.trunk = trunk
@@ -157,8 +186,8 @@ class GradientOracle:
         """
         weighted, _ = self._forward(cut=False)
         learnable = self.weighting.parameters()
-        head_params = [p for head in self.heads for p in head.params]
         if self.comm.world_size > 1 or type(self.shared) is not FlatParams:
+            head_params = [p for head in self.heads for p in head.params]
             params = [*self.shared.params, *head_params, *learnable]
             grads = torch.autograd.grad(weighted.sum(), params, allow_unused=True)
             self.record.backward_passes += 1
@@ -169,37 +198,35 @@ class GradientOracle:
             heads = self._split_heads(self.heads, grads[num_shared : num_shared + num_heads])
             self.write(flat, self._reduce_heads(heads))
             return
-        shared = self.shared.params
-        params = [*shared, *head_params, *learnable]
+        reused = self.one_backward or OneBackwardInputs(self.shared, self.heads)
+        params = (*reused.params, *learnable) if learnable else reused.params
         for param in params:
             param.grad = None
-        weighted.sum().backward(inputs=params)
+        total = weighted.sum()
+        if _engine_backward is None or has_torch_function(params):
+            total.backward(inputs=params)
+        else:
+            _engine_backward(
+                (total,), (torch.ones_like(total),), False, False, params, allow_unreachable=True, accumulate_grad=True
+            )
         self.record.backward_passes += 1
         for param in params:
             if param.grad is None:
                 param.grad = torch.zeros_like(param)
-        shared_grads = [param.grad for param in shared]
-        if not self._mean_in_one_pass(shared_grads):
-            if self.num_tasks > 1:
-                torch._foreach_div_(shared_grads, float(self.num_tasks))
-            [norms] = self.host_values(torch.stack(torch._foreach_norm(shared_grads)))
-            if not all(map(math.isfinite, norms)):  # a norm that overflows falls through to the exact test
+        shared_grads = [param.grad for param in reused.shared]
+        if reused.flag_and_scale is not None:  # the mean and its check in one pass (see ``OneBackwardInputs``)
+            flag, scale = reused.flag_and_scale
+            torch._amp_foreach_non_finite_check_and_unscale_(shared_grads, flag, scale)
+            [[non_finite]] = self.host_values(flag)
+            if non_finite:
+                flag.zero_()
                 check_finite(self.aggregator.method_name, "update", self.shared.flatten(shared_grads))
-
-    def _mean_in_one_pass(self, grads: list[Tensor]) -> bool:
-        """Scales the summed gradients to their mean and checks them finite in one pass: the fused kernel that
-        unscales mixed-precision gradients multiplies by 1/K and flags a NaN or inf on the way. Its factor is a
-        float32, the mean's own weight 1/K at float32 or lower precision; float64 gradients (False: nothing done)
-        take an exact division and a separate check."""
-        if self.num_tasks == 1 or any(grad.dtype == torch.float64 for grad in grads):
-            return False
-        device = grads[0].device
-        found, scale = torch.zeros(1, device=device), torch.full((1,), 1 / self.num_tasks, device=device)
-        torch._amp_foreach_non_finite_check_and_unscale_(grads, found, scale)
-        [[non_finite]] = self.host_values(found)
-        if non_finite:
-            check_finite(self.aggregator.method_name, "update", self.shared.flatten(grads))
-        return True
+            return
+        if self.num_tasks > 1:
+            torch._foreach_div_(shared_grads, float(self.num_tasks))
+        [norms] = self.host_values(torch.stack(torch._foreach_norm(shared_grads)))
+        if not all(map(math.isfinite, norms)):  # a norm that overflows falls through to the exact test
+            check_finite(self.aggregator.method_name, "update", self.shared.flatten(shared_grads))
 
     def _forward(self, *, cut: bool) -> tuple[Tensor, bool]:
         """The closure's losses, checked and weighted, and whether this was the step's first forward with

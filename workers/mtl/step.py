@@ -25,7 +25,7 @@ from flatmtl.workers.mtl.base import Aggregator, LossWeighting, Wrapper
 from flatmtl.workers.mtl.communicator import Communicator, LocalComm
 from flatmtl.workers.mtl.errors import MethodError
 from flatmtl.workers.mtl.flat import FlatParams
-from flatmtl.workers.mtl.oracle import GradientOracle, LossClosure, StepRecord, model_buffers
+from flatmtl.workers.mtl.oracle import GradientOracle, LossClosure, OneBackwardInputs, StepRecord, model_buffers
 from flatmtl.workers.mtl.probes import BatchedProbes
 from flatmtl.workers.mtl.task_gradients import GradientMode, TaskGradientEngine
 from flatmtl.workers.mtl.trunk import TrunkCut
@@ -132,6 +132,7 @@ class MTLStep:
         self.comm = comm or LocalComm()
         self.shared = FlatParams(split.shared)
         self.heads = [FlatParams(head, like=split.shared[0]) for head in split.heads]
+        self.one_backward = OneBackwardInputs(self.shared, self.heads)
         self.generator = torch.Generator(device=split.shared[0].device).manual_seed(seed)
         self.host_generator = (
             self.generator if self.generator.device.type == "cpu" else torch.Generator().manual_seed(seed)
@@ -188,6 +189,7 @@ class MTLStep:
             self.probes,
             diagnostics=diagnostics,
             host_generator=self.host_generator,
+            one_backward=self.one_backward,
         )
 
     def end_epoch(self) -> None:
