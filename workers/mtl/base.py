@@ -240,6 +240,19 @@ class LossWeighting(Stateful):
     def weigh(self, losses: Tensor) -> Tensor:
         raise NotImplementedError
 
+    def step_weights(self, losses: Tensor) -> Tensor | None:
+        """The K weights w of a weighting whose weighted losses' gradients are those of ``w * losses`` with w
+        fixed in the step (not learned), on the losses' device and in their dtype; None for the others. A
+        one-backward step passes w into the backward of the raw losses as their output gradient, which gives
+        the weighted sum's gradient without a product and a sum in the graph and their backward. A weighting with
+        learnable parameters that gives step weights gives their gradients too (``learnable_grads``)."""
+        return None
+
+    def learnable_grads(self, losses: Tensor, weights: Tensor) -> list[Tensor]:
+        """The gradients of the weighted losses' sum w.r.t. ``parameters()`` at the step's detached ``losses``,
+        given the ``step_weights`` of the step, for a learnable weighting whose ``step_weights`` are not None."""
+        raise NotImplementedError
+
     def observe(self, losses: Tensor, gram: Tensor) -> None:
         """Called once per step after the per-task gradients at the unperturbed parameters."""
 

@@ -182,11 +182,13 @@ class GradientOracle:
         return from K per-task gradients; each head its own task's gradient; the weighting's learnable
         parameters theirs from the same backward. No Gram is recorded. On whole parameters in one process
         this is autograd's own ``backward`` into ``.grad`` (which keeps autograd's buffers instead of copying
-        them), with no flat [P] copies.
+        them), with no flat [P] copies; a weighting with step weights (``LossWeighting.step_weights``) gives
+        them as the raw losses' output gradient, and its learnable parameters' gradients directly.
         """
-        weighted, _ = self._forward(cut=False)
+        raw, _ = self._raw_forward(cut=False)
         learnable = self.weighting.parameters()
         if self.comm.world_size > 1 or type(self.shared) is not FlatParams:
+            weighted = self.weighting.weigh(raw)
             head_params = [p for head in self.heads for p in head.params]
             params = [*self.shared.params, *head_params, *learnable]
             grads = torch.autograd.grad(weighted.sum(), params, allow_unused=True)
@@ -199,16 +201,19 @@ class GradientOracle:
             self.write(flat, self._reduce_heads(heads))
             return
         reused = self.one_backward or OneBackwardInputs(self.shared, self.heads)
-        params = (*reused.params, *learnable) if learnable else reused.params
+        weights = self.weighting.step_weights(raw)
+        params = (*reused.params, *learnable) if learnable and weights is None else reused.params
         for param in params:
             param.grad = None
-        total = weighted.sum()
+        if learnable and weights is not None:
+            for param, grad in zip(learnable, self.weighting.learnable_grads(raw.detach(), weights), strict=True):
+                param.grad = grad
         if _engine_backward is None or has_torch_function(params):
+            total = self.weighting.weigh(raw).sum() if weights is None else (weights * raw).sum()
             total.backward(inputs=params)
         else:
-            _engine_backward(
-                (total,), (torch.ones_like(total),), False, False, params, allow_unreachable=True, accumulate_grad=True
-            )
+            output, gradient = (raw, weights) if weights is not None else self._weighted_sum(raw)
+            _engine_backward((output,), (gradient,), False, False, params, allow_unreachable=True, accumulate_grad=True)
         self.record.backward_passes += 1
         for param in params:
             if param.grad is None:
@@ -228,9 +233,21 @@ class GradientOracle:
         if not all(map(math.isfinite, norms)):  # a norm that overflows falls through to the exact test
             check_finite(self.aggregator.method_name, "update", self.shared.flatten(shared_grads))
 
+    def _weighted_sum(self, raw: Tensor) -> tuple[Tensor, Tensor]:
+        """The weighted losses' sum and its output gradient 1, for a weighting without fixed step weights."""
+        total = self.weighting.weigh(raw).sum()
+        return total, torch.ones_like(total)
+
     def _forward(self, *, cut: bool) -> tuple[Tensor, bool]:
         """The closure's losses, checked and weighted, and whether this was the step's first forward with
         graph (which starts the weighting's step). ``cut``: record the trunk cut at the declared heads."""
+        raw, first = self._raw_forward(cut=cut)
+        weighted = self.weighting.weigh(raw)
+        self._cut_losses = weakref.ref(weighted) if cut and self.trunk and self.trunk.active else None
+        return weighted, first
+
+    def _raw_forward(self, *, cut: bool) -> tuple[Tensor, bool]:
+        """``_forward``'s losses before weighing."""
         with self.trunk.recording() if cut and self.trunk else nullcontext():
             out = self.closure()
         self._heads_recorded = self._heads_recorded or bool(cut and self.trunk)
@@ -245,9 +262,7 @@ class GradientOracle:
             detached = self.comm.mean(raw.detach())
             self.record.losses = detached  # checked with the step's first host read (``on_host``)
             self.weighting.begin_step(detached, self.generator)
-        weighted = self.weighting.weigh(raw)
-        self._cut_losses = weakref.ref(weighted) if cut and self.trunk and self.trunk.active else None
-        return weighted, first
+        return raw, first
 
     def forward_losses(self) -> Tensor:
         """Forward only (no graph): the K weighted losses averaged over ranks, for SPSA estimates."""

@@ -10,6 +10,7 @@ from torch import Tensor
 from flatmtl.workers.mtl.base import LossWeighting
 from flatmtl.workers.mtl.checks import check_num_tasks
 from flatmtl.workers.mtl.registry import HParam, register
+from flatmtl.workers.mtl.weightings.ew import ones_like_kept
 
 
 @register(
@@ -34,6 +35,7 @@ class DynamicWeightAverage(LossWeighting):
         self.loss_sum: Tensor | None = None
         self.steps = 0
         self.weights: Tensor | None = None
+        self._ones: Tensor | None = None
 
     def begin_step(self, losses: Tensor, generator: torch.Generator | None = None) -> None:
         losses = losses.detach().to(torch.float64)
@@ -57,5 +59,11 @@ class DynamicWeightAverage(LossWeighting):
     def weigh(self, losses: Tensor) -> Tensor:
         if self.weights is None:
             return losses
+        return self.step_weights(losses) * losses
+
+    def step_weights(self, losses: Tensor) -> Tensor:
+        if self.weights is None:
+            self._ones = ones_like_kept(self._ones, losses)
+            return self._ones
         check_num_tasks(self.method_name, self.weights.shape[0], losses.shape[0])
-        return self.weights.to(device=losses.device, dtype=losses.dtype) * losses
+        return self.weights.to(device=losses.device, dtype=losses.dtype)

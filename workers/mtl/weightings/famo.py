@@ -75,7 +75,7 @@ class FAMO(LossWeighting):
         self._step_weights = None
 
     def begin_step(self, losses: Tensor, generator: torch.Generator | None = None) -> None:
-        values = check_positive(self.method_name, losses.detach())
+        values = check_positive(self.method_name, losses)
         logits = [0.0] * len(values) if self.logits is None else self.logits
         check_num_tasks(self.method_name, len(logits), len(values))
         if self.previous_losses is not None:
@@ -94,6 +94,9 @@ class FAMO(LossWeighting):
         self._step_weights = on_device_of(torch.tensor(self.weights, dtype=losses.dtype), losses)
 
     def weigh(self, losses: Tensor) -> Tensor:
+        return self.step_weights(losses) * losses
+
+    def step_weights(self, losses: Tensor) -> Tensor:
         weights = self._step_weights
         if weights is None:  # no step begun since construction or a load: the loaded weights, else the losses'
             values = self.weights or famo_weights(
@@ -101,7 +104,7 @@ class FAMO(LossWeighting):
             )
             weights = on_device_of(torch.tensor(values, dtype=losses.dtype), losses)
         check_num_tasks(self.method_name, weights.shape[0], losses.shape[0])
-        return weights.to(losses.dtype) * losses
+        return weights.to(losses.dtype)
 
 
 def _as_tensor(values: list[float] | None) -> Tensor | None:

@@ -42,11 +42,14 @@ class GeometricLossStrategy(LossWeighting):
         self.weights = self._weights(losses.detach())
 
     def weigh(self, losses: Tensor) -> Tensor:
+        return self.step_weights(losses) * losses
+
+    def step_weights(self, losses: Tensor) -> Tensor:
         weights = self.weights
         if weights is None:
             weights = self._weights(losses.detach())
         check_num_tasks(self.method_name, weights.shape[0], losses.shape[0])
-        return weights.to(device=losses.device, dtype=losses.dtype) * losses
+        return weights.to(device=losses.device, dtype=losses.dtype)
 
     def _weights(self, losses: Tensor) -> Tensor:
         values = check_positive(self.method_name, losses)

@@ -22,3 +22,10 @@ class ImpartialLossWeighting(LearnedLogScales):
 
     def scale(self, log_scales: Tensor, losses: Tensor) -> Tensor:
         return torch.exp(log_scales) * losses - log_scales
+
+    def factors(self, log_scales: Tensor) -> Tensor:
+        return torch.exp(log_scales)
+
+    def learnable_grads(self, losses: Tensor, weights: Tensor) -> list[Tensor]:
+        """exp(s_i) L_i - 1."""
+        return [(weights * losses - 1).to(self.log_scales.dtype)]

@@ -47,7 +47,10 @@ class RandomLossWeighting(LossWeighting):
         )
 
     def weigh(self, losses: Tensor) -> Tensor:
+        return self.step_weights(losses) * losses
+
+    def step_weights(self, losses: Tensor) -> Tensor:
         if self.weights is None:
             raise MethodError(f"{self.method_name}: no weights drawn yet; call begin_step(losses, generator) first")
         check_num_tasks(self.method_name, self.weights.shape[0], losses.shape[0])
-        return self.weights.to(device=losses.device, dtype=losses.dtype) * losses
+        return self.weights.to(device=losses.device, dtype=losses.dtype)

@@ -50,3 +50,11 @@ class ScaleInvariant(LossWeighting):
             check_positive(self.method_name, anchor)
         anchor = anchor.to(losses.dtype)
         return anchor.log() + (losses - anchor) / anchor
+
+    def step_weights(self, losses: Tensor) -> Tensor:
+        """1 / L0, the gradient of ``weigh`` in L."""
+        anchor = self.anchor
+        if anchor is None:
+            anchor = losses.detach()
+            check_positive(self.method_name, anchor)
+        return anchor.to(losses.dtype).reciprocal()

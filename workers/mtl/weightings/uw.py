@@ -65,6 +65,14 @@ class LearnedLogScales(LossWeighting):
     def scale(self, log_scales: Tensor, losses: Tensor) -> Tensor:
         raise NotImplementedError
 
+    def step_weights(self, losses: Tensor) -> Tensor:
+        """The scales' factors, fixed in the step (the optimizer moves s between steps)."""
+        check_num_tasks(self.method_name, self.log_scales.shape[0], losses.shape[0])
+        return self.factors(self.log_scales.detach().to(losses.dtype))
+
+    def factors(self, log_scales: Tensor) -> Tensor:
+        raise NotImplementedError
+
 
 @register(
     "weighting",
@@ -83,3 +91,10 @@ class UncertaintyWeighting(LearnedLogScales):
 
     def scale(self, log_scales: Tensor, losses: Tensor) -> Tensor:
         return torch.exp(-log_scales) * losses + log_scales
+
+    def factors(self, log_scales: Tensor) -> Tensor:
+        return torch.exp(-log_scales)
+
+    def learnable_grads(self, losses: Tensor, weights: Tensor) -> list[Tensor]:
+        """1 - exp(-s_i) L_i."""
+        return [(1 - weights * losses).to(self.log_scales.dtype)]
