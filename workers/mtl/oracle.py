@@ -86,20 +86,25 @@ class StepRecord:
 class OneBackwardInputs:
     """What every one-backward step (``GradientOracle.weighted_sum_step``) of a step object reuses: the parameters
     its backward fills, and for the fused pass that scales the summed shared gradients to their mean and flags a
-    NaN or inf on the way (the kernel that unscales mixed-precision gradients) its factor 1/K and its flag, which
-    stays zero between steps. A few K-sized tensors and lists per step cost more than the rest of the step does
-    beyond plain backprop on a small model.
-
-    ``flag_and_scale`` is None where the pass does not apply: one task, or float64 gradients, which its float32
-    factor would round (they are divided exactly and checked apart)."""
+    NaN or inf on the way (the kernel that unscales mixed-precision gradients) its flag, which stays zero between
+    steps, and its factor 1/K. A few K-sized tensors and lists per step cost more than the rest of the step does
+    beyond plain backprop on a small model."""
 
     def __init__(self, shared: FlatParams, heads: Sequence[FlatParams]) -> None:
         self.shared = tuple(shared.params)
         self.params = (*self.shared, *(param for head in heads for param in head.params))
+        self.num_tasks = len(heads)
         self.flag_and_scale: tuple[Tensor, Tensor] | None = None
-        if len(heads) > 1 and all(param.dtype != torch.float64 for param in self.shared):
-            device = shared.device
-            self.flag_and_scale = torch.zeros(1, device=device), torch.full((1,), 1 / len(heads), device=device)
+
+    def fused_pass(self, grads: Sequence[Tensor]) -> tuple[Tensor, Tensor] | None:
+        """The flag and the factor for ``grads``, on their device; None where the pass does not apply: one task,
+        or float64 gradients, which its float32 factor would round (they are divided exactly and checked apart)."""
+        if self.num_tasks == 1 or any(grad.dtype == torch.float64 for grad in grads):
+            return None
+        device = grads[0].device
+        if self.flag_and_scale is None or self.flag_and_scale[0].device != device:
+            self.flag_and_scale = torch.zeros(1, device=device), torch.full((1,), 1 / self.num_tasks, device=device)
+        return self.flag_and_scale
 
 
 class GradientOracle:
@@ -219,8 +224,9 @@ class GradientOracle:
             if param.grad is None:
                 param.grad = torch.zeros_like(param)
         shared_grads = [param.grad for param in reused.shared]
-        if reused.flag_and_scale is not None:  # the mean and its check in one pass (see ``OneBackwardInputs``)
-            flag, scale = reused.flag_and_scale
+        fused = reused.fused_pass(shared_grads)
+        if fused is not None:  # the mean and its check in one pass
+            flag, scale = fused
             torch._amp_foreach_non_finite_check_and_unscale_(shared_grads, flag, scale)
             [[non_finite]] = self.host_values(flag)
             if non_finite:
