@@ -574,17 +574,21 @@ class GradientOracle:
     def host_values(self, *tensors: Tensor) -> list[list[float]]:
         """What ``on_host`` reads, as Python numbers (one flat list per tensor): a flag or a few norms need no
         tensor on the host. The tensors are floating or boolean: ``cat`` promotes them to a type that holds
-        each of them exactly, and a Python float holds that."""
+        each of them exactly, and a Python float holds that. Tensors all on the CPU are read each by itself: no
+        transfer to share, and the ``cat`` would cost more than the reads."""
         unread = self.record.losses is not None and self.record.host_loss_values is None
-        parts = [self.record.losses, *tensors] if unread else list(tensors)
+        parts: list[Tensor] = [self.record.losses, *tensors] if unread else list(tensors)  # type: ignore[list-item]
         if not parts:
             return []
-        flat = [part if part.dim() == 1 else part.reshape(-1) for part in parts]  # type: ignore[union-attr]
-        values = torch.cat(flat).tolist()
-        pieces, start = [], 0
-        for part in parts:
-            pieces.append(values[start : start + part.numel()])  # type: ignore[union-attr]
-            start += part.numel()  # type: ignore[union-attr]
+        flat = [part if part.dim() == 1 else part.reshape(-1) for part in parts]
+        if all(part.is_cpu for part in flat):
+            pieces = [part.tolist() for part in flat]
+        else:
+            values = torch.cat(flat).tolist()
+            pieces, start = [], 0
+            for part in flat:
+                pieces.append(values[start : start + part.numel()])
+                start += part.numel()
         if unread:
             losses = pieces.pop(0)
             self.record.host_loss_values = losses
