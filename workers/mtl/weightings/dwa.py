@@ -38,11 +38,10 @@ class DynamicWeightAverage(LossWeighting):
         self._ones: Tensor | None = None
 
     def begin_step(self, losses: Tensor, generator: torch.Generator | None = None) -> None:
-        losses = losses.detach().to(torch.float64)
         if self.loss_sum is None:
-            self.loss_sum = torch.zeros_like(losses)
+            self.loss_sum = torch.zeros(losses.shape, dtype=torch.float64, device=losses.device)
         check_num_tasks(self.method_name, self.loss_sum.shape[0], losses.shape[0])
-        self.loss_sum = self.loss_sum + losses
+        self.loss_sum.add_(losses.detach())  # in float64, where the losses widen exactly; the state is cloned out
         self.steps += 1
 
     def end_epoch(self) -> None:
