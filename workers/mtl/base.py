@@ -241,8 +241,8 @@ class LossWeighting(Stateful):
         raise NotImplementedError
 
     def step_weights(self, losses: Tensor) -> Tensor | None:
-        """The K weights w of a weighting whose weighted losses' gradients are those of ``w * losses`` with w
-        fixed in the step (not learned), on the losses' device and in their dtype; None for the others. A
+        """The K weights w of a weighting whose weighted losses' gradients in the losses are those of ``w * losses``
+        with w fixed in the step, on the losses' device and in their dtype; None for the others. A
         one-backward step passes w into the backward of the raw losses as their output gradient, which gives
         the weighted sum's gradient without a product and a sum in the graph and their backward. A weighting with
         learnable parameters that gives step weights gives their gradients too (``learnable_grads``)."""

@@ -87,8 +87,8 @@ class OneBackwardInputs:
     """What every one-backward step (``GradientOracle.weighted_sum_step``) of a step object reuses: the parameters
     its backward fills, and for the fused pass that scales the summed shared gradients to their mean and flags a
     NaN or inf on the way (the kernel that unscales mixed-precision gradients) its flag, which stays zero between
-    steps, and its factor 1/K. A few K-sized tensors and lists per step cost more than the rest of the step does
-    beyond plain backprop on a small model."""
+    steps, and its factor 1/K. On a small model a few K-sized tensors and lists made per step are a measurable
+    share of what the step costs beyond plain backprop."""
 
     def __init__(self, shared: FlatParams, heads: Sequence[FlatParams]) -> None:
         self.shared = tuple(shared.params)
