@@ -33,10 +33,10 @@ from flatmtl.workers.mtl.trunk import TrunkCut
 DEFAULT_DIAGNOSTICS_EVERY = 200
 """Steps between diagnostics steps, where per-task gradients and their Gram are taken even for methods that
 need neither (an averaging aggregator takes one backward otherwise). The first step is one. A diagnostics
-step costs what K per-task gradients cost (about five plain steps on an MLP with 14 tasks), so spread over
-this many it adds about 2% to the EW family's steps (``benchmarks/mtl_baselines.py``), while a run of
-hundreds of steps per epoch still reports them every epoch and a dashboard scraped every few seconds sees
-the series move."""
+step costs what K per-task gradients cost (several plain steps on a model with many tasks), so it is spread
+thin enough that the EW family stays close to plain backprop (``benchmarks/mtl_baselines.py`` measures the
+share), while a run of hundreds of steps per epoch still reports them every epoch and a dashboard scraped every
+few seconds sees the series move."""
 
 
 class MultiTaskModel(Protocol):
