@@ -19,7 +19,16 @@ from typing import Any
 import httpx
 import pytest
 
-from flatmtl.workers.worker.service_demo import TERMINAL, WORKER_COMMAND, api_call
+from flatmtl.workers.worker.service_demo import (
+    API_COMMAND,
+    TERMINAL,
+    WORKER_COMMAND,
+    api_call,
+    api_client,
+    free_port,
+    process,
+    wait_healthy,
+)
 
 TASKS = ("top_left", "bottom_right")
 TRAIN_SIZE = 128
@@ -162,6 +171,23 @@ class Service:
             return job if job["state"] in TERMINAL else None
 
         return wait_until(ended, timeout_s, f"job {job_id} to end", interval_s=0.5)
+
+
+@contextlib.contextmanager
+def running_service(out: Path, env: dict[str, str], token: str) -> Iterator[Service]:
+    """A worker (``start_worker``) and the API on a free loopback port, with a client holding ``token``: the
+    service as a user meets it. Logs go to ``out``."""
+    port = free_port()
+    worker = start_worker(env, out / "worker.log")
+    try:
+        with (
+            process([*API_COMMAND, "--port", str(port)], env, out / "api.log") as api,
+            api_client(f"http://127.0.0.1:{port}", token) as client,
+        ):
+            wait_healthy(client, api, out / "api.log", timeout_s=60)
+            yield Service(client, out, worker)
+    finally:
+        stop(worker)
 
 
 @dataclass

@@ -19,23 +19,17 @@ from click.testing import CliRunner
 
 from flatmtl.service.cli import submit
 from flatmtl.workers.worker.service_demo import (
-    API_COMMAND,
     api_call,
-    api_client,
     create_demo_token,
-    free_port,
-    process,
     service_env,
-    wait_healthy,
 )
 from tests.worker.cluster import (
     TASKS,
     Service,
     line_count,
     require_ray,
-    start_worker,
+    running_service,
     steps_per_epoch,
-    stop,
     tiny,
     wait_until,
 )
@@ -50,18 +44,9 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     require_ray()
     out = tmp_path_factory.mktemp("service")
     token = create_demo_token(out, "tester")
-    port = free_port()
     env = service_env(out, FLATMTL_LEASE_SECONDS=str(LEASE_SECONDS), FLATMTL_RAY_STORAGE=str(out / SHARED_STORAGE))
-    worker = start_worker(env, out / "worker.log")
-    try:
-        with (
-            process([*API_COMMAND, "--port", str(port)], env, out / "api.log") as api,
-            api_client(f"http://127.0.0.1:{port}", token) as client,
-        ):
-            wait_healthy(client, api, out / "api.log", timeout_s=60)
-            yield Service(client, out, worker)
-    finally:
-        stop(worker)
+    with running_service(out, env, token) as service:
+        yield service
 
 
 def accuracy_mean(record: dict[str, Any]) -> float:

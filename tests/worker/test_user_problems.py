@@ -21,19 +21,15 @@ import pytest
 
 from flatmtl.service import code as code_archives
 from flatmtl.workers.worker.service_demo import (
-    API_COMMAND,
     api_call,
     api_client,
     create_demo_token,
-    free_port,
-    process,
     service_env,
-    wait_healthy,
 )
 from tests.problems.plugin_dists import pip_install_example
 from tests.problems.tables import mixed_columns, mixed_tables, write, yeast_tables
 from tests.service.test_code import _tar
-from tests.worker.cluster import Service, code_token, require_ray, start_worker, stop, wait_until
+from tests.worker.cluster import Service, code_token, require_ray, running_service, wait_until
 
 WAVES = """
 import torch
@@ -67,21 +63,11 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     require_ray()
     out = tmp_path_factory.mktemp("table_service")
     token = create_demo_token(out, "tester")
-    port = free_port()
     site = pip_install_example(out / "site")
-    env = service_env(out, PYTHONPATH=str(site))
-    worker = start_worker(env, out / "worker.log")
-    try:
-        with (
-            process([*API_COMMAND, "--port", str(port)], env, out / "api.log") as api,
-            api_client(f"http://127.0.0.1:{port}", token) as client,
-        ):
-            wait_healthy(client, api, out / "api.log", timeout_s=60)
-            # the worker advertises once its Ray is up: from then on the API checks names against it
-            wait_until(lambda: api_call(client, "GET", "/v1/problems")["problems"], 240, "the worker to advertise")
-            yield Service(client, out, worker)
-    finally:
-        stop(worker)
+    with running_service(out, service_env(out, PYTHONPATH=str(site)), token) as service:
+        # the worker advertises once its Ray is up: from then on the API checks names against it
+        wait_until(lambda: api_call(service.client, "GET", "/v1/problems")["problems"], 240, "the worker to advertise")
+        yield service
 
 
 def _spec(problem: str, options: dict[str, Any], **overrides: Any) -> dict[str, Any]:
