@@ -13,7 +13,7 @@ import os
 import re
 import tarfile
 import time
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -122,22 +122,30 @@ def spec_digest(spec: Mapping[str, Any]) -> str | None:
     return named if isinstance(named, str) else None
 
 
-def prune(artifact_root: Path, keep: Collection[str], unused_for_s: float, now: float | None = None) -> list[str]:
-    """Delete the stored archives that no digest in ``keep`` names (the unfinished jobs' code) and that nobody
-    uploaded or ran for ``unused_for_s`` seconds; their digests. A job retried after that fails naming the
-    missing digest, and uploading the same code again brings it back."""
+def prune(
+    artifact_root: Path, in_use: Callable[[], Collection[str]], unused_for_s: float, now: float | None = None
+) -> list[str]:
+    """Delete the stored archives that nobody uploaded or ran for ``unused_for_s`` seconds and that no digest
+    of ``in_use()`` names (the unfinished jobs' code); their digests. ``in_use`` is asked only when some
+    archive is that old, so a store of fresh archives costs a directory listing. A job retried after that fails
+    naming the missing digest, and uploading the same code again brings it back."""
     folder = artifact_root / "code"
     if not folder.is_dir():
         return []
     cutoff = (time.time() if now is None else now) - unused_for_s
-    removed = []
+    stale = {}
     for path in folder.glob("*.tar.gz"):
-        code_digest = "sha256:" + path.name.removesuffix(".tar.gz")
         try:
-            stale = path.stat().st_mtime < cutoff
+            if path.stat().st_mtime < cutoff:
+                stale["sha256:" + path.name.removesuffix(".tar.gz")] = path
         except FileNotFoundError:  # pruned by another worker
             continue
-        if stale and code_digest not in keep:
+    if not stale:
+        return []
+    keep = set(in_use())
+    removed = []
+    for code_digest, path in stale.items():
+        if code_digest not in keep:
             path.unlink(missing_ok=True)
             removed.append(code_digest)
     return removed

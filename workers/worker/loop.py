@@ -239,10 +239,13 @@ class Worker:
     def prune_code(self) -> None:
         """Delete the shipped code that no unfinished job names and nobody used for ``code_retention_days``."""
         retention_days = self.settings.code_retention_days
-        with self.db.read() as session:
-            keep = {code.spec_digest(spec) for spec in jobs.unfinished_specs(session)} - {None}
-        for digest in code.prune(self.settings.artifacts, keep, retention_days * 86400):
+        for digest in code.prune(self.settings.artifacts, self._code_in_use, retention_days * 86400):
             log.info("deleted shipped code %s: no unfinished job names it, unused for %g days", digest, retention_days)
+
+    def _code_in_use(self) -> set[str]:
+        """The code digests the unfinished jobs name."""
+        with self.db.read() as session:
+            return {digest for spec in jobs.unfinished_specs(session) if (digest := code.spec_digest(spec))}
 
     def advertise(self, *, force: bool = False) -> None:
         """Refresh what this worker can run in the database, at most every heartbeat interval."""
