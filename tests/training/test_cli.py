@@ -119,6 +119,15 @@ def test_flatness_of_the_trained_checkpoint(finished_run: tuple[Path, list[dict]
     after = load(RunDirectory(out).latest)["model"]
     assert all(torch.equal(before[k], after[k]) for k in before)
 
+    # batches collated by loader processes are the thread's: every measure is the same, bit for bit
+    result = CliRunner().invoke(flatness_command, [*args, "--loader-workers", "2"])
+    assert result.exit_code == 0, result.output
+    by_processes = json.loads(result.stdout)
+    assert by_processes["settings"]["loader_workers"] == 2
+    assert {k: v for k, v in by_processes.items() if k != "settings"} == {
+        k: v for k, v in report.items() if k != "settings"
+    }
+
     # a zero radius perturbs nothing: the r-ball metrics are the unperturbed ones, exactly
     result = CliRunner().invoke(flatness_command, [*args, "--radius", "0"])
     report = json.loads(result.stdout)

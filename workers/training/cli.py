@@ -148,6 +148,12 @@ def train_command(
 @click.option("--draws", type=click.IntRange(min=1), default=5, show_default=True)
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
+@click.option(
+    "--loader-workers",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Processes collating batches (0: a thread) [default: the run's loader_workers].",
+)
 @click.option("--json", "as_json", is_flag=True)
 def flatness_command(
     run_dir: Path,
@@ -161,6 +167,7 @@ def flatness_command(
     draws: int,
     seed: int,
     device: str,
+    loader_workers: int | None,
     as_json: bool,
 ) -> None:
     """Per-task rho-sharpness, top Hessian eigenvalue and metrics inside an r-ball, into RUN_DIR/flatness.json."""
@@ -180,6 +187,7 @@ def flatness_command(
         radius=radius,
         draws=draws,
         seed=seed,
+        loader_workers=loader_workers,
     )
     try:
         where = resolve_device(device, 1, torch.cuda.device_count())

@@ -29,7 +29,7 @@ from flatmtl.service.specs.train import TrainSpec
 from flatmtl.workers import problems
 from flatmtl.workers.training import checkpoint
 from flatmtl.workers.training.config import RunOptions, model_name, split_references
-from flatmtl.workers.training.data import collate, model_input, to_device
+from flatmtl.workers.training.data import model_input, prefetch, resolve_workers
 from flatmtl.workers.training.evaluation import evaluate
 from flatmtl.workers.training.rundir import RunDirectory
 
@@ -177,6 +177,8 @@ class FlatnessSettings:
     draws: int = 5
     seed: int = 0
     batch_size: int = 256
+    loader_workers: int | None = None
+    """Processes collating the batches (0: a thread); None: the run's own setting, else as training chooses."""
 
 
 def evaluate_run(
@@ -190,7 +192,8 @@ def evaluate_run(
 
     Losses are means over a fixed, seeded subset of ``samples`` items of the split (the model in eval mode);
     the r-ball metrics use the whole split. Random draws come from a CPU generator seeded by ``settings.seed``,
-    so they are the same on every device.
+    so they are the same on every device. Batches are collated as in training (``loader_workers``), so the
+    loss batches, held on the device for every ascent and power iteration, equal those of a thread.
     """
     run = RunDirectory(run_dir)
     spec = TrainSpec.model_validate(run.read_json(run.config))
@@ -204,12 +207,15 @@ def evaluate_run(
     model.eval()
 
     data = problem.dataset(settings.split)
+    requested = spec.loader_workers if settings.loader_workers is None else settings.loader_workers
+    workers = resolve_workers(requested, data, device, None)
     size = len(data)  # type: ignore[arg-type]
     order = np.random.default_rng(settings.seed).permutation(size)[: min(settings.samples, size)]
-    batches = [
-        to_device(collate(data, order[start : start + settings.batch_size]), device, dtype)
-        for start in range(0, len(order), settings.batch_size)
-    ]
+    chunks = enumerate(
+        order[start : start + settings.batch_size] for start in range(0, len(order), settings.batch_size)
+    )
+    with prefetch(data, chunks, device, dtype, workers) as loaded:
+        batches = [batch for _, _, batch in loaded]
 
     def task_loss(task: int) -> LossFn:
         def loss() -> Tensor:
@@ -241,7 +247,15 @@ def evaluate_run(
         }
 
     def score() -> dict[str, float]:
-        return evaluate(problem, model, settings.split, device=device, dtype=dtype, batch_size=settings.batch_size)
+        return evaluate(
+            problem,
+            model,
+            settings.split,
+            device=device,
+            dtype=dtype,
+            batch_size=settings.batch_size,
+            loader_workers=workers,
+        )
 
     unperturbed = score()
     mean, spread = perturbed_metrics(
