@@ -224,21 +224,11 @@ def stage_core_parity(device: torch.device) -> dict[str, Any]:
     }
 
 
-def _moved(value: Any, device: torch.device) -> Any:
-    """Every tensor of a loaded method state on ``device``, as the trainer restores one."""
-    if isinstance(value, Tensor):
-        return value.to(device)
-    if isinstance(value, dict):
-        return {key: _moved(item, device) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return type(value)(_moved(item, device) for item in value)
-    return value
-
-
 def stage_state_round_trips(device: torch.device) -> dict[str, Any]:
     import io
 
     from flatmtl.workers import mtl
+    from flatmtl.workers.mtl.step import state_on_device
 
     methods = [("weighting", n) for n in _names("weighting")] + [("aggregator", n) for n in _names("aggregator")]
     methods += [("wrapper", n) for n in _names("wrapper")]
@@ -260,8 +250,7 @@ def stage_state_round_trips(device: torch.device) -> dict[str, Any]:
                 twin, tx, ty = _problem("mlp", device)
                 twin.load_state_dict({k: v.to(device) for k, v in model.state_dict().items()})
                 resumed = mtl.MTLStep.from_model(twin, seed=0, **chosen)
-                state = saved["state"]
-                resumed.load_state_dict({**_moved(state, device), "generator": state["generator"]})
+                resumed.load_state_dict(state_on_device(saved["state"], device))
                 with torch.no_grad():
                     for param, value in zip(resumed.parameters(), saved["learned"], strict=True):
                         param.copy_(value)

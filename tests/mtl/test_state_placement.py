@@ -14,7 +14,7 @@ from torch import Tensor
 
 from flatmtl.workers import mtl
 from flatmtl.workers.mtl.flat import FlatParams
-from flatmtl.workers.mtl.step import reseeded
+from flatmtl.workers.mtl.step import GENERATOR_STATES, reseeded, state_on_device
 from tests.mtl.models import tiny_problem
 
 
@@ -73,6 +73,30 @@ def test_a_generator_state_from_another_device_type_reseeds_deterministically() 
     after = torch.randn(3, generator=same_type.generator)
     same_type.load_state_dict(state)
     torch.testing.assert_close(torch.randn(3, generator=same_type.generator), after, rtol=0, atol=0)
+
+
+def test_a_state_placed_on_the_run_device_keeps_its_generator_states_on_the_cpu() -> None:
+    """Torch's generators (CUDA's too) take their states only as CPU byte tensors: a checkpoint loader that moved
+    them to the GPU with the methods' tensors made every resumed CUDA step fail in ``load_state_dict``. The meta
+    device stands in for the GPU: what moves there moves to any device."""
+    model, x, targets = tiny_problem()
+    step = mtl.MTLStep.from_model(model, aggregator="moco", wrapper="samo", seed=1)
+    for _ in range(2):
+        step(lambda: model.task_losses(x, targets))
+    state = step.state_dict()
+    state["host_generator"] = torch.Generator().manual_seed(2).get_state()  # as a CUDA step saves it
+    placed = state_on_device(state, "meta")
+    assert placed["aggregator"]["tracked"].device.type == "meta"
+    for key in GENERATOR_STATES:
+        assert placed[key] is state[key] and (state[key].device.type, state[key].dtype) == ("cpu", torch.uint8)
+    resumed = mtl.MTLStep.from_model(model, aggregator="moco", wrapper="samo", seed=1)
+    resumed.load_state_dict(state_on_device(step.state_dict(), "cpu"))
+    model.zero_grad()
+    step(lambda: model.task_losses(x, targets))
+    expected = shared_grad(model)
+    model.zero_grad()
+    resumed(lambda: model.task_losses(x, targets))
+    torch.testing.assert_close(shared_grad(model), expected, rtol=0, atol=0)
 
 
 def test_tasks_without_head_parameters_get_empty_gradients_with_the_shared_ones() -> None:

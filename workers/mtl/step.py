@@ -228,6 +228,28 @@ class MTLStep:
             self.host_generator.set_state(host_state)
 
 
+GENERATOR_STATES = ("generator", "host_generator")
+"""``MTLStep.state_dict()``'s generator states: byte tensors that torch's generators, CUDA's included, take only on
+the CPU (a CPU or CUDA generator's ``set_state`` refuses a state on a GPU)."""
+
+
+def state_on_device(state: dict[str, Any], device: torch.device | str) -> dict[str, Any]:
+    """A saved ``MTLStep.state_dict()`` with the methods' tensors on the run's ``device`` (a checkpoint is loaded on
+    the CPU) and the generator states left on the CPU, where ``load_state_dict`` can hand them to the generators.
+    Methods that keep state on the host move it back there themselves (``Stateful.host_state_keys``)."""
+    return {key: value if key in GENERATOR_STATES else _on_device(value, device) for key, value in state.items()}
+
+
+def _on_device(value: Any, device: torch.device | str) -> Any:
+    if isinstance(value, Tensor):
+        return value.to(device)
+    if isinstance(value, dict):
+        return {key: _on_device(item, device) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_on_device(item, device) for item in value)
+    return value
+
+
 def reseeded(generator_state: Tensor) -> int:
     """A seed derived from a generator state saved on another device type. CPU (Mersenne Twister) and CUDA
     (Philox) generators share neither their state layout nor their draws, so a run that resumes across device

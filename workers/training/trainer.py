@@ -34,7 +34,7 @@ from flatmtl.workers import problems
 from flatmtl.workers.engine.sharding_modes import build_sharding_mode
 from flatmtl.workers.mtl.errors import MethodError, NonFiniteLossesError
 from flatmtl.workers.mtl.oracle import StepRecord
-from flatmtl.workers.mtl.step import MTLStep
+from flatmtl.workers.mtl.step import MTLStep, state_on_device
 from flatmtl.workers.problems import delta_m
 from flatmtl.workers.training import checkpoint, determinism, plots
 from flatmtl.workers.training.config import RunOptions, model_name, split_references
@@ -159,8 +159,7 @@ class Trainer:
         the learnable weights when it is built."""
         if saved is None:
             return
-        method_state = saved["mtl_step"]
-        step.load_state_dict({**_on_device(method_state, self.ctx.device), "generator": method_state["generator"]})
+        step.load_state_dict(state_on_device(saved["mtl_step"], self.ctx.device))
         with torch.no_grad():
             for param, value in zip(step.parameters(), saved["weighting_parameters"], strict=True):
                 param.copy_(value)
@@ -433,14 +432,3 @@ def _recorded(spec: dict[str, Any], key: str) -> Any:
     if key in spec:
         return spec[key]
     return to_jsonable_python(TrainSpec.model_fields[key].get_default(call_default_factory=True))
-
-
-def _on_device(value: Any, device: torch.device) -> Any:
-    """Method state saved on CPU, back on the run's device."""
-    if isinstance(value, Tensor):
-        return value.to(device)
-    if isinstance(value, dict):
-        return {k: _on_device(v, device) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return type(value)(_on_device(v, device) for v in value)
-    return value
