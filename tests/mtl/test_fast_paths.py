@@ -202,6 +202,32 @@ def test_auto_gradient_mode_measures_both_paths_and_records_its_choice() -> None
     assert step.gradient_engine.mode == ("batched" if faster_batched else "sequential")
 
 
+def test_auto_gradient_mode_chooses_without_timing_where_runs_must_repeat_bit_for_bit() -> None:
+    """Two runs of one deterministic spec could time the paths differently and then round differently: with
+    deterministic algorithms on, ``auto`` keeps the batched path and never runs the sequential one to time it."""
+    from flatmtl.workers.mtl.task_gradients import TaskGradientEngine
+
+    calls = {"batched": 0, "sequential": 0}
+
+    def counted(path: str) -> Callable[[bool], str]:
+        def run(keep: bool) -> str:
+            calls[path] += 1
+            return path
+
+        return run
+
+    model, x, targets = tiny_problem()
+    engine = TaskGradientEngine("auto")
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        losses = model.task_losses(x, targets)
+        results = [engine._run(counted("batched"), counted("sequential"), False, [losses], 3) for _ in range(3)]
+    finally:
+        torch.use_deterministic_algorithms(False)
+    assert results == ["batched"] * 3 and calls == {"batched": 3, "sequential": 0}
+    assert engine.mode == "batched" and engine.choice["gradient_mode/by_rule"] == 1.0
+
+
 def test_auto_mode_rides_out_an_out_of_memory_batched_backward() -> None:
     """K gradients at once may not fit where K sequential ones do: that call goes sequential, and only repeated
     failures settle on sequential for good (an operator without a batching rule still does at once)."""

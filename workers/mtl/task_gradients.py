@@ -7,10 +7,12 @@ first call takes the batched path (warming it up), its second times both paths o
 the faster for good (``choice``). One rule decides without measuring: on the CPU, a graph with a convolution at up
 to ``CONVOLUTION_RULE_MAX_TASKS`` tasks takes sequential backwards from the first call (vmap runs a convolution's
 backward over K output gradients slower than K separate backwards there, and the gap grows with K), so the batched
-path's memory and first-use costs are never paid. An operator with no batching rule makes ``auto`` fall back to
-sequential at once, and running out of CUDA memory takes the sequential path for that call (for good after a few).
-From a trunk of linear layers and activations, both batched modes skip autograd for batched matrix products
-(``flatmtl.workers.mtl.linear_trunk``).
+path's memory and first-use costs are never paid. With deterministic algorithms on (a training spec's
+``deterministic``), ``auto`` keeps the batched path without timing it: timings differ from run to run and the two
+paths round differently, so a choice by timing would break the bit-for-bit repeat. An operator with no batching
+rule makes ``auto`` fall back to sequential at once, and running out of CUDA memory takes the sequential path for
+that call (for good after a few). From a trunk of linear layers and activations, both batched modes skip autograd
+for batched matrix products (``flatmtl.workers.mtl.linear_trunk``).
 
 Every backward with given output gradients other than the batched one differentiates a scalar that hands them
 to the outputs (``with_output_gradients``) instead of passing them as ``grad_outputs``: the same numbers, without
@@ -154,6 +156,12 @@ class TaskGradientEngine:
             self.mode = "sequential"
             return sequential(retain_graph)
         if self._auto_calls == 1:  # the first call warms the batched path up; its time is not representative
+            return result
+        if torch.are_deterministic_algorithms_enabled():
+            # Timings differ from run to run, and the two paths round differently: a run that must repeat bit for
+            # bit keeps the batched path without measuring.
+            self.mode = "batched"
+            self.choice = {"gradient_mode/batched": 1.0, "gradient_mode/by_rule": 1.0}
             return result
         del result  # the measurement's batched gradients are not held while the sequential ones are taken
         started = _settled_clock()

@@ -11,13 +11,14 @@ norms of shards, trunk rows) take fixed orders, with no atomics. On CUDA, by def
 
 So CUDA runs differ in the last bits between repeats, and a resumed run drifts from an uninterrupted one by
 as much. ``deterministic: true`` (a training spec's field, ``flatmtl train --deterministic``) asks torch for
-deterministic kernels everywhere one exists, fixes cuBLAS's workspace and turns TF32 off in convolutions and
-matrix products; runs then repeat bit for bit on the same GPU model, driver and library versions (slower:
-cuDNN loses its fastest algorithms). Kernels without a deterministic CUDA implementation (adaptive average
-pooling's and bilinear interpolation's backward, ``bincount`` in some metrics) warn once and stay as they
-are; a model that uses them is reproducible up to them. Never bit-exact whatever the setting: CPU against
-CUDA results (different kernels), runs across GPU models or library versions, NCCL against gloo sums, and a
-resume that changes the device type (the step's random stream is reseeded then).
+deterministic kernels everywhere one exists, fixes cuBLAS's workspace, turns TF32 off in convolutions and
+matrix products, and has the step's ``gradient_mode="auto"`` keep one per-task gradient path without timing the
+two (a choice by timing could differ between two runs); runs then repeat bit for bit on the same GPU model,
+driver and library versions (slower: cuDNN loses its fastest algorithms). Kernels without a deterministic CUDA
+implementation (adaptive average pooling's and bilinear interpolation's backward, ``bincount`` in some metrics)
+warn once and stay as they are; a model that uses them is reproducible up to them. Never bit-exact whatever the
+setting: CPU against CUDA results (different kernels), runs across GPU models or library versions, NCCL against
+gloo sums, and a resume that changes the device type (the step's random stream is reseeded then).
 """
 
 from __future__ import annotations
