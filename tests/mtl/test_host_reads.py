@@ -3,16 +3,22 @@ Gram a K x K solver needs, or the update's finiteness flag), a Gram aggregator's
 own (F-MTL's sum of two does), and a NaN loss is still named as such.
 
 On CUDA each read makes the host wait for the queued kernels (``benchmarks/gpu_check.py`` counts the syncs
-themselves with ``torch.cuda.set_sync_debug_mode``); here the oracle's own reads are counted, through the
-step's ``oracle_class`` extension point."""
+themselves with ``torch.cuda.set_sync_debug_mode``). Here the oracle's own reads are counted, through the
+step's ``oracle_class`` extension point, and every other op that would make a CUDA host wait is caught by a
+dispatch mode that follows which tensors were computed from the step's inputs (those a CUDA run keeps on the
+GPU) rather than from the host copies."""
 
 from __future__ import annotations
 
-from typing import ClassVar
+from collections.abc import Callable
+from typing import Any, ClassVar
 
 import pytest
 import torch
 from torch import Tensor
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+from torch.utils.weak import WeakIdKeyDictionary
 
 from flatmtl.workers import mtl
 from flatmtl.workers.mtl.errors import NonFiniteLossesError
@@ -63,3 +69,91 @@ def test_a_nan_loss_is_named_though_it_is_read_late(wrapper: str) -> None:
         step(lambda: model.task_losses(x, targets) * scale)
     assert caught.value.indices == [1]
     assert "loss closure: losses contain NaN or inf" in str(caught.value)
+
+
+WAITING_OPS = {
+    "_local_scalar_dense",  # float(t), t.item(), bool(t)
+    "is_nonzero",
+    "equal",
+    "nonzero",  # outputs sized by values, as are the ones below
+    "masked_select",
+    "_unique2",
+    "unique_dim",
+    "unique_consecutive",
+    "repeat_interleave",
+}
+
+
+class DeviceWaits(TorchDispatchMode):
+    """Ops that make a CUDA host wait when applied to a tensor computed from ``roots`` (the model, the batch)
+    or drawn from ``device_generator``: a Python number read out of one, or an output sized by its values
+    (``nonzero``, boolean-mask indexing). Tensors built from host copies start clean."""
+
+    def __init__(self, roots: list[Tensor], device_generator: torch.Generator) -> None:
+        super().__init__()
+        self.device_generator = device_generator
+        self.on_device: WeakIdKeyDictionary = WeakIdKeyDictionary()
+        for root in roots:
+            self.on_device[root] = True
+        self.waits: list[str] = []
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        kwargs = kwargs or {}
+        flat = tree_flatten((args, kwargs))[0]
+        from_device = any(
+            (isinstance(value, Tensor) and value in self.on_device) or value is self.device_generator for value in flat
+        )
+        name = func.overloadpacket.__name__
+        masked = name in ("index", "index_put_", "index_put") and any(
+            isinstance(index, Tensor) and index.dtype == torch.bool for index in tree_flatten(args[1])[0]
+        )
+        if from_device and (name in WAITING_OPS or masked):
+            self.waits.append(name)
+        out = func(*args, **kwargs)
+        if from_device:
+            for value in tree_flatten(out)[0]:
+                if isinstance(value, Tensor):
+                    self.on_device[value] = True
+        return out
+
+
+def _closure(model: torch.nn.Module, x: Tensor, targets: Tensor, representation: bool) -> Callable[[], Any]:
+    def closure() -> Any:
+        if not representation:
+            return model.task_losses(x, targets)
+        features = model.trunk(x)
+        predictions = torch.cat([head(features) for head in model.heads], dim=1)
+        return ((predictions - targets) ** 2).mean(dim=0), features
+
+    return closure
+
+
+@pytest.mark.parametrize("aggregator", [method.name for method in mtl.methods("aggregator")])
+def test_outside_its_host_reads_a_step_makes_no_op_that_waits_for_the_device(aggregator: str) -> None:
+    representation = mtl.spec("aggregator", aggregator).factory.uses_representation
+    for wrapper in (method.name for method in mtl.methods("wrapper")):
+        model, x, targets = tiny_problem()
+        hparams = {"rho_shared": 0.05, "rho_task": 0.05} if wrapper == "fmtl" else {}
+        step = mtl.MTLStep.from_model(
+            model, aggregator=aggregator, wrapper=wrapper, wrapper_hparams=hparams, diagnostics_every=10
+        )
+        closure = _closure(model, x, targets, representation)
+        step(closure)  # the first step is a diagnostics step; the second's weighting draws from a past step too
+        step(closure)
+        with DeviceWaits([*model.parameters(), *model.buffers(), x, targets], step.generator) as watched:
+            step(closure)
+        assert watched.waits == [], (wrapper, watched.waits)
+
+
+@pytest.mark.parametrize(("aggregator", "wrapper"), [("mean", "sam"), ("graddrop", "none"), ("mean", "samo")])
+def test_a_non_finite_update_of_finite_losses_fails_the_step_from_its_one_read(aggregator: str, wrapper: str) -> None:
+    """The update no Gram vouches for is checked by the flag read with the losses, not by the aggregator."""
+    model, x, targets = tiny_problem()
+    step = mtl.MTLStep.from_model(model, aggregator=aggregator, wrapper=wrapper, diagnostics_every=10)
+    step.oracle_class = CountedReads
+    step(lambda: model.task_losses(x, targets))
+    weight = model.shared_parameters()[0]
+    CountedReads.reads = []
+    with pytest.raises(mtl.MethodError, match=rf"{aggregator}: update contain NaN or inf"):
+        step(lambda: model.task_losses(x, targets) + torch.sqrt(weight.sum() * 0))  # adds 0; its gradient is NaN
+    assert CountedReads.reads[0] == 1  # one copy: the update's flag, and the losses with it

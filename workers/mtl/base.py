@@ -126,6 +126,8 @@ class Aggregator(Stateful):
     needs_losses: ClassVar[bool] = False
     uses_representation: ClassVar[bool] = False
     averages_gradients: ClassVar[bool] = False
+    update_checked_by_gram: ClassVar[bool] = False
+    """The update combines gradients whose Gram was checked finite, so it is finite without a check of its own."""
 
     def __call__(
         self,
@@ -134,11 +136,14 @@ class Aggregator(Stateful):
         losses: Tensor | None = None,
         generator: torch.Generator | None = None,
         reduce_gram: GramReducer = identity_reducer,
+        check_update: bool = True,
     ) -> Tensor:
+        """The update for ``grads``. ``check_update=False`` leaves an update no Gram vouches for unchecked: a
+        step reads its finiteness with the losses in one host copy instead (``GradientOracle.write``)."""
         check_task_matrix(self.method_name, grads)
         check_losses(self.method_name, losses, grads.shape[0], required=self.needs_losses)
         update = self.aggregate(grads, losses=losses, generator=generator, reduce_gram=reduce_gram)
-        if not isinstance(self, GramAggregator):
+        if check_update and not self.update_checked_by_gram:
             check_finite_through(self.method_name, update, grads, "update")
         return update
 
@@ -172,6 +177,8 @@ class GramAggregator(Aggregator):
     """An aggregator whose update is ``weights(G G^T) @ G``: shardable with a K x K all-reduce.
 
     The gradients' finiteness is checked on the Gram (a NaN or inf in [K, P] shows on its diagonal)."""
+
+    update_checked_by_gram: ClassVar[bool] = True
 
     def weights(
         self, gram: Tensor, *, losses: Tensor | None = None, generator: torch.Generator | None = None

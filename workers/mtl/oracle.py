@@ -540,8 +540,14 @@ class GradientOracle:
             weights = aggregator.weights(reduce_and_remember(wide_gram(representation)), losses=losses)
             update = on_device_of(weights, grads) @ grads
         else:
-            update = aggregator(grads, losses=losses, generator=self.host_generator, reduce_gram=reduce_and_remember)
-            if isinstance(aggregator, GramAggregator):  # weights(finite Gram) @ G: G finite, weights finite
+            update = aggregator(
+                grads,
+                losses=losses,
+                generator=self.host_generator,
+                reduce_gram=reduce_and_remember,
+                check_update=False,
+            )
+            if aggregator.update_checked_by_gram:  # weights(finite Gram) @ G: G finite, weights finite
                 self._finite_update = update
         self.record.seconds_aggregation += self.clock() - started
         if saved is not None:
