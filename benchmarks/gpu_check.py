@@ -32,9 +32,12 @@ on the CPU (gloo for NCCL), which checks the script itself, not the GPU. Exit st
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
 import math
+import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -132,7 +135,21 @@ _partial: Path | None = None
 
 def _save_partial(result: dict[str, Any]) -> None:
     if _partial is not None:
-        _partial.write_text(json.dumps({**result, "partial": True}, default=str))
+        _write_json(_partial, {**result, "partial": True})
+
+
+def _write_json(path: Path, value: dict[str, Any]) -> None:
+    """Whole or not at all: a stage killed by its timeout mid-write leaves the previous result readable."""
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(json.dumps(value, default=str))
+    os.replace(temporary, path)
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def _counted_syncs(device: torch.device, run: Callable[[], Any]) -> int | None:
@@ -550,23 +567,35 @@ def _run_stage(name: str, device: torch.device, out: Path) -> None:
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     _partial = out
-    out.write_text(json.dumps(STAGES[name](device), default=str))
+    _write_json(out, STAGES[name](device))
 
 
 def _launch(name: str, device: str, seconds: float) -> dict[str, Any]:
+    """The stage in a child process of its own process group: a timeout ends it with every process it started
+    (NCCL ranks, loader workers), which would otherwise hold the GPU through the stages after it."""
     with tempfile.TemporaryDirectory(prefix="gpu-check-") as scratch:
         out = Path(scratch) / "result.json"
         command = [sys.executable, __file__, "--run-stage", name, "--device", device, "--result", str(out)]
         started = time.perf_counter()
+        stage = subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+        )
         try:
-            done = subprocess.run(command, capture_output=True, text=True, timeout=seconds, check=False)
+            log, _ = stage.communicate(timeout=seconds)
+            timed_out = False
         except subprocess.TimeoutExpired:
-            partial = json.loads(out.read_text()) if out.exists() else None
-            return {"status": "timeout", "seconds": round(time.perf_counter() - started, 1), "result": partial}
+            timed_out = True
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(stage.pid, signal.SIGKILL)
+        if timed_out:
+            log, _ = stage.communicate()
         elapsed = round(time.perf_counter() - started, 1)
-        if done.returncode != 0 or not out.exists():
-            return {"status": "failed", "seconds": elapsed, "returncode": done.returncode, "log": done.stderr[-4000:]}
-        result = json.loads(out.read_text())
+        result = _read_json(out)
+        if timed_out:
+            return {"status": "timeout", "seconds": elapsed, "result": result, "log": log[-4000:]}
+        if stage.returncode != 0 or result is None:
+            return {"status": "failed", "seconds": elapsed, "returncode": stage.returncode, "log": log[-4000:]}
         status = "ok" if result.get("ok", True) else "mismatch"
         return {"status": status, "seconds": elapsed, "result": result}
 
