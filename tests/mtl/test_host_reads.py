@@ -16,13 +16,11 @@ from typing import Any, ClassVar
 import pytest
 import torch
 from torch import Tensor
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_flatten
-from torch.utils.weak import WeakIdKeyDictionary
 
 from flatmtl.workers import mtl
 from flatmtl.workers.mtl.errors import NonFiniteLossesError
 from flatmtl.workers.mtl.oracle import GradientOracle
+from tests.device_waits import DeviceWaits
 from tests.mtl.models import tiny_problem
 
 
@@ -69,52 +67,6 @@ def test_a_nan_loss_is_named_though_it_is_read_late(wrapper: str) -> None:
         step(lambda: model.task_losses(x, targets) * scale)
     assert caught.value.indices == [1]
     assert "loss closure: losses contain NaN or inf" in str(caught.value)
-
-
-WAITING_OPS = {
-    "_local_scalar_dense",  # float(t), t.item(), bool(t)
-    "is_nonzero",
-    "equal",
-    "nonzero",  # outputs sized by values, as are the ones below
-    "masked_select",
-    "_unique2",
-    "unique_dim",
-    "unique_consecutive",
-    "repeat_interleave",
-}
-
-
-class DeviceWaits(TorchDispatchMode):
-    """Ops that make a CUDA host wait when applied to a tensor computed from ``roots`` (the model, the batch)
-    or drawn from ``device_generator``: a Python number read out of one, or an output sized by its values
-    (``nonzero``, boolean-mask indexing). Tensors built from host copies start clean."""
-
-    def __init__(self, roots: list[Tensor], device_generator: torch.Generator) -> None:
-        super().__init__()
-        self.device_generator = device_generator
-        self.on_device: WeakIdKeyDictionary = WeakIdKeyDictionary()
-        for root in roots:
-            self.on_device[root] = True
-        self.waits: list[str] = []
-
-    def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
-        kwargs = kwargs or {}
-        flat = tree_flatten((args, kwargs))[0]
-        from_device = any(
-            (isinstance(value, Tensor) and value in self.on_device) or value is self.device_generator for value in flat
-        )
-        name = func.overloadpacket.__name__
-        masked = name in ("index", "index_put_", "index_put") and any(
-            isinstance(index, Tensor) and index.dtype == torch.bool for index in tree_flatten(args[1])[0]
-        )
-        if from_device and (name in WAITING_OPS or masked):
-            self.waits.append(name)
-        out = func(*args, **kwargs)
-        if from_device:
-            for value in tree_flatten(out)[0]:
-                if isinstance(value, Tensor):
-                    self.on_device[value] = True
-        return out
 
 
 def _closure(model: torch.nn.Module, x: Tensor, targets: Tensor, representation: bool) -> Callable[[], Any]:
