@@ -295,7 +295,7 @@ class Trainer:
         )
         if not self.ctx.distributed:
             return local
-        flag = torch.tensor([float(local)], device=self.ctx.device)
+        flag = torch.full((1,), float(local), device=self.ctx.device)  # filled there: no copy from the host to wait on
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         return bool(flag.item())
 
