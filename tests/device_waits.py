@@ -25,7 +25,8 @@ WAITING_OPS = {
 class DeviceWaits(TorchDispatchMode):
     """Ops that make a CUDA host wait when applied to a tensor computed from ``roots`` (the model, the batch)
     or drawn from ``device_generator``: a Python number read out of one, or an output sized by its values
-    (``nonzero``, boolean-mask indexing). Tensors built from host copies start clean.
+    (``nonzero``, boolean-mask indexing). Tensors built from host copies start clean, as do those a factory
+    makes (a flag created on the device is not seen: ``set_sync_debug_mode`` on a GPU counts every wait).
 
     What was computed from the roots is followed by storage, not by tensor object: inside ``vmap`` this mode
     sees the unwrapped tensors, and what leaves the transform is a view of them. The storages are held until
