@@ -35,7 +35,6 @@ import argparse
 import contextlib
 import functools
 import json
-import math
 import os
 import signal
 import statistics
@@ -508,7 +507,7 @@ def _digits() -> Any:
     return problems.build("multi_digits", train_size=128, test_size=32)
 
 
-def _timed_steps(model_name: str, wrapper: str, device: torch.device, steps: int = 7) -> dict[str, float]:
+def _timed_steps(model_name: str, wrapper: str, device: torch.device, steps: int = 7) -> dict[str, float | None]:
     from flatmtl.workers import mtl
     from flatmtl.workers.training.data import collate, model_input, to_device
 
@@ -531,7 +530,7 @@ def _timed_steps(model_name: str, wrapper: str, device: torch.device, steps: int
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         seconds.append(time.perf_counter() - started)
-    peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else math.nan
+    peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
     return {"median_ms": 1000 * statistics.median(seconds[2:]), "peak_mib": peak}
 
 
