@@ -202,12 +202,8 @@ def test_auto_gradient_mode_measures_both_paths_and_records_its_choice() -> None
     assert step.gradient_engine.mode == ("batched" if faster_batched else "sequential")
 
 
-def test_auto_gradient_mode_chooses_without_timing_where_runs_must_repeat_bit_for_bit() -> None:
-    """Two runs of one deterministic spec could time the paths differently and then round differently: with
-    deterministic algorithms on, ``auto`` keeps the batched path and never runs the sequential one to time it."""
-    from flatmtl.workers.mtl.task_gradients import TaskGradientEngine
-
-    calls = {"batched": 0, "sequential": 0}
+def path_counter(calls: dict[str, int]) -> Callable[[str], Callable[[bool], str]]:
+    """Stand-ins for the gradient engine's two paths that count their calls in ``calls`` and name themselves."""
 
     def counted(path: str) -> Callable[[bool], str]:
         def run(keep: bool) -> str:
@@ -216,6 +212,16 @@ def test_auto_gradient_mode_chooses_without_timing_where_runs_must_repeat_bit_fo
 
         return run
 
+    return counted
+
+
+def test_auto_gradient_mode_chooses_without_timing_where_runs_must_repeat_bit_for_bit() -> None:
+    """Two runs of one deterministic spec could time the paths differently and then round differently: with
+    deterministic algorithms on, ``auto`` keeps the batched path and never runs the sequential one to time it."""
+    from flatmtl.workers.mtl.task_gradients import TaskGradientEngine
+
+    calls = {"batched": 0, "sequential": 0}
+    counted = path_counter(calls)
     model, x, targets = tiny_problem()
     engine = TaskGradientEngine("auto")
     torch.use_deterministic_algorithms(True, warn_only=True)
@@ -272,14 +278,7 @@ def test_auto_takes_sequential_backwards_through_a_cpu_convolution_without_tryin
 
     model, closure = conv_problem(3)
     calls = {"batched": 0, "sequential": 0}
-
-    def counted(path: str) -> Callable[[bool], str]:
-        def run(keep: bool) -> str:
-            calls[path] += 1
-            return path
-
-        return run
-
+    counted = path_counter(calls)
     engine = TaskGradientEngine("auto")
     for _ in range(3):
         engine._run(counted("batched"), counted("sequential"), False, [closure()], 3)
