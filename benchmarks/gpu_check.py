@@ -58,7 +58,7 @@ STAGE_SECONDS = {
     "loader": 90,
     "bf16_trunk": 60,
     "nccl": 120,
-    "deepspeed": 120,
+    "deepspeed": 180,
     "step_costs": 90,
 }
 RANDOM_METHODS = {"pcgrad", "gradvac", "graddrop", "rgw", "samo", "rlw"}
