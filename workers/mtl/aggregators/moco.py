@@ -46,6 +46,7 @@ class MoCo(Aggregator):
 
     state_keys: ClassVar[tuple[str, ...]] = ("tracked", "weights")
     host_state_keys: ClassVar[tuple[str, ...]] = ("weights",)
+    update_checked_by_gram: ClassVar[bool] = True  # Y Y^T checked finite, lambda on the simplex: Y^T lambda is too
 
     def __init__(self, beta: float, gamma: float, rho: float) -> None:
         self.beta = beta
