@@ -13,7 +13,8 @@ run), and the whole run is kept under ``--budget`` seconds (default 540). Stages
   checkpoint is (CPU file, state moved to the device), and stepped once more beside the original; and a state
   saved on the CPU resumed on CUDA.
 - ``trainer``: the local trainer on CUDA in fp32 and bf16 (``deterministic``): a run stopped and resumed from its
-  checkpoint against one that never stopped, and a run whose batches 2 loader processes collate against one thread.
+  checkpoint against one that never stopped, and a run whose batches 2 loader processes collate against one thread;
+  host syncs of a whole training step (EW + MGDA + SAMO on LeNet) outside diagnostics.
 - ``loader``: CelebA-sized JPEGs read per sample by loader processes: the thread's batches in the plan's order
   (from an epoch's start and from a resumed position), pinned on CUDA, and an epoch's time with 0, 2 and 4 workers.
 - ``bf16_trunk``: per-task gradients of an MLP trunk run under bfloat16 autocast, by the linear trunk's products
@@ -286,10 +287,9 @@ def stage_state_round_trips(device: torch.device) -> dict[str, Any]:
     return {"methods": len(methods), "failures": failures, "ok": not failures}
 
 
-def _train(root: Path, name: str, device: torch.device, *, max_steps: int | None = None, **fields: Any) -> Any:
-    from flatmtl.workers.training import RunOptions, train
-
-    spec = {
+def _spec(**fields: Any) -> dict[str, Any]:
+    """The trainer stages' run: EW + MGDA + SAMO on LeNet over a few hundred digit canvases, deterministic."""
+    return {
         "problem": "multi_digits",
         "problem_options": {"train_size": 256, "test_size": 64},
         "model": "lenet",
@@ -300,6 +300,12 @@ def _train(root: Path, name: str, device: torch.device, *, max_steps: int | None
         "deterministic": True,
         **fields,
     }
+
+
+def _train(root: Path, name: str, device: torch.device, *, max_steps: int | None = None, **fields: Any) -> Any:
+    from flatmtl.workers.training import RunOptions, train
+
+    spec = _spec(**fields)
     where: Any = device.type
     result = train(spec, root / name, options=RunOptions(device=where, plots=False, max_steps=max_steps))
     if max_steps is not None:  # stopped with a checkpoint: resume it to the end
@@ -326,10 +332,31 @@ def _step_seconds(result: Any) -> float:
     return statistics.median(json.loads(line)["step_seconds"] for line in lines[1:] or lines)
 
 
+def _trainer_step_syncs(root: Path, device: torch.device, precision: str) -> int | None:
+    """Host syncs of a whole training step outside diagnostics (the MTL step, the optimizer's update, the
+    schedule and the step's metrics), after a diagnostics step and the step on which ``auto`` chooses its path."""
+    from flatmtl.service.specs.train import TrainSpec
+    from flatmtl.workers.training import RunDirectory, RunOptions
+    from flatmtl.workers.training.data import collate, to_device
+    from flatmtl.workers.training.trainer import RankContext, Trainer
+
+    run = RunDirectory(root / f"syncs-{precision}")
+    run.create()
+    spec = TrainSpec.model_validate(_spec(precision=precision))
+    trainer = Trainer(spec, run, RunOptions(device=device.type, plots=False), RankContext(device=device))
+    inputs, targets = to_device(collate(trainer.train_data, list(range(32))), device, trainer.dtype)
+    for _ in range(2):
+        trainer._take_step(inputs, targets)
+    return _counted_syncs(device, lambda: trainer._take_step(inputs, targets))
+
+
 def stage_trainer(device: torch.device) -> dict[str, Any]:
     found: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="gpu-check-") as scratch:
         root = Path(scratch)
+        found["step_syncs"] = {
+            precision: _trainer_step_syncs(root, device, precision) for precision in ("fp32", "bf16")
+        }
         for precision in ("fp32", "bf16"):
             whole = _train(root, f"whole-{precision}", device, precision=precision)
             resumed = _train(root, f"resumed-{precision}", device, max_steps=5, precision=precision)
