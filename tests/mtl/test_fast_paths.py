@@ -43,6 +43,20 @@ def test_one_backward_of_the_weighted_sum_equals_the_per_task_mean(weighting: st
         torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
 
 
+@pytest.mark.parametrize("weighting", [method.name for method in mtl.methods("weighting") if method.name != "gradnorm"])
+def test_the_public_backward_gives_the_engine_calls_gradients(weighting: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where torch lacks the engine call, or a parameter overrides torch functions, the one backward goes through
+    ``backward(inputs=...)`` of the weighted losses' sum: the same gradients."""
+    from flatmtl.workers.mtl import oracle
+
+    by_engine, _ = grads_after_steps(weighting, diagnostics_every=2)
+    monkeypatch.setattr(oracle, "_engine_backward", None)
+    by_backward, record = grads_after_steps(weighting, diagnostics_every=2)
+    assert record.backward_passes == 1
+    for a, b in zip(by_backward, by_engine, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_one_backward_gives_the_mean_task_gradient_and_each_head_its_own(dtype: torch.dtype) -> None:
     """By the definitions, at K=3 (1/K inexact in binary); float32 gradients are scaled and checked in one fused
