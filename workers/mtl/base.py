@@ -90,10 +90,14 @@ class Stateful:
     def state_dict(self) -> dict[str, Any]:
         return {key: _clone(getattr(self, key)) for key in self.state_keys}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def check_state_keys(self, state: dict[str, Any]) -> None:
+        """A state saved by another method (or version) is refused before anything is restored from it."""
         unknown = set(state) - set(self.state_keys)
         if unknown:
             raise KeyError(f"{type(self).__name__}: unknown state keys {sorted(unknown)}")
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.check_state_keys(state)
         for key in self.state_keys:
             value = _clone(state[key])
             if key in self.host_state_keys and isinstance(value, Tensor):

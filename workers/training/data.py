@@ -89,7 +89,29 @@ def pinned(value: Any) -> Any:
 _END = object()
 
 
-class Prefetcher:
+class _Prefetch:
+    """What both prefetchers share: collated batches handed to ``device`` in the run's ``dtype``, copied from
+    pinned memory without waiting on CUDA, and a ``with`` block whose end stops the collating (``close``)."""
+
+    def __init__(self, device: torch.device, dtype: torch.dtype) -> None:
+        self.device = device
+        self.dtype = dtype
+        self.pin = device.type == "cuda"
+
+    def on_device(self, value: Any) -> Any:
+        return to_device(value, self.device, self.dtype, non_blocking=self.pin)
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> _Prefetch:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Prefetcher(_Prefetch):
     """A plan's batches collated ahead of the step that takes them, in a background thread.
 
     The thread collates (decoding files for the datasets that read them per item) ``depth`` batches ahead and,
@@ -107,9 +129,7 @@ class Prefetcher:
         dtype: torch.dtype,
         depth: int = 2,
     ) -> None:
-        self.device = device
-        self.dtype = dtype
-        self.pin = device.type == "cuda"
+        super().__init__(device, dtype)
         self._ready: queue.Queue[Any] = queue.Queue(maxsize=depth)
         self._stop = threading.Event()
         self._thread = threading.Thread(
@@ -146,17 +166,11 @@ class Prefetcher:
             if isinstance(item, BaseException):
                 raise item
             batch, indices, value = item
-            yield batch, indices, to_device(value, self.device, self.dtype, non_blocking=self.pin)
+            yield batch, indices, self.on_device(value)
 
     def close(self) -> None:
         self._stop.set()
         self._thread.join()
-
-    def __enter__(self) -> Prefetcher:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 class _CollatedBatches(Dataset[Any]):
@@ -175,7 +189,7 @@ def _as_collated(value: Any) -> Any:
     return value
 
 
-class ProcessPrefetcher:
+class ProcessPrefetcher(_Prefetch):
     """A plan's batches collated ahead in ``workers`` processes (torch's DataLoader over the plan's index
     arrays, handed back in the plan's order), pinned for CUDA in the loader's own thread.
 
@@ -195,9 +209,7 @@ class ProcessPrefetcher:
     ) -> None:
         if workers < 1:
             raise ValueError(f"workers={workers}: a process prefetcher needs at least one (0 is Prefetcher's thread)")
-        self.device = device
-        self.dtype = dtype
-        self.pin = device.type == "cuda"
+        super().__init__(device, dtype)
         planned = list(batches)
         self._numbers = [batch for batch, _ in planned]
         self._indices = [indices for _, indices in planned]
@@ -222,7 +234,7 @@ class ProcessPrefetcher:
         loaded = iter(self.loader)
         try:
             for batch, indices, value in zip(self._numbers, self._indices, loaded, strict=True):
-                yield batch, indices, to_device(value, self.device, self.dtype, non_blocking=self.pin)
+                yield batch, indices, self.on_device(value)
         finally:
             # Explicitly: a raised error's traceback holds the loader's iterator, whose collection would
             # otherwise be what stops its workers (and a process forked meanwhile would inherit them).
@@ -232,12 +244,6 @@ class ProcessPrefetcher:
         if self._running is not None:
             self._running.close()  # type: ignore[attr-defined]
             self._running = None
-
-    def __enter__(self) -> ProcessPrefetcher:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 def resolve_workers(requested: int | None, dataset: Dataset[Any], device: torch.device, cpus: int | None) -> int:

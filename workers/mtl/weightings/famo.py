@@ -67,9 +67,7 @@ class FAMO(LossWeighting):
         return {key: _as_tensor(getattr(self, key)) for key in self.state_keys}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        unknown = set(state) - set(self.state_keys)
-        if unknown:
-            raise KeyError(f"{type(self).__name__}: unknown state keys {sorted(unknown)}")
+        self.check_state_keys(state)
         for key in self.state_keys:
             setattr(self, key, None if state[key] is None else state[key].double().tolist())
         self._step_weights = None

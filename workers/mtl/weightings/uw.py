@@ -50,9 +50,7 @@ class LearnedLogScales(LossWeighting):
         return {"log_scales": self.log_scales.detach().clone()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        unknown = set(state) - set(self.state_keys)
-        if unknown:
-            raise KeyError(f"{type(self).__name__}: unknown state keys {sorted(unknown)}")
+        self.check_state_keys(state)
         value = state["log_scales"]
         self.setup(value.shape[0], dtype=value.dtype, device=value.device)
         with torch.no_grad():

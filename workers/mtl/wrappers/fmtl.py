@@ -22,7 +22,7 @@ the aggregator's own normalization hyper-parameter for that.
 from __future__ import annotations
 
 import copy
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -57,6 +57,8 @@ MODES = ("decomposed", "direct")
     ),
 )
 class FMTL(Wrapper):
+    state_keys: ClassVar[tuple[str, ...]] = ("flat_aggregator",)
+
     def __init__(self, rho_shared: float, rho_task: float, adaptive: bool, eta: float, mode: str) -> None:
         self.rho_shared, self.rho_task = rho_shared, rho_task
         self.adaptive, self.eta, self.mode = adaptive, eta, mode
@@ -106,9 +108,7 @@ class FMTL(Wrapper):
         return {"flat_aggregator": copy.deepcopy(self._pending_flat_state)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        unknown = set(state) - {"flat_aggregator"}
-        if unknown:
-            raise KeyError(f"{type(self).__name__}: unknown state keys {sorted(unknown)}")
+        self.check_state_keys(state)
         flat_state = state["flat_aggregator"]
         if flat_state is None:
             self.flat_aggregator, self._pending_flat_state = None, None
