@@ -105,14 +105,19 @@ class Stateful:
             setattr(self, key, value)
 
 
-def _clone(value: Any) -> Any:
+def map_tensors(function: Callable[[Tensor], Any], value: Any) -> Any:
+    """``function`` applied to every tensor of a nested state (dicts, lists, tuples); other values as they are."""
     if isinstance(value, Tensor):
-        return value.detach().clone()
+        return function(value)
     if isinstance(value, list | tuple):
-        return type(value)(_clone(v) for v in value)
+        return type(value)(map_tensors(function, item) for item in value)
     if isinstance(value, dict):
-        return {k: _clone(v) for k, v in value.items()}
+        return {key: map_tensors(function, item) for key, item in value.items()}
     return value
+
+
+def _clone(value: Any) -> Any:
+    return map_tensors(lambda tensor: tensor.detach().clone(), value)
 
 
 class Aggregator(Stateful):

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from flatmtl.workers.mtl import registry
-from flatmtl.workers.mtl.base import Aggregator, LossWeighting, Wrapper
+from flatmtl.workers.mtl.base import Aggregator, LossWeighting, Wrapper, map_tensors
 from flatmtl.workers.mtl.communicator import Communicator, LocalComm
 from flatmtl.workers.mtl.errors import MethodError
 from flatmtl.workers.mtl.flat import FlatParams
@@ -237,17 +237,10 @@ def state_on_device(state: dict[str, Any], device: torch.device | str) -> dict[s
     """A saved ``MTLStep.state_dict()`` with the methods' tensors on the run's ``device`` (a checkpoint is loaded on
     the CPU) and the generator states left on the CPU, where ``load_state_dict`` can hand them to the generators.
     Methods that keep state on the host move it back there themselves (``Stateful.host_state_keys``)."""
-    return {key: value if key in GENERATOR_STATES else _on_device(value, device) for key, value in state.items()}
-
-
-def _on_device(value: Any, device: torch.device | str) -> Any:
-    if isinstance(value, Tensor):
-        return value.to(device)
-    if isinstance(value, dict):
-        return {key: _on_device(item, device) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return type(value)(_on_device(item, device) for item in value)
-    return value
+    return {
+        key: value if key in GENERATOR_STATES else map_tensors(lambda tensor: tensor.to(device), value)
+        for key, value in state.items()
+    }
 
 
 def reseeded(generator_state: Tensor) -> int:

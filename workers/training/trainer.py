@@ -32,6 +32,7 @@ from tqdm import tqdm
 from flatmtl.service.specs.train import TrainSpec
 from flatmtl.workers import problems
 from flatmtl.workers.engine.sharding_modes import build_sharding_mode
+from flatmtl.workers.mtl.base import map_tensors
 from flatmtl.workers.mtl.errors import MethodError, NonFiniteLossesError
 from flatmtl.workers.mtl.oracle import StepRecord
 from flatmtl.workers.mtl.step import MTLStep, state_on_device
@@ -65,13 +66,7 @@ class RankContext:
 
 
 def _to_cpu(value: Any) -> Any:
-    if isinstance(value, Tensor):
-        return value.detach().cpu()
-    if isinstance(value, dict):
-        return {k: _to_cpu(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return type(value)(_to_cpu(v) for v in value)
-    return value
+    return map_tensors(lambda tensor: tensor.detach().cpu(), value)
 
 
 class Trainer:
